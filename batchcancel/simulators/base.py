@@ -1,0 +1,280 @@
+"""What every venue simulator shares: an order book, auth, rate limiting, faults and counters.
+
+A simulator is a real aiohttp application. Subclasses add the venue's routes and speak its
+exact wire format; this base enforces the rate limit, injects scripted faults and counts every
+request it received, per order, so that tests can prove what was and was not sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar, Final
+
+from aiohttp import web
+
+__all__ = [
+    "SIMULATOR_KEY",
+    "Arrival",
+    "Fault",
+    "FaultPlan",
+    "OrderState",
+    "Simulator",
+]
+
+
+class OrderState(StrEnum):
+    """Where a simulated order stands."""
+
+    OPEN = "open"  # a cancel completes at once
+    OPEN_ASYNC = "open_async"  # a cancel is accepted and completes later (cancel pending)
+    PENDING = "pending"  # a cancel is under way
+    CANCELED = "canceled"
+    FILLED = "filled"  # finished: nothing left to cancel
+
+
+class Fault(StrEnum):
+    """A scripted misbehaviour for one request."""
+
+    SERVER_ERROR = "server_error"  # 500 before touching the book
+    UNAVAILABLE = "unavailable"  # 503 before touching the book
+    DROP = "drop"  # close the connection before touching the book
+    DROP_AFTER = "drop_after"  # apply the cancel, then close the connection unanswered
+    SLOW = "slow"  # apply the cancel, answer after `slow_seconds`
+    JUNK = "junk"  # 200 with a body that is not JSON
+    TRUNCATED = "truncated"  # 200 with half a JSON body
+    RATE_LIMIT = "rate_limit"  # 429 with Retry-After
+    RATE_LIMIT_BARE = "rate_limit_bare"  # 429 without Retry-After
+
+
+@dataclass
+class FaultPlan:
+    """Deterministic faults: per order (consumed one per request), by request number, or by share.
+
+    `shares` draws from a seeded generator, so a run with the same arrival order repeats.
+    """
+
+    by_order: dict[str, deque[Fault]] = field(default_factory=dict)
+    by_request: dict[int, Fault] = field(default_factory=dict)  # 1-based request number
+    shares: dict[Fault, float] = field(default_factory=dict)
+    seed: int = 0
+    slow_seconds: float = 2.0
+    retry_after: float = 0.2
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def script(self, key: str, *faults: Fault) -> FaultPlan:
+        """Give order `key` these faults on its next requests, in order."""
+        self.by_order.setdefault(key, deque()).extend(faults)
+        return self
+
+    def pick(self, key: str | None, number: int) -> Fault | None:
+        """The fault for request `number` about order `key`, if any."""
+        queue = self.by_order.get(key) if key is not None else None
+        if queue:
+            return queue.popleft()
+        if number in self.by_request:
+            return self.by_request[number]
+        for fault, share in self.shares.items():
+            if self._rng.random() < share:
+                return fault
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One request as the simulator received it."""
+
+    at: float  # time.time() at arrival
+    key: str | None  # the order it was about, if any
+    path: str
+
+
+SIMULATOR_KEY: Final = web.AppKey("simulator", object)
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Simulator:
+    """Base of every venue simulator. Subclasses set `name` and implement the hooks below."""
+
+    name: ClassVar[str]
+    # Documented defaults; tests and the demo pass their own.
+    default_rate_limit: ClassVar[int | None] = None
+    default_period: ClassVar[float] = 1.0
+    default_penalty: ClassVar[float] = 1.0
+
+    def __init__(
+        self,
+        *,
+        credentials: Mapping[str, str],
+        rate_limit: int | None = -1,
+        period: float | None = None,
+        penalty: float | None = None,
+        faults: FaultPlan | None = None,
+        settle_after: float = 0.5,
+    ) -> None:
+        self.credentials = dict(credentials)
+        self.rate_limit = self.default_rate_limit if rate_limit == -1 else rate_limit
+        self.period = period if period is not None else self.default_period
+        self.penalty = penalty if penalty is not None else self.default_penalty
+        self.faults = faults or FaultPlan()
+        self.settle_after = settle_after
+        self.book: dict[str, OrderState] = {}
+        self.will_fill: set[str] = set()  # pending cancels that end filled instead
+        self.pending_since: dict[str, float] = {}
+        # Counters for assertions.
+        self.requests: Counter[str] = Counter()  # cancel requests received per order key
+        self.arrivals: list[Arrival] = []
+        self.total_requests = 0
+        self.rate_limited = 0  # 429s answered because the limit was exceeded
+        self.auth_refused = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._window: deque[float] = deque()
+        self._locked_until = 0.0
+
+    # -- hooks for subclasses ---------------------------------------------------------------
+
+    def routes(self) -> Iterable[web.RouteDef]:
+        """The venue's routes."""
+        raise NotImplementedError
+
+    async def order_key(self, request: web.Request) -> str | None:
+        """The book key of the order a request is about (None for other requests)."""
+        raise NotImplementedError
+
+    def auth_problem(self, request: web.Request, body: bytes) -> web.Response | None:
+        """The venue's refusal when the request's credentials are wrong, else None."""
+        raise NotImplementedError
+
+    def too_many_requests(self, retry_after: float | None) -> web.Response:
+        """The venue's 429 answer."""
+        headers = {"Retry-After": _seconds(retry_after)} if retry_after is not None else None
+        return web.json_response({"error": "rate limit exceeded"}, status=429, headers=headers)
+
+    def junk_body(self) -> bytes:
+        """A 200 body that is not JSON."""
+        return b"<html><body>upstream proxy says hello</body></html>"
+
+    def truncated_body(self) -> bytes:
+        """A 200 body cut short."""
+        return b'{"status": "cance'
+
+    # -- the book ---------------------------------------------------------------------------
+
+    def seed(self, orders: Mapping[str, OrderState]) -> None:
+        """Add orders to the book."""
+        self.book.update(orders)
+
+    def state_of(self, key: str) -> OrderState | None:
+        """The order's state, settling a pending cancel whose time has come."""
+        state = self.book.get(key)
+        if state is OrderState.PENDING:
+            since = self.pending_since.get(key, 0.0)
+            if time.monotonic() - since >= self.settle_after:
+                state = OrderState.FILLED if key in self.will_fill else OrderState.CANCELED
+                self.book[key] = state
+        return state
+
+    def cancel(self, key: str) -> OrderState | None:
+        """Apply a cancel; return the state the order was in before it (None: unknown)."""
+        state = self.state_of(key)
+        if state is OrderState.OPEN:
+            self.book[key] = OrderState.CANCELED
+        elif state is OrderState.OPEN_ASYNC:
+            self.book[key] = OrderState.PENDING
+            self.pending_since[key] = time.monotonic()
+        return state
+
+    # -- the application --------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        """The venue's aiohttp application, to mount under /<name>."""
+        app = web.Application(middlewares=[self._middleware])
+        app[SIMULATOR_KEY] = self
+        app.add_routes(list(self.routes()))
+        return app
+
+    def _over_limit(self, now: float) -> bool:
+        if self.rate_limit is None:
+            return False
+        if now < self._locked_until:
+            return True
+        while self._window and now - self._window[0] >= self.period:
+            self._window.popleft()
+        if len(self._window) >= self.rate_limit:
+            self._locked_until = now + self.penalty
+            return True
+        self._window.append(now)
+        return False
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        self.total_requests += 1
+        number = self.total_requests
+        key = await self.order_key(request)
+        self.arrivals.append(Arrival(time.time(), key, request.path))
+        if key is not None:
+            self.requests[key] += 1
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            # Counted before authentication, as ZebPay documents and the others do not deny.
+            if self._over_limit(time.monotonic()):
+                self.rate_limited += 1
+                return self.too_many_requests(self._retry_after_for_limit())
+            refusal = self.auth_problem(request, await request.read())
+            if refusal is not None:
+                self.auth_refused += 1
+                return refusal
+            return await self._with_fault(request, handler, self.faults.pick(key, number))
+        finally:
+            self.in_flight -= 1
+
+    def _retry_after_for_limit(self) -> float | None:
+        """Retry-After sent with a limit 429; None where the venue documents none."""
+        return None
+
+    async def _with_fault(
+        self, request: web.Request, handler: _Handler, fault: Fault | None
+    ) -> web.StreamResponse:
+        if fault is None:
+            return await handler(request)
+        if fault is Fault.SERVER_ERROR:
+            return web.json_response({"error": "simulated server error"}, status=500)
+        if fault is Fault.UNAVAILABLE:
+            return web.Response(status=503, text="Service Unavailable")
+        if fault is Fault.RATE_LIMIT:
+            return self.too_many_requests(self.faults.retry_after)
+        if fault is Fault.RATE_LIMIT_BARE:
+            return self.too_many_requests(None)
+        if fault is Fault.JUNK:
+            return web.Response(status=200, body=self.junk_body(), content_type="text/html")
+        if fault is Fault.TRUNCATED:
+            return web.Response(status=200, body=self.truncated_body(),
+                                content_type="application/json")
+        if fault is Fault.DROP:
+            return _drop(request)
+        response = await handler(request)
+        if fault is Fault.DROP_AFTER:
+            return _drop(request)
+        await asyncio.sleep(self.faults.slow_seconds)  # Fault.SLOW
+        return response
+
+
+def _drop(request: web.Request) -> web.StreamResponse:
+    """Close the connection without an answer."""
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=500)  # never reaches the client: the socket is closed
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"

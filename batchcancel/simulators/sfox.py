@@ -1,0 +1,56 @@
+"""The sFOX simulator: `DELETE /v1/orders/{id}` answered as seed 000 and VENUES.md say."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+from aiohttp import web
+
+from batchcancel.simulators.base import OrderState, Simulator
+from batchcancel.venues.sfox import API_KEY_VAR
+
+__all__ = ["SfoxSimulator"]
+
+
+class SfoxSimulator(Simulator):
+    """sFOX: Bearer API key, 250 requests per 10 s per IP, then a 60 s wait (sFOX docs)."""
+
+    name: ClassVar[str] = "sfox"
+    default_rate_limit: ClassVar[int | None] = 250
+    default_period: ClassVar[float] = 10.0
+    default_penalty: ClassVar[float] = 60.0
+
+    def routes(self) -> Iterable[web.RouteDef]:
+        """seed 000: DELETE /v1/orders/:order_id."""
+        return [web.delete("/v1/orders/{order_id}", self._cancel)]
+
+    async def order_key(self, request: web.Request) -> str | None:
+        """The path's order id."""
+        return request.match_info.get("order_id")
+
+    def auth_problem(self, request: web.Request, body: bytes) -> web.Response | None:
+        """docs.sfox.com errors: 401 for a missing or incorrect API key."""
+        expected = f"Bearer {self.credentials[API_KEY_VAR]}"
+        if request.headers.get("Authorization") != expected:
+            # ASSUMED (VENUES.md): sFOX error bodies are {"error": ...}
+            return web.json_response(
+                {"error": "Unauthorized: Missing or incorrect API key"}, status=401
+            )
+        return None
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        before = self.cancel(request.match_info["order_id"])
+        if before is None:
+            # seed 000: "order_id does not exist in your account"
+            return web.json_response({"error": "internal error"}, status=400)
+        if before is OrderState.OPEN:
+            return web.json_response({"status": "canceled"})  # seed 000
+        if before in (OrderState.OPEN_ASYNC, OrderState.PENDING):
+            return web.json_response({"status": "cancel pending"})  # seed 000
+        if before is OrderState.FILLED:
+            return web.json_response({"status": "order already finished"})  # seed 000
+        # ASSUMED (VENUES.md): a repeat cancel of a canceled order
+        return web.json_response(
+            {"error": "the order is already done/canceled"}, status=400
+        )

@@ -1,0 +1,83 @@
+"""The only aiohttp caller: send one CancelRequest, get a Reply or a TransientVenueError.
+
+aiohttp 3.x silently re-sends an idempotent request (every DELETE cancel) once when a
+kept-alive connection drops. That re-send would reach the venue with no attempt row, so a
+client middleware turns the drop into an error that aiohttp does not retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+import aiohttp
+from yarl import URL
+
+from batchcancel.errors import TransientVenueError
+from batchcancel.venues.base import CancelRequest, Reply
+
+__all__ = ["MAX_BODY_BYTES", "ConnectionDropped", "open_session", "send"]
+
+MAX_BODY_BYTES: Final = 64 * 1024  # enough for any cancel answer; bounds memory on junk
+
+
+class ConnectionDropped(aiohttp.ClientError):
+    """The connection dropped mid-request. Not a ClientOSError, so aiohttp will not re-send."""
+
+
+async def _no_silent_resend(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    try:
+        return await handler(request)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        raise ConnectionDropped(f"connection dropped: {type(exc).__name__}") from exc
+
+
+def open_session(*, max_connections: int) -> aiohttp.ClientSession:
+    """A client session for one venue; every request goes out once, or not at all."""
+    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
+    return aiohttp.ClientSession(
+        connector=connector,
+        middlewares=(_no_silent_resend,),
+        auto_decompress=True,
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
+async def send(
+    session: aiohttp.ClientSession, base_url: str, request: CancelRequest, *, timeout: float
+) -> Reply:
+    """Send `request` to `base_url` + its path and read the answer (bounded)."""
+    url = URL(base_url.rstrip("/") + request.path, encoded=True)
+    try:
+        async with session.request(
+            request.method,
+            url,
+            headers=dict(request.headers),
+            data=request.body,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,
+        ) as response:
+            body = await response.content.read(MAX_BODY_BYTES)
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            return Reply(status=response.status, headers=headers, body=body)
+    except TimeoutError as exc:
+        raise TransientVenueError(f"no answer within {timeout:g} s") from exc
+    except aiohttp.ClientError as exc:
+        raise TransientVenueError(_describe(exc)) from exc
+
+
+def _describe(exc: aiohttp.ClientError) -> str:
+    """A one-line description that never includes request headers."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__}: HTTP {exc.status}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:200]
+
+
+# Timeouts while reading inside aiohttp surface as asyncio.TimeoutError (= TimeoutError).
+assert asyncio.TimeoutError is TimeoutError

@@ -1,0 +1,200 @@
+"""The sans-I/O venue boundary: value types, the Venue protocol, and parsers every adapter shares.
+
+An adapter validates a row, builds the exact request for it and classifies the answer. It
+never does I/O: transport.py sends, engine.py retries and paces.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar, Final, Protocol
+
+from batchcancel.outcomes import Outcome
+
+__all__ = [
+    "EXCERPT_CHARS",
+    "CancelRequest",
+    "OrderRow",
+    "Reply",
+    "Venue",
+    "Verdict",
+    "VerdictKind",
+    "excerpt",
+    "generic_transient",
+    "is_integer_id",
+    "json_object",
+    "message_of",
+    "retry_after_seconds",
+    "unclassified",
+]
+
+EXCERPT_CHARS: Final = 200
+_INT_RE: Final = re.compile(r"[0-9]{1,19}")
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    """One order to cancel, as the input gave it. Missing optional columns are ''."""
+
+    venue: str
+    order_id: str
+    account_id: str = ""
+    symbol: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """An exact HTTP request: `path` is appended to the venue's base URL, already URL-encoded."""
+
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes | None = field(default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the venue answered. Header names are lower-case."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class VerdictKind(StrEnum):
+    """How the engine treats an answer."""
+
+    FINAL = "final"  # the order has its outcome
+    TRANSIENT = "transient"  # outcome unknown: retry with backoff
+    AUTH_REFUSED = "auth_refused"  # stop sending to this venue
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """An adapter's reading of one answer."""
+
+    kind: VerdictKind
+    outcome: Outcome | None = None
+    reason: str = ""
+    # 429: the whole venue pauses, for retry_after seconds or the venue's cooldown.
+    rate_limited: bool = False
+    retry_after: float | None = None
+    # Transient once, auth refusal if the same order's previous attempt said the same.
+    escalate_on_repeat: bool = False
+
+    @classmethod
+    def final(cls, outcome: Outcome, reason: str = "") -> Verdict:
+        """The order ended with `outcome`."""
+        return cls(VerdictKind.FINAL, outcome, reason)
+
+    @classmethod
+    def transient(cls, reason: str, *, rate_limited: bool = False,
+                  retry_after: float | None = None) -> Verdict:
+        """Outcome unknown: retry later."""
+        return cls(VerdictKind.TRANSIENT, None, reason, rate_limited, retry_after)
+
+    @classmethod
+    def auth_refused(cls, reason: str) -> Verdict:
+        """The venue refused our credentials."""
+        return cls(VerdictKind.AUTH_REFUSED, None, reason)
+
+    @property
+    def label(self) -> str:
+        """The audit's `verdict` column: an outcome, `transient` or `auth_refused`."""
+        return str(self.outcome) if self.outcome is not None else str(self.kind)
+
+
+class Venue(Protocol):
+    """What every venue adapter provides. Construct it with the credentials it reads."""
+
+    name: ClassVar[str]
+    required_columns: ClassVar[frozenset[str]]
+    credential_vars: ClassVar[tuple[str, ...]]
+
+    def __init__(self, credentials: Mapping[str, str]) -> None: ...
+
+    def credentials_problem(self) -> str | None:
+        """Why the credentials given cannot work (e.g. a variable is unset), or None."""
+        ...
+
+    def validate(self, row: OrderRow) -> str | None:
+        """Why the row cannot be a valid order at this venue, or None."""
+        ...
+
+    def build_cancel(self, row: OrderRow, *, now: float) -> CancelRequest:
+        """The exact cancel request for a valid row; `now` is Unix time in seconds."""
+        ...
+
+    def classify(self, reply: Reply) -> Verdict:
+        """What the venue's answer to a cancel means."""
+        ...
+
+
+def is_integer_id(value: str) -> bool:
+    """True for a plain non-negative decimal integer of at most 19 digits."""
+    return _INT_RE.fullmatch(value) is not None
+
+
+def json_object(body: bytes) -> dict[str, object] | None:
+    """The body as a JSON object, or None when it is empty, not JSON, or not an object."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def message_of(obj: Mapping[str, object] | None, *keys: str) -> str:
+    """The first string among `keys` in obj, lower-cased ('' when there is none)."""
+    if obj is None:
+        return ""
+    for key in keys:
+        value = obj.get(key)
+        if isinstance(value, str):
+            return value.lower()
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return " ".join(str(v) for v in value).lower()
+    return ""
+
+
+def excerpt(body: bytes, limit: int = EXCERPT_CHARS) -> str:
+    """A short, printable excerpt of a body for the audit and the report."""
+    text = body[: limit * 4].decode("utf-8", errors="replace")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The Retry-After header in seconds (delta form only), or None."""
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def generic_transient(reply: Reply) -> Verdict | None:
+    """The answers every venue retries: 429 (pausing the venue) and 5xx."""
+    if reply.status == 429:
+        return Verdict.transient(
+            "HTTP 429 rate limited",
+            rate_limited=True,
+            retry_after=retry_after_seconds(reply.headers),
+        )
+    if reply.status >= 500:
+        return Verdict.transient(f"HTTP {reply.status} server error")
+    return None
+
+
+def unclassified(reply: Reply) -> Verdict:
+    """An answer the adapter does not know: `rejected`, with evidence for a human."""
+    return Verdict.final(
+        Outcome.REJECTED, f"unrecognised answer HTTP {reply.status}: {excerpt(reply.body, 120)}"
+    )
