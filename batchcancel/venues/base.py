@@ -22,6 +22,7 @@ __all__ = [
     "Reply",
     "Venue",
     "Verdict",
+    "VenueDefaults",
     "VerdictKind",
     "excerpt",
     "generic_transient",
@@ -34,6 +35,16 @@ __all__ = [
 
 EXCERPT_CHARS: Final = 200
 _INT_RE: Final = re.compile(r"[0-9]{1,19}")
+
+
+@dataclass(frozen=True, slots=True)
+class VenueDefaults:
+    """A venue's production endpoint and documented (or assumed) limits; config may override."""
+
+    base_url: str  # '' where the venue has no public production host
+    rate_limit: int  # requests per period, per credential
+    period: float  # seconds
+    cooldown: float  # pause after a 429 that carries no Retry-After
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +125,7 @@ class Venue(Protocol):
     name: ClassVar[str]
     required_columns: ClassVar[frozenset[str]]
     credential_vars: ClassVar[tuple[str, ...]]
+    defaults: ClassVar[VenueDefaults]
 
     def __init__(self, credentials: Mapping[str, str]) -> None: ...
 

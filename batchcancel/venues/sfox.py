@@ -12,6 +12,7 @@ from batchcancel.venues.base import (
     CancelRequest,
     OrderRow,
     Reply,
+    VenueDefaults,
     Verdict,
     excerpt,
     generic_transient,
@@ -44,6 +45,10 @@ class SfoxVenue:
     name: ClassVar[str] = "sfox"
     required_columns: ClassVar[frozenset[str]] = frozenset({"order_id"})
     credential_vars: ClassVar[tuple[str, ...]] = (API_KEY_VAR,)
+    # sFOX docs: production host; 250 requests per 10 s per IP; after a 429 wait 60 s.
+    defaults: ClassVar[VenueDefaults] = VenueDefaults(
+        base_url="https://api.sfox.com", rate_limit=250, period=10.0, cooldown=60.0
+    )
 
     def __init__(self, credentials: Mapping[str, str]) -> None:
         self._api_key = credentials.get(API_KEY_VAR, "")
