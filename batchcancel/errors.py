@@ -1,16 +1,16 @@
 """The exception tree. Each class says which exit code it means when it reaches the CLI.
 
-    BatchCancelError
-    ├── InputError (exit 2)          nothing was sent
-    │   ├── SourceError              the order list cannot be read
-    │   └── ConfigError              options, venues TOML or environment are wrong
-    ├── AuditError (exit 1)          the audit database failed or refused
-    │   ├── RunLockedError           another process holds the run
-    │   ├── RunNotFoundError         no run with that id or key
-    │   └── MigrationError           the schema could not be brought to head
-    └── VenueError (internal)        become outcomes in the engine, never reach the CLI
-        ├── TransientVenueError      timeouts, dropped connections: retry
-        └── AuthRefusedError         the venue refused our credentials
+BatchCancelError
+├── InputError (exit 2)          nothing was sent
+│   ├── SourceError              the order list cannot be read
+│   └── ConfigError              options, venues TOML or environment are wrong
+├── AuditError (exit 1)          the audit database failed or refused
+│   ├── RunLockedError           another process holds the run
+│   ├── RunNotFoundError         no run with that id or key
+│   └── MigrationError           the schema could not be brought to head
+└── VenueError (internal)        become outcomes in the engine, never reach the CLI
+    ├── TransientVenueError      timeouts, dropped connections: retry
+    └── AuthRefusedError         the venue refused our credentials
 """
 
 from __future__ import annotations

@@ -8,12 +8,20 @@ from typing import Final
 from aiohttp import web
 
 from batchcancel.simulators.base import Simulator
+from batchcancel.simulators.crux import CruxSimulator
+from batchcancel.simulators.etna import EtnaSimulator
 from batchcancel.simulators.sfox import SfoxSimulator
+from batchcancel.simulators.tanx import TanxSimulator
+from batchcancel.simulators.zebpay import ZebpaySimulator
 
 __all__ = ["SIMULATORS", "build_app"]
 
 SIMULATORS: Final[Mapping[str, type[Simulator]]] = {
     "sfox": SfoxSimulator,
+    "etna": EtnaSimulator,
+    "crux": CruxSimulator,
+    "tanx": TanxSimulator,
+    "zebpay": ZebpaySimulator,
 }
 
 

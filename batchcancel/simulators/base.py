@@ -258,8 +258,9 @@ class Simulator:
         if fault is Fault.JUNK:
             return web.Response(status=200, body=self.junk_body(), content_type="text/html")
         if fault is Fault.TRUNCATED:
-            return web.Response(status=200, body=self.truncated_body(),
-                                content_type="application/json")
+            return web.Response(
+                status=200, body=self.truncated_body(), content_type="application/json"
+            )
         if fault is Fault.DROP:
             return _drop(request)
         response = await handler(request)

@@ -22,8 +22,9 @@ class SimulatorServer:
         self.simulators = dict(simulators)
         self.host = host
         self.port = port
-        self._runner = web.AppRunner(build_app(self.simulators), access_log=None,
-                                     handle_signals=False)
+        self._runner = web.AppRunner(
+            build_app(self.simulators), access_log=None, handle_signals=False
+        )
 
     async def start(self) -> None:
         """Bind and start serving; port 0 picks a free port."""
@@ -31,8 +32,9 @@ class SimulatorServer:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         server = site._server  # the bound socket tells which port 0 became
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        sockets = getattr(server, "sockets", None)
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         """Stop serving and close connections."""
@@ -47,7 +49,9 @@ class SimulatorServer:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.stop()

@@ -51,6 +51,4 @@ class SfoxSimulator(Simulator):
         if before is OrderState.FILLED:
             return web.json_response({"status": "order already finished"})  # seed 000
         # ASSUMED (VENUES.md): a repeat cancel of a canceled order
-        return web.json_response(
-            {"error": "the order is already done/canceled"}, status=400
-        )
+        return web.json_response({"error": "the order is already done/canceled"}, status=400)

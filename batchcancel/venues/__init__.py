@@ -7,12 +7,20 @@ from typing import Final
 
 from batchcancel.errors import ConfigError
 from batchcancel.venues.base import Venue
+from batchcancel.venues.crux import CruxVenue
+from batchcancel.venues.etna import EtnaVenue
 from batchcancel.venues.sfox import SfoxVenue
+from batchcancel.venues.tanx import TanxVenue
+from batchcancel.venues.zebpay import ZebpayVenue
 
 __all__ = ["VENUES", "get_venue"]
 
 VENUES: Final[Mapping[str, type[Venue]]] = {
     "sfox": SfoxVenue,
+    "etna": EtnaVenue,
+    "crux": CruxVenue,
+    "tanx": TanxVenue,
+    "zebpay": ZebpayVenue,
 }
 
 
@@ -21,4 +29,6 @@ def get_venue(name: str) -> type[Venue]:
     try:
         return VENUES[name]
     except KeyError:
-        raise ConfigError(f"unknown venue {name!r}; known venues: {', '.join(sorted(VENUES))}") from None
+        raise ConfigError(
+            f"unknown venue {name!r}; known venues: {', '.join(sorted(VENUES))}"
+        ) from None

@@ -21,8 +21,8 @@ __all__ = [
     "OrderRow",
     "Reply",
     "Venue",
-    "Verdict",
     "VenueDefaults",
+    "Verdict",
     "VerdictKind",
     "excerpt",
     "generic_transient",
@@ -103,8 +103,9 @@ class Verdict:
         return cls(VerdictKind.FINAL, outcome, reason)
 
     @classmethod
-    def transient(cls, reason: str, *, rate_limited: bool = False,
-                  retry_after: float | None = None) -> Verdict:
+    def transient(
+        cls, reason: str, *, rate_limited: bool = False, retry_after: float | None = None
+    ) -> Verdict:
         """Outcome unknown: retry later."""
         return cls(VerdictKind.TRANSIENT, None, reason, rate_limited, retry_after)
 

@@ -1,0 +1,687 @@
+"""AuditStore: the only code that writes the audit database.
+
+Every method is synchronous and short; the engine calls the hot ones (`write_batch`,
+`pending_page`) from a worker thread so the event loop never blocks on the database. Writes
+are grouped: one transaction carries many attempt rows and answers, which is what keeps the
+write-ahead audit from costing throughput (SQLite in WAL mode commits a few thousand times a
+second, but takes a hundred thousand rows a second in grouped commits).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, cast
+
+import psutil
+import sqlalchemy as sa
+
+from batchcancel import __version__
+from batchcancel.audit.migrate import upgrade_to_head
+from batchcancel.audit.tables import Attempt, Order, Run, Session
+from batchcancel.errors import AuditError, RunLockedError, RunNotFoundError
+from batchcancel.outcomes import FINAL, Outcome
+
+__all__ = [
+    "LOADING",
+    "Answer",
+    "AuditStore",
+    "Begin",
+    "OrderToSend",
+    "PlannedOrder",
+    "RunInfo",
+    "utcnow",
+]
+
+runs: Final = cast(sa.Table, Run.__table__)
+sessions: Final = cast(sa.Table, Session.__table__)
+orders: Final = cast(sa.Table, Order.__table__)
+attempts: Final = cast(sa.Table, Attempt.__table__)
+
+PENDING: Final = "pending"  # never sent, or resumable (failed/skipped, or between retries)
+SENDING: Final = "sending"  # an attempt is in flight
+DONE: Final = "done"  # final outcome
+LOADING: Final = "loading"  # run status until every source row is recorded
+LOCK_STALE_AFTER: Final = timedelta(seconds=60)
+IN_FLIGHT_LOST: Final = "no answer recorded: the process stopped while this request was in flight"
+
+
+def utcnow() -> datetime:
+    """Naive UTC now, with microseconds: what every audit timestamp is."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedOrder:
+    """One input row as planned: `invalid_reason` set means it is recorded invalid, never sent."""
+
+    seq: int
+    venue: str
+    order_id: str
+    account_id: str
+    symbol: str
+    invalid_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderToSend:
+    """An order the engine may send: its audit key and its input fields."""
+
+    pk: int
+    venue: str
+    order_id: str
+    account_id: str
+    symbol: str
+    attempts: int  # attempts recorded so far, in every session
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """An attempt about to be sent: written (and committed) before the request leaves."""
+
+    order_pk: int
+    attempt: int
+    sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What came back for an attempt. `outcome` None means the order stays resumable."""
+
+    order_pk: int
+    attempt: int
+    answered_at: datetime
+    http_status: int | None
+    verdict: str  # an outcome, "transient" or "auth_refused"
+    latency_ms: float
+    detail: str
+    outcome: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A run's identity and standing."""
+
+    id: str
+    run_key: str | None
+    command: str
+    status: str
+    dry_run: bool
+    source: str
+    reason: str
+    orders_total: int
+    duplicates: int
+    created_at: datetime
+    finished_at: datetime | None
+    options: Mapping[str, Any]
+
+
+class AuditStore:
+    """The audit database of one process. `redact` holds strings that must never be stored."""
+
+    def __init__(self, url: str, *, redact: Sequence[str] = ()) -> None:
+        self.url = url
+        self._redact = tuple(s for s in redact if s)
+        self.engine = _create_engine(url)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._lock_token = f"{self.worker}:{secrets.token_hex(4)}"
+        try:
+            upgrade_to_head(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    def close(self) -> None:
+        """Release connections."""
+        self.engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        """sqlite or postgresql."""
+        return self.engine.dialect.name
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        command: str,
+        run_key: str | None,
+        source: str,
+        options: Mapping[str, Any],
+        reason: str,
+        command_line: str,
+        dry_run: bool,
+    ) -> str:
+        """Record a new run; its id is time-ordered and unique."""
+        now = utcnow()
+        run_id = f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+        with self._write() as conn:
+            conn.execute(
+                runs.insert().values(
+                    id=run_id,
+                    run_key=run_key,
+                    command=command,
+                    status=LOADING,
+                    dry_run=dry_run,
+                    source=self.clean(source),
+                    options=self.clean(json.dumps(dict(options), sort_keys=True)),
+                    reason=self.clean(reason),
+                    os_user=_os_user(),
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    command_line=self.clean(command_line),
+                    version=__version__,
+                    orders_total=0,
+                    duplicates=0,
+                    created_at=now,
+                    sessions=0,
+                )
+            )
+        return run_id
+
+    def find_run(self, run: str) -> RunInfo:
+        """A run by id or run key; RunNotFoundError if neither matches."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(runs).where(sa.or_(runs.c.id == run, runs.c.run_key == run))
+            ).first()
+        if row is None:
+            raise RunNotFoundError(f"no run with id or key {run!r} in the audit database")
+        return _run_info(row)
+
+    def find_run_key(self, run_key: str) -> RunInfo | None:
+        """The run with this key, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.run_key == run_key)).first()
+        return None if row is None else _run_info(row)
+
+    def recent_runs(self, limit: int = 20) -> list[RunInfo]:
+        """The newest runs first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(runs).order_by(runs.c.created_at.desc()).limit(limit)
+            ).all()
+        return [_run_info(row) for row in rows]
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        """Record where the run stands, and when the latest session ended."""
+        with self._write() as conn:
+            conn.execute(
+                runs.update().where(runs.c.id == run_id).values(status=status, finished_at=utcnow())
+            )
+
+    # -- the run lock (single-process runs) -------------------------------------------------
+
+    def lock_run(self, run_id: str) -> None:
+        """Take the run for this process; RunLockedError if another live process holds it."""
+        now = utcnow()
+        with self._write() as conn:
+            row = conn.execute(
+                sa.select(runs.c.lock_owner, runs.c.lock_heartbeat).where(runs.c.id == run_id)
+            ).one()
+            owner, heartbeat = row.lock_owner, row.lock_heartbeat
+            if owner and owner != self._lock_token and not _lock_is_stale(owner, heartbeat, now):
+                host, pid = owner.split(":")[:2]
+                raise RunLockedError(
+                    f"run {run_id} is being worked by process {pid} on {host} "
+                    f"(last heartbeat {heartbeat:%Y-%m-%d %H:%M:%S} UTC); wait for it to finish "
+                    "or stop it, then resume"
+                )
+            # Compare-and-set on the owner we saw, so two processes racing here cannot both win.
+            taken = conn.execute(
+                runs.update()
+                .where(
+                    runs.c.id == run_id,
+                    runs.c.lock_owner.is_(None) if owner is None else runs.c.lock_owner == owner,
+                )
+                .values(lock_owner=self._lock_token, lock_heartbeat=now)
+            ).rowcount
+            if taken != 1:
+                raise RunLockedError(f"run {run_id} was just taken by another process")
+
+    def heartbeat(self, run_id: str) -> None:
+        """Keep the run lock fresh."""
+        with self._write() as conn:
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.lock_owner == self._lock_token)
+                .values(lock_heartbeat=utcnow())
+            )
+
+    def unlock_run(self, run_id: str) -> None:
+        """Release the run lock if this process holds it."""
+        with self._write() as conn:
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.lock_owner == self._lock_token)
+                .values(lock_owner=None, lock_heartbeat=None)
+            )
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def start_session(self, run_id: str, *, command: str, command_line: str) -> int:
+        """Record this process's turn at the run: who, where, what command line."""
+        now = utcnow()
+        with self._write() as conn:
+            session_id = conn.execute(
+                sessions.insert()
+                .values(
+                    run_id=run_id,
+                    command=command,
+                    os_user=_os_user(),
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    command_line=self.clean(command_line),
+                    version=__version__,
+                    started_at=now,
+                    status="running",
+                )
+                .returning(sessions.c.id)
+            ).scalar_one()
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id)
+                .values(started_at=now, sessions=runs.c.sessions + 1, status="running")
+            )
+        return int(session_id)
+
+    def finish_session(self, session_id: int, status: str) -> None:
+        """Record how this process's turn ended."""
+        with self._write() as conn:
+            conn.execute(
+                sessions.update()
+                .where(sessions.c.id == session_id)
+                .values(finished_at=utcnow(), status=status)
+            )
+
+    # -- orders -----------------------------------------------------------------------------
+
+    def add_orders(self, run_id: str, planned: Iterable[PlannedOrder]) -> int:
+        """Insert one chunk of planned orders; invalid ones are final at once."""
+        rows = [
+            {
+                "run_id": run_id,
+                "seq": p.seq,
+                "venue": p.venue,
+                "order_id": p.order_id,
+                "account_id": p.account_id,
+                "symbol": p.symbol,
+                "state": DONE if p.invalid_reason is not None else PENDING,
+                "outcome": Outcome.INVALID.value if p.invalid_reason is not None else None,
+                "reason": self.clean(p.invalid_reason or ""),
+                "attempts": 0,
+            }
+            for p in planned
+        ]
+        if rows:
+            with self._write() as conn:
+                conn.execute(orders.insert(), rows)
+        return len(rows)
+
+    def set_totals(self, run_id: str, *, orders_total: int, duplicates: int) -> None:
+        """Record how many orders the run holds once they are all loaded: loading is over."""
+        with self._write() as conn:
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id)
+                .values(orders_total=orders_total, duplicates=duplicates, status="loaded")
+            )
+
+    def max_seq(self, run_id: str) -> int:
+        """The highest source row number recorded for the run (0 if none)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(sa.func.max(orders.c.seq)).where(orders.c.run_id == run_id)
+            ).scalar()
+        return int(value or 0)
+
+    def order_count(self, run_id: str) -> int:
+        """How many orders the run holds."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(sa.func.count()).select_from(orders).where(orders.c.run_id == run_id)
+            ).scalar()
+        return int(value or 0)
+
+    def recover_in_flight(self, run_id: str) -> int:
+        """Close attempts left unanswered by a dead process; their orders become resumable."""
+        with self._write() as conn:
+            lost = conn.execute(
+                attempts.update()
+                .where(attempts.c.run_id == run_id, attempts.c.verdict.is_(None))
+                .values(verdict="transient", detail=IN_FLIGHT_LOST)
+            ).rowcount
+            conn.execute(
+                orders.update()
+                .where(orders.c.run_id == run_id, orders.c.state == SENDING)
+                .values(state=PENDING)
+            )
+            # A new session retries failed and skipped orders afresh.
+            conn.execute(
+                orders.update()
+                .where(
+                    orders.c.run_id == run_id,
+                    orders.c.state == PENDING,
+                    orders.c.outcome.is_not(None),
+                )
+                .values(outcome=None)
+            )
+        return int(lost or 0)
+
+    def venues_with_work(self, run_id: str) -> dict[str, int]:
+        """Orders still to send, per venue."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(orders.c.venue, sa.func.count())
+                .where(orders.c.run_id == run_id, orders.c.state != DONE)
+                .group_by(orders.c.venue)
+            ).all()
+        return {venue: int(n) for venue, n in rows}
+
+    def pending_page(
+        self, run_id: str, venue: str, *, after_pk: int, limit: int
+    ) -> list[OrderToSend]:
+        """The next orders of a venue still to send, in input order."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    orders.c.pk,
+                    orders.c.venue,
+                    orders.c.order_id,
+                    orders.c.account_id,
+                    orders.c.symbol,
+                    orders.c.attempts,
+                )
+                .where(
+                    orders.c.run_id == run_id,
+                    orders.c.venue == venue,
+                    orders.c.pk > after_pk,
+                    orders.c.state == PENDING,
+                )
+                .order_by(orders.c.pk)
+                .limit(limit)
+            ).all()
+        return [OrderToSend(*row) for row in rows]
+
+    def write_batch(self, run_id: str, begins: Sequence[Begin], answers: Sequence[Answer]) -> None:
+        """Commit attempt rows about to be sent and answers received, in one transaction."""
+        with self._write() as conn:
+            if answers:
+                conn.execute(
+                    attempts.update()
+                    .where(
+                        attempts.c.order_pk == sa.bindparam("b_pk"),
+                        attempts.c.attempt == sa.bindparam("b_attempt"),
+                    )
+                    .values(
+                        answered_at=sa.bindparam("answered_at"),
+                        http_status=sa.bindparam("http_status"),
+                        verdict=sa.bindparam("verdict"),
+                        latency_ms=sa.bindparam("latency_ms"),
+                        detail=sa.bindparam("detail"),
+                    ),
+                    [
+                        {
+                            "b_pk": a.order_pk,
+                            "b_attempt": a.attempt,
+                            "answered_at": a.answered_at,
+                            "http_status": a.http_status,
+                            "verdict": a.verdict,
+                            "latency_ms": round(a.latency_ms, 3),
+                            "detail": self.clean(a.detail),
+                        }
+                        for a in answers
+                    ],
+                )
+                conn.execute(
+                    orders.update()
+                    .where(orders.c.pk == sa.bindparam("b_pk"))
+                    .values(
+                        state=sa.bindparam("state"),
+                        outcome=sa.bindparam("outcome"),
+                        reason=sa.bindparam("reason"),
+                        last_http_status=sa.bindparam("http_status"),
+                        last_answer_at=sa.bindparam("answered_at"),
+                    ),
+                    [
+                        {
+                            "b_pk": a.order_pk,
+                            "state": DONE if a.outcome in FINAL else PENDING,
+                            "outcome": a.outcome,
+                            "reason": self.clean(a.reason),
+                            "http_status": a.http_status,
+                            "answered_at": a.answered_at,
+                        }
+                        for a in answers
+                    ],
+                )
+            if begins:
+                conn.execute(
+                    attempts.insert(),
+                    [
+                        {
+                            "order_pk": b.order_pk,
+                            "attempt": b.attempt,
+                            "run_id": run_id,
+                            "worker": self.worker,
+                            "sent_at": b.sent_at,
+                            "detail": "",
+                        }
+                        for b in begins
+                    ],
+                )
+                conn.execute(
+                    orders.update()
+                    .where(orders.c.pk == sa.bindparam("b_pk"))
+                    .values(
+                        state=SENDING,
+                        attempts=sa.bindparam("attempt"),
+                        first_sent_at=sa.func.coalesce(
+                            orders.c.first_sent_at, sa.bindparam("sent_at")
+                        ),
+                    ),
+                    [
+                        {"b_pk": b.order_pk, "attempt": b.attempt, "sent_at": b.sent_at}
+                        for b in begins
+                    ],
+                )
+
+    def settle_unsent(self, run_id: str, venue: str | None, outcome: Outcome, reason: str) -> int:
+        """Give every unsent order (of one venue, or all) a resumable outcome, e.g. skipped."""
+        condition = [
+            orders.c.run_id == run_id,
+            orders.c.state == PENDING,
+            sa.or_(orders.c.outcome.is_(None), orders.c.outcome == Outcome.SKIPPED.value),
+        ]
+        if venue is not None:
+            condition.append(orders.c.venue == venue)
+        with self._write() as conn:
+            count = conn.execute(
+                orders.update()
+                .where(*condition)
+                .values(outcome=outcome.value, reason=self.clean(reason))
+            ).rowcount
+        return int(count or 0)
+
+    # -- reading back -----------------------------------------------------------------------
+
+    def counts(self, run_id: str) -> dict[str, dict[str, int]]:
+        """Orders per venue per outcome ("" for orders without one yet)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(orders.c.venue, orders.c.outcome, sa.func.count())
+                .where(orders.c.run_id == run_id)
+                .group_by(orders.c.venue, orders.c.outcome)
+            ).all()
+        result: dict[str, dict[str, int]] = {}
+        for venue, outcome, n in rows:
+            result.setdefault(venue, {})[outcome or ""] = int(n)
+        return result
+
+    def state_counts(self, run_id: str) -> dict[str, int]:
+        """Orders per state (pending / sending / done)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(orders.c.state, sa.func.count())
+                .where(orders.c.run_id == run_id)
+                .group_by(orders.c.state)
+            ).all()
+        return {state: int(n) for state, n in rows}
+
+    def order_rows(self, run_id: str) -> Iterator[sa.Row[Any]]:
+        """Every order of a run in input order, streamed."""
+        query = (
+            sa.select(
+                orders.c.venue,
+                orders.c.order_id,
+                orders.c.account_id,
+                orders.c.symbol,
+                orders.c.outcome,
+                orders.c.reason,
+                orders.c.attempts,
+                orders.c.last_http_status,
+                orders.c.first_sent_at,
+                orders.c.last_answer_at,
+            )
+            .where(orders.c.run_id == run_id)
+            .order_by(orders.c.pk)
+        )
+        yield from self._stream(query)
+
+    def attempt_rows(self, run_id: str) -> Iterator[sa.Row[Any]]:
+        """Every attempt of a run, by order then attempt number, streamed."""
+        query = (
+            sa.select(
+                orders.c.venue,
+                orders.c.order_id,
+                attempts.c.attempt,
+                attempts.c.sent_at,
+                attempts.c.answered_at,
+                attempts.c.http_status,
+                attempts.c.verdict,
+                attempts.c.latency_ms,
+                attempts.c.detail,
+            )
+            .join(orders, orders.c.pk == attempts.c.order_pk)
+            .where(attempts.c.run_id == run_id)
+            .order_by(attempts.c.order_pk, attempts.c.attempt)
+        )
+        yield from self._stream(query)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def clean(self, text: str) -> str:
+        """`text` with every secret replaced: nothing secret is ever stored."""
+        for secret in self._redact:
+            if secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    def _stream(self, query: sa.Select[Any]) -> Iterator[sa.Row[Any]]:
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=5000).execute(query)
+            yield from result
+
+    def _write(self) -> _WriteTransaction:
+        return _WriteTransaction(self.engine)
+
+
+class _WriteTransaction:
+    """engine.begin() that turns database errors into one-line AuditErrors."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._context: Any = None
+
+    def __enter__(self) -> sa.Connection:
+        try:
+            self._context = self._engine.begin()
+            return self._context.__enter__()  # type: ignore[no-any-return]
+        except sa.exc.SQLAlchemyError as exc:
+            raise _audit_error(exc) from None
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            self._context.__exit__(*exc_info)
+        except sa.exc.SQLAlchemyError as exc:
+            raise _audit_error(exc) from None
+        if exc_info[1] is not None and isinstance(exc_info[1], sa.exc.SQLAlchemyError):
+            raise _audit_error(exc_info[1]) from None
+
+
+def _audit_error(exc: sa.exc.SQLAlchemyError) -> AuditError:
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return AuditError(f"audit database write failed: {detail}")
+
+
+def _create_engine(url: str) -> sa.Engine:
+    try:
+        if url.startswith("sqlite"):
+            engine = sa.create_engine(
+                url,
+                connect_args={"check_same_thread": False, "timeout": 30},
+                pool_size=4,
+                max_overflow=4,
+            )
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        return sa.create_engine(url, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise AuditError(
+            f"--db is not a usable database URL: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers (status, report) work during a run; FULL makes each commit durable
+    # before the request it records leaves; busy_timeout waits out brief locks.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _lock_is_stale(owner: str, heartbeat: datetime | None, now: datetime) -> bool:
+    host, pid = owner.split(":")[:2]
+    if host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+        return True
+    return heartbeat is None or now - heartbeat > LOCK_STALE_AFTER
+
+
+def _os_user() -> str:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid()) if hasattr(os, "getuid") else ""
+
+
+def _run_info(row: sa.Row[Any]) -> RunInfo:
+    try:
+        options = json.loads(row.options or "{}")
+    except ValueError:
+        options = {}
+    return RunInfo(
+        id=row.id,
+        run_key=row.run_key,
+        command=row.command,
+        status=row.status,
+        dry_run=bool(row.dry_run),
+        source=row.source,
+        reason=row.reason,
+        orders_total=row.orders_total,
+        duplicates=row.duplicates,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        options=options,
+    )

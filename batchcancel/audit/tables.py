@@ -1,0 +1,110 @@
+"""The audit schema: runs, orders (one row each, current state) and attempts (one row each).
+
+Alembic migrations in migrations/ create these tables; nothing calls create_all outside tests
+of the migrations themselves. Times are naive UTC with microseconds.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Attempt", "Base", "Order", "Run", "Session", "metadata"]
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the audit tables."""
+
+
+class Run(Base):
+    """One run: who started it, why, with what, and where it stands."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    run_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    command: Mapped[str] = mapped_column(String(16))  # run / kill
+    status: Mapped[str] = mapped_column(String(16))
+    dry_run: Mapped[bool] = mapped_column(default=False)
+    source: Mapped[str] = mapped_column(Text, default="")
+    options: Mapped[str] = mapped_column(Text, default="{}")  # JSON, never credentials
+    reason: Mapped[str] = mapped_column(Text, default="")
+    os_user: Mapped[str] = mapped_column(String(128), default="")
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    command_line: Mapped[str] = mapped_column(Text, default="")  # secrets left out
+    version: Mapped[str] = mapped_column(String(32), default="")
+    orders_total: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)  # latest session's start
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)  # latest session's end
+    sessions: Mapped[int] = mapped_column(Integer, default=0)  # run + resumes
+    lock_owner: Mapped[str | None] = mapped_column(String(255))
+    lock_heartbeat: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Session(Base):
+    """One process's turn at a run: the first `run`, then each `resume`. Who, where, why."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    command: Mapped[str] = mapped_column(String(16))  # run / resume / kill
+    os_user: Mapped[str] = mapped_column(String(128), default="")
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    command_line: Mapped[str] = mapped_column(Text, default="")  # secrets left out
+    version: Mapped[str] = mapped_column(String(32), default="")
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+
+
+class Order(Base):
+    """One order of a run, with its current state and, once it has one, its outcome."""
+
+    __tablename__ = "orders"
+    __table_args__ = (Index("ix_orders_run_venue_pk", "run_id", "venue", "pk"),)
+
+    pk: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    seq: Mapped[int] = mapped_column(Integer)  # 1-based data row of the source
+    venue: Mapped[str] = mapped_column(String(32))
+    order_id: Mapped[str] = mapped_column(Text)
+    account_id: Mapped[str] = mapped_column(Text, default="")
+    symbol: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(12))  # pending / sending / done
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_http_status: Mapped[int | None] = mapped_column(Integer)
+    first_sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_answer_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Attempt(Base):
+    """One request sent for an order. Written before it leaves; its answer filled in after."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_run", "run_id"),)
+
+    order_pk: Mapped[int] = mapped_column(ForeignKey("orders.pk"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(40))
+    worker: Mapped[str] = mapped_column(String(255), default="")
+    sent_at: Mapped[datetime] = mapped_column(DateTime)
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    verdict: Mapped[str | None] = mapped_column(String(16))  # NULL until answered
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+metadata = Base.metadata

@@ -1,0 +1,84 @@
+"""AuditWriter: groups the engine's audit writes into few transactions, off the event loop.
+
+`begin` returns only once the attempt row is committed, so a request never leaves before its
+record; `answer` queues an answer for the next commit. While one transaction is committing in
+a worker thread the next batch accumulates, which is what groups commits under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from batchcancel.audit.store import Answer, AuditStore, Begin
+from batchcancel.errors import AuditError
+
+__all__ = ["AuditWriter"]
+
+
+class AuditWriter:
+    """One per session. Start with `start()`, end with `close()` (which flushes)."""
+
+    def __init__(self, store: AuditStore, run_id: str) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._begins: list[tuple[Begin, asyncio.Future[None]]] = []
+        self._answers: list[Answer] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.failure: AuditError | None = None
+        self.commits = 0
+
+    def start(self) -> None:
+        """Start the writing task."""
+        self._task = asyncio.create_task(self._loop(), name="audit-writer")
+
+    async def begin(self, begin: Begin) -> None:
+        """Record an attempt about to be sent; returns once it is committed."""
+        if self.failure is not None:
+            raise self.failure
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._begins.append((begin, future))
+        self._wake.set()
+        await future
+
+    def answer(self, answer: Answer) -> None:
+        """Queue an answer for the next commit."""
+        self._answers.append(answer)
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Write everything queued, stop, and raise the failure if writing failed."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self.failure is not None:
+            raise self.failure
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            begins, self._begins = self._begins, []
+            answers, self._answers = self._answers, []
+            if not begins and not answers:
+                if self._closing:
+                    return
+                continue
+            if self.failure is None:
+                try:
+                    await asyncio.to_thread(
+                        self._store.write_batch, self._run_id, [b for b, _ in begins], answers
+                    )
+                    self.commits += 1
+                except AuditError as exc:
+                    self.failure = exc
+            for _, future in begins:
+                if future.done():
+                    continue
+                if self.failure is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(self.failure)
+            self._wake.set()  # look again: more may have queued while committing

@@ -1,0 +1,454 @@
+"""The command line (SPEC.md, Commands). The only module that prints or exits.
+
+Every expected failure is a BatchCancelError, printed as one line with its exit code; an
+unexpected one is printed as one line too (set BATCHCANCEL_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+import click
+
+from batchcancel import __version__
+from batchcancel.config import Settings, load_settings
+from batchcancel.errors import BatchCancelError, ConfigError, RunNotFoundError
+
+__all__ = ["main"]
+
+DEBUG_VAR: Final = "BATCHCANCEL_DEBUG"
+KILL_DEADLINE: Final = 60.0
+KILL_TIMEOUT: Final = 5.0
+KILL_MAX_ATTEMPTS: Final = 3
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"batchcancel: error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn every failure into one line on stderr and SPEC's exit code."""
+    try:
+        yield
+    except BatchCancelError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted before sending began; nothing was sent", 3)
+    except Exception as exc:
+        if os.environ.get(DEBUG_VAR):
+            raise
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        _fail(f"internal error: {type(exc).__name__}: {text} (set {DEBUG_VAR}=1 for details)", 1)
+
+
+def _settings(db: str | None, venues_config: str | None = None) -> Settings:
+    return load_settings(os.environ, db_url=db, venues_config=venues_config)
+
+
+def _open_store(settings: Settings) -> Any:
+    from batchcancel.audit.store import AuditStore
+
+    return AuditStore(settings.db_url, redact=settings.secrets)
+
+
+def _command_line() -> str:
+    return " ".join(shlex.quote(arg) for arg in ["batchcancel", *sys.argv[1:]])
+
+
+db_option = click.option(
+    "--db", envvar="BATCHCANCEL_DB", metavar="URL", help="Audit database URL [BATCHCANCEL_DB]."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="batchcancel")
+def cli() -> None:
+    """Cancel trading orders in bulk across venues, with a write-ahead audit trail."""
+
+
+def _run_options(func: Any) -> Any:
+    options = [
+        click.argument("source", required=False),
+        click.option("--query", metavar="SQL", help="Read the orders with this SQL query."),
+        click.option("--source-db", metavar="URL", help="Database the --query runs against."),
+        click.option("--venue", metavar="NAME", help="Every row is for this venue."),
+        click.option(
+            "--venues-config",
+            envvar="BATCHCANCEL_VENUES",
+            metavar="FILE",
+            help="Venue endpoints and limits (TOML) [BATCHCANCEL_VENUES].",
+        ),
+        db_option,
+        click.option("--run-key", metavar="KEY", help="Idempotency key: the same key resumes."),
+        click.option(
+            "--dry-run", is_flag=True, help="Load, validate, plan and record; send nothing."
+        ),
+        click.option("--deadline", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS"),
+        click.option("--max-attempts", type=click.IntRange(min=1), metavar="N"),
+        click.option(
+            "--json", "as_json", is_flag=True, help="Print the summary as one JSON object."
+        ),
+        click.option("--reason", default="", metavar="TEXT", help="Why this run was started."),
+        click.option(
+            "--bulk", is_flag=True, help="Use bulk-cancel endpoints where venues have one."
+        ),
+        click.option("--confirm", is_flag=True, help="Confirm cancel_pending orders afterwards."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@cli.command()
+@_run_options
+def run(**kwargs: Any) -> None:
+    """Cancel every order in SOURCE (a CSV path, or - for stdin), or in --query's result."""
+    _run("run", **kwargs)
+
+
+@cli.command()
+@_run_options
+def kill(**kwargs: Any) -> None:
+    """The kill switch: run with no prompt, every venue at full rate, short timeouts, a deadline."""
+    if kwargs["deadline"] is None:
+        kwargs["deadline"] = KILL_DEADLINE
+    if kwargs["max_attempts"] is None:
+        kwargs["max_attempts"] = KILL_MAX_ATTEMPTS
+    _run("kill", **kwargs)
+
+
+def _run(
+    command: str,
+    *,
+    source: str | None,
+    query: str | None,
+    source_db: str | None,
+    venue: str | None,
+    venues_config: str | None,
+    db: str | None,
+    run_key: str | None,
+    dry_run: bool,
+    deadline: float | None,
+    max_attempts: int | None,
+    as_json: bool,
+    reason: str,
+    bulk: bool,
+    confirm: bool,
+) -> None:
+    from batchcancel.commands import Plan, resume_run, start_run
+    from batchcancel.engine import DrainOptions
+    from batchcancel.progress import Progress
+    from batchcancel.sources import read_csv, read_query
+    from batchcancel.venues import get_venue
+
+    with _errors():
+        if (source is None) == (query is None):
+            raise ConfigError("give either SOURCE (a CSV path or -) or --query with --source-db")
+        if query is not None and not source_db:
+            raise ConfigError("--query needs --source-db URL")
+        if venue is not None:
+            venue = venue.strip().lower()
+            get_venue(venue)
+        settings = _settings(db, venues_config)
+        if command == "kill":
+            settings = _kill_profile(settings)
+        drain_options = DrainOptions(max_attempts=max_attempts or 5, deadline=deadline)
+        store = _open_store(settings)
+        try:
+            existing = store.find_run_key(run_key) if run_key else None
+            with Progress() as progress:
+                if existing is not None and existing.status != "loading":
+                    click.echo(
+                        f"batchcancel: run key {run_key} belongs to run {existing.id}: resuming it "
+                        "(the source is not read again)",
+                        err=True,
+                    )
+                    summary = resume_run(
+                        store,
+                        settings,
+                        existing,
+                        command_line=_command_line(),
+                        drain_options=drain_options,
+                        views=progress,
+                    )
+                else:
+                    table = (
+                        read_csv(source, venue=venue)
+                        if source is not None
+                        else read_query(query or "", source_db or "", venue=venue)
+                    )
+
+                    def announce(run_id: str, plan: Plan) -> None:
+                        per_venue = ", ".join(f"{v} {n}" for v, n in sorted(plan.to_send.items()))
+                        verb = "would cancel" if dry_run else "cancelling"
+                        click.echo(
+                            f"batchcancel: run {run_id}: {verb} {sum(plan.to_send.values())} "
+                            f"orders ({per_venue or 'none'}); {plan.invalid} invalid, "
+                            f"{plan.duplicates} duplicate rows collapsed",
+                            err=True,
+                        )
+                        if dry_run:
+                            for line in _estimates(settings, plan):
+                                click.echo(line, err=True)
+
+                    summary = start_run(
+                        store,
+                        settings,
+                        table,
+                        command=command,
+                        run_key=run_key,
+                        only_venue=venue,
+                        options={
+                            "venue": venue,
+                            "max_attempts": drain_options.max_attempts,
+                            "deadline": deadline,
+                            "bulk": bulk,
+                            "confirm": confirm,
+                            "venues_config": venues_config,
+                        },
+                        reason=reason,
+                        command_line=_command_line(),
+                        dry_run=dry_run,
+                        drain_options=drain_options,
+                        views=progress,
+                        on_planned=announce,
+                        loading=existing,
+                    )
+            _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
+        finally:
+            store.close()
+    sys.exit(summary.exit_code)
+
+
+def _kill_profile(settings: Settings) -> Settings:
+    venues = {
+        name: dataclasses.replace(v, timeout=min(v.timeout, KILL_TIMEOUT))
+        for name, v in settings.venues.items()
+    }
+    return dataclasses.replace(settings, venues=venues)
+
+
+def _estimates(settings: Settings, plan: Any) -> list[str]:
+    lines = []
+    for name, count in sorted(plan.to_send.items()):
+        venue = settings.venues[name]
+        if venue.rate_limit:
+            seconds = count / venue.rate_limit * venue.period
+            lines.append(
+                f"  {name}: {count} orders at {venue.rate_limit} per {venue.period:g} s "
+                f"= about {seconds:.0f} s"
+            )
+        else:
+            lines.append(f"  {name}: {count} orders, unthrottled")
+    return lines
+
+
+def _print_summary(store: Any, summary: Any, *, as_json: bool, db_url: str) -> None:
+    from batchcancel.report import format_summary
+
+    if as_json:
+        click.echo(json.dumps(summary.as_json()))
+        return
+    run = store.find_run(summary.run_id)
+    lines = format_summary(
+        run,
+        status=summary.status.value,
+        orders=summary.orders,
+        outcomes=summary.outcomes,
+        venues=summary.venues,
+        elapsed_s=summary.elapsed_s,
+        unfinished=summary.unfinished,
+        stopped=summary.stopped,
+        halted=summary.halted,
+        db_url=store.clean(_hide_password(db_url)),
+    )
+    click.echo("\n".join(lines))
+
+
+def _hide_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparsable URL)"
+
+
+@cli.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--venues-config", envvar="BATCHCANCEL_VENUES", metavar="FILE")
+@db_option
+@click.option("--deadline", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS")
+@click.option("--max-attempts", type=click.IntRange(min=1), metavar="N")
+@click.option("--json", "as_json", is_flag=True)
+def resume(
+    run_ref: str,
+    venues_config: str | None,
+    db: str | None,
+    deadline: float | None,
+    max_attempts: int | None,
+    as_json: bool,
+) -> None:
+    """Continue RUN (a run id or run key) from where it stopped."""
+    from batchcancel.commands import resume_run
+    from batchcancel.engine import DrainOptions
+    from batchcancel.progress import Progress
+
+    with _errors():
+        settings = _settings(db, venues_config)
+        store = _open_store(settings)
+        try:
+            run = store.find_run(run_ref)
+            if run.status == "loading":
+                raise RunNotFoundError(
+                    f"run {run.id} was interrupted while its orders were loading; run it again "
+                    "with the same --run-key and source to finish loading"
+                )
+            options = DrainOptions(
+                max_attempts=max_attempts or int(run.options.get("max_attempts") or 5),
+                deadline=deadline,
+            )
+            with Progress() as progress:
+                summary = resume_run(
+                    store,
+                    settings,
+                    run,
+                    command_line=_command_line(),
+                    drain_options=options,
+                    views=progress,
+                )
+            _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
+        finally:
+            store.close()
+    sys.exit(summary.exit_code)
+
+
+@cli.command()
+@click.argument("run_ref", metavar="[RUN]", required=False)
+@db_option
+@click.option("--json", "as_json", is_flag=True)
+def status(run_ref: str | None, db: str | None, as_json: bool) -> None:
+    """One run's counts by outcome and state; without RUN, the recent runs."""
+    from batchcancel.commands import summarise
+    from batchcancel.report import format_counts, iso
+
+    with _errors():
+        settings = _settings(db)
+        store = _open_store(settings)
+        try:
+            if run_ref is None:
+                runs = store.recent_runs()
+                if as_json:
+                    click.echo(json.dumps([_run_json(store, r) for r in runs]))
+                    return
+                if not runs:
+                    click.echo("no runs yet")
+                for r in runs:
+                    summary = summarise(store, r)
+                    click.echo(
+                        f"{r.id}  {r.command:<6} {summary.status.value:<10} "
+                        f"{summary.orders:>9} orders  {iso(r.created_at)}  "
+                        f"{r.run_key or ''}"
+                    )
+                return
+            run = store.find_run(run_ref)
+            summary = summarise(store, run)
+            states = store.state_counts(run.id)
+            if as_json:
+                click.echo(json.dumps(_run_json(store, run)))
+                return
+            key = f" (key {run.run_key})" if run.run_key else ""
+            click.echo(
+                f"run {run.id}{key}: {summary.status.value}, {run.command}, "
+                f"created {iso(run.created_at)}"
+            )
+            if run.reason:
+                click.echo(f"reason: {run.reason}")
+            click.echo(f"orders {summary.orders}: {format_counts(summary.outcomes)}")
+            click.echo("states: " + ", ".join(f"{s} {n}" for s, n in sorted(states.items())))
+            for venue, counts in summary.venues.items():
+                click.echo(f"  {venue}: {format_counts(counts)}")
+        finally:
+            store.close()
+
+
+def _run_json(store: Any, run: Any) -> dict[str, Any]:
+    from batchcancel.commands import summarise
+    from batchcancel.report import iso
+
+    summary = summarise(store, run)
+    data = summary.as_json()
+    data.pop("elapsed_s")
+    data["created_at"] = iso(run.created_at)
+    data["finished_at"] = iso(run.finished_at)
+    data["states"] = store.state_counts(run.id)
+    return data
+
+
+@cli.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), required=True)
+@click.option("--attempts", is_flag=True, help="One record per attempt instead of per order.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), metavar="FILE")
+@db_option
+def report(run_ref: str, fmt: str, attempts: bool, output: str | None, db: str | None) -> None:
+    """Per-order outcomes (or every attempt) of RUN, as CSV or JSON."""
+    from batchcancel.report import write_report
+
+    with _errors():
+        settings = _settings(db)
+        store = _open_store(settings)
+        try:
+            run = store.find_run(run_ref)
+            if output:
+                with open(output, "w", encoding="utf-8", newline="") as out:
+                    count = write_report(store, run.id, out, fmt=fmt, attempts=attempts)
+                click.echo(f"wrote {count} records to {output}", err=True)
+            else:
+                write_report(store, run.id, sys.stdout, fmt=fmt, attempts=attempts)
+        finally:
+            store.close()
+
+
+@cli.group()
+def db() -> None:
+    """Audit database maintenance."""
+
+
+@db.command("upgrade")
+@db_option
+def db_upgrade(db: str | None) -> None:
+    """Create or upgrade the audit schema in --db."""
+    with _errors():
+        settings = _settings(db)
+        store = _open_store(settings)
+        store.close()
+        click.echo(f"audit database is at the newest schema: {_hide_password(settings.db_url)}")
+
+
+@cli.command()
+def venues() -> None:
+    """The venue adapters, their required columns and credential variables (never values)."""
+    from batchcancel.venues import VENUES
+
+    for name, venue in VENUES.items():
+        columns = ", ".join(sorted(venue.required_columns))
+        variables = ", ".join(
+            f"{var} ({'set' if os.environ.get(var) else 'not set'})"
+            for var in venue.credential_vars
+        )
+        click.echo(f"{name}: columns {columns}; credentials {variables}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="batchcancel")

@@ -1,0 +1,242 @@
+"""One function per command that touches a run: plan, send, resume, summarise.
+
+The CLI parses options and calls these; they return values and raise BatchCancelError, and
+never print (progress goes through the callback the CLI passes in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchcancel.audit.store import AuditStore, PlannedOrder, RunInfo
+from batchcancel.config import Settings
+from batchcancel.engine import DrainOptions, LaneView, drain
+from batchcancel.outcomes import EXIT_CODES, Outcome, RunStatus, run_status
+from batchcancel.sources import NumberedRow, OrderTable
+from batchcancel.venues import VENUES
+from batchcancel.venues.base import Venue
+
+__all__ = ["Plan", "Summary", "plan_rows", "resume_run", "start_run", "summarise"]
+
+ViewCallback = Callable[[Mapping[str, LaneView]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The end of a session, as `--json` prints it (SPEC.md)."""
+
+    run_id: str
+    run_key: str | None
+    status: RunStatus
+    orders: int
+    outcomes: dict[str, int]
+    venues: dict[str, dict[str, int]]
+    elapsed_s: float
+    unfinished: int = 0
+    stopped: str = ""
+    halted: dict[str, str] = field(default_factory=dict)
+    resumed: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """SPEC exit code: 0 all good, 1 attention, 3 stopped early."""
+        if self.status is RunStatus.PLANNED:
+            return 1 if self.outcomes.get(Outcome.INVALID, 0) else 0
+        return EXIT_CODES[self.status]
+
+    def as_json(self) -> dict[str, Any]:
+        """Exactly SPEC's `--json` keys."""
+        return {
+            "run_id": self.run_id,
+            "run_key": self.run_key,
+            "status": self.status.value,
+            "orders": self.orders,
+            "outcomes": self.outcomes,
+            "venues": self.venues,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a source holds, per venue: orders to send and invalid rows."""
+
+    to_send: dict[str, int]
+    invalid: int
+    duplicates: int
+
+
+def plan_rows(chunk: Iterable[NumberedRow], *, only_venue: str | None) -> Iterator[PlannedOrder]:
+    """Validate each row against its venue; a row that cannot be valid is planned invalid."""
+    validators: dict[str, Venue] = {}
+    for numbered in chunk:
+        row = numbered.row
+        reason = None
+        if only_venue is not None and row.venue != only_venue:
+            reason = f"row is for venue {row.venue!r} but --venue {only_venue} was given"
+        elif row.venue not in VENUES:
+            known = ", ".join(sorted(VENUES))
+            reason = f"unknown venue {row.venue!r}; known venues: {known}"
+        elif not row.order_id:
+            reason = "order_id is empty"
+        else:
+            if row.venue not in validators:
+                validators[row.venue] = VENUES[row.venue]({})
+            reason = validators[row.venue].validate(row)
+        yield PlannedOrder(
+            numbered.seq, row.venue, row.order_id, row.account_id, row.symbol, reason
+        )
+
+
+def start_run(
+    store: AuditStore,
+    settings: Settings,
+    table: OrderTable,
+    *,
+    command: str,
+    run_key: str | None,
+    only_venue: str | None,
+    options: Mapping[str, Any],
+    reason: str,
+    command_line: str,
+    dry_run: bool,
+    drain_options: DrainOptions,
+    views: ViewCallback | None = None,
+    on_planned: Callable[[str, Plan], None] | None = None,
+    loading: RunInfo | None = None,
+) -> Summary:
+    """Record a new run with its orders, then (unless a dry run) send them.
+
+    Orders are sent only once every row is recorded; `loading` is a run whose loading was
+    interrupted, whose missing rows are added now (rows are numbered, so none is added twice).
+    """
+    started = time.monotonic()
+    if loading is not None:
+        run_id = loading.id  # a run whose loading was interrupted: load the rest of the rows
+    else:
+        run_id = store.create_run(
+            command=command,
+            run_key=run_key,
+            source=table.description,
+            options=options,
+            reason=reason,
+            command_line=command_line,
+            dry_run=dry_run,
+        )
+    loaded = store.max_seq(run_id)
+    to_send: dict[str, int] = {}
+    invalid = total = 0
+    for chunk in table.chunks():
+        planned = [p for p in plan_rows(chunk, only_venue=only_venue) if p.seq > loaded]
+        for p in planned:
+            if p.invalid_reason is None:
+                to_send[p.venue] = to_send.get(p.venue, 0) + 1
+            else:
+                invalid += 1
+        store.add_orders(run_id, planned)
+    total = store.order_count(run_id)
+    store.set_totals(run_id, orders_total=total, duplicates=table.duplicates)
+    if on_planned is not None:
+        on_planned(run_id, Plan(to_send, invalid, table.duplicates))
+    if dry_run:
+        store.set_run_status(run_id, RunStatus.PLANNED.value)
+        return summarise(store, store.find_run(run_id), elapsed=time.monotonic() - started)
+    return _work(
+        store, settings, run_id, command, command_line, drain_options, views, started, False
+    )
+
+
+def resume_run(
+    store: AuditStore,
+    settings: Settings,
+    run: RunInfo,
+    *,
+    command_line: str,
+    drain_options: DrainOptions,
+    views: ViewCallback | None = None,
+) -> Summary:
+    """Continue a run: send only orders without a final outcome."""
+    started = time.monotonic()
+    return _work(
+        store, settings, run.id, "resume", command_line, drain_options, views, started, True
+    )
+
+
+def _work(
+    store: AuditStore,
+    settings: Settings,
+    run_id: str,
+    command: str,
+    command_line: str,
+    drain_options: DrainOptions,
+    views: ViewCallback | None,
+    started: float,
+    resumed: bool,
+) -> Summary:
+    store.lock_run(run_id)
+    session_id = store.start_session(run_id, command=command, command_line=command_line)
+    status = RunStatus.ATTENTION
+    try:
+        result = asyncio.run(drain(store, run_id, settings, drain_options, views=views))
+        summary = summarise(
+            store,
+            store.find_run(run_id),
+            elapsed=time.monotonic() - started,
+            stopped=result.stopped,
+            halted={name: v.halted for name, v in result.lanes.items() if v.halted},
+            resumed=resumed,
+        )
+        status = summary.status
+        store.set_run_status(run_id, status.value)
+        return summary
+    finally:
+        try:
+            store.finish_session(session_id, status.value)
+        finally:
+            store.unlock_run(run_id)
+
+
+def summarise(
+    store: AuditStore,
+    run: RunInfo,
+    *,
+    elapsed: float = 0.0,
+    stopped: str = "",
+    halted: Mapping[str, str] | None = None,
+    resumed: bool = False,
+) -> Summary:
+    """Counts of a run's orders by outcome and venue, and its status."""
+    counts = store.counts(run.id)
+    outcomes = {o.value: 0 for o in Outcome}
+    venues: dict[str, dict[str, int]] = {}
+    unfinished = orders = 0
+    for venue, by_outcome in sorted(counts.items()):
+        venues[venue] = {o.value: 0 for o in Outcome}
+        for outcome, n in by_outcome.items():
+            orders += n
+            if outcome:
+                outcomes[outcome] += n
+                venues[venue][outcome] += n
+            else:
+                unfinished += n
+    if run.dry_run and run.status == RunStatus.PLANNED.value:
+        status = RunStatus.PLANNED
+    else:
+        status = run_status(outcomes, unfinished=unfinished, stopped_early=bool(stopped))
+    return Summary(
+        run_id=run.id,
+        run_key=run.run_key,
+        status=status,
+        orders=orders,
+        outcomes=outcomes,
+        venues=venues,
+        elapsed_s=elapsed,
+        unfinished=unfinished,
+        stopped=stopped,
+        halted=dict(halted or {}),
+        resumed=resumed,
+    )

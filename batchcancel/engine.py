@@ -1,0 +1,389 @@
+"""The async run: one lane per venue, write-ahead audit, retries, stops.
+
+Each lane streams its venue's unsent orders from the audit store in pages (never a task per
+order), paces them through its Pacer, and sends each one only after its attempt row is
+committed. Transient answers are retried with exponential backoff and jitter, honouring
+Retry-After; a 429 pauses the whole venue; an auth refusal halts the venue and leaves its
+remaining orders `skipped`. A stop (deadline, SIGINT/SIGTERM) halts every lane: in-flight
+requests finish or time out and are recorded, the rest is left resumable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from batchcancel.audit.store import Answer, AuditStore, Begin, OrderToSend, utcnow
+from batchcancel.audit.writer import AuditWriter
+from batchcancel.config import Settings, VenueSettings
+from batchcancel.errors import AuditError, TransientVenueError
+from batchcancel.lanes import Pacer
+from batchcancel.outcomes import Outcome
+from batchcancel.transport import open_session, send
+from batchcancel.venues import get_venue
+from batchcancel.venues.base import OrderRow, Venue, Verdict, VerdictKind, excerpt
+
+__all__ = ["DrainOptions", "LaneView", "drain"]
+
+PAGE_SIZE: Final = 2000
+MAX_BACKOFF: Final = 30.0
+RATE_LIMIT_ROUNDS: Final = 4  # 429s an order may meet per allowed attempt before it is failed
+HEARTBEAT_EVERY: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class DrainOptions:
+    """How one session drains a run."""
+
+    max_attempts: int = 5
+    deadline: float | None = None  # seconds from start
+    handle_signals: bool = True
+    seed: int | None = None  # for reproducible jitter in tests
+
+
+@dataclass
+class LaneView:
+    """What the progress display shows of one venue."""
+
+    venue: str
+    total: int
+    done: int = 0
+    sent: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    paused_until: float = 0.0  # time.monotonic()
+    halted: str = ""  # why the lane stopped early, if it did
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Job:
+    """An order being worked in this session."""
+
+    order: OrderToSend
+    attempt: int  # number of the last attempt recorded
+    tries: int = 0  # transient answers in this session, 429s excluded
+    limited: int = 0  # 429s in this session
+    warned: bool = False  # an escalate-on-repeat answer was seen once
+
+
+@dataclass
+class DrainResult:
+    """How the session ended."""
+
+    stopped: str = ""  # deadline / signal reason, empty if it ran to the end
+    lanes: dict[str, LaneView] = field(default_factory=dict)
+
+
+class _Lane:
+    """One venue's sending loop."""
+
+    def __init__(
+        self,
+        *,
+        store: AuditStore,
+        writer: AuditWriter,
+        run_id: str,
+        settings: VenueSettings,
+        venue: Venue,
+        options: DrainOptions,
+        view: LaneView,
+        rng: random.Random,
+        on_audit_failure: Callable[[AuditError], None],
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.run_id = run_id
+        self.settings = settings
+        self.venue = venue
+        self.options = options
+        self.view = view
+        self.rng = rng
+        self.on_audit_failure = on_audit_failure
+        self.pacer = Pacer(
+            rate_limit=settings.rate_limit,
+            period=settings.period,
+            max_in_flight=settings.max_in_flight,
+        )
+        self._retries: list[tuple[float, int, _Job]] = []  # (due monotonic, tiebreak, job)
+        self._page: list[OrderToSend] = []
+        self._after_pk = 0
+        self._exhausted = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._counter = 0
+
+    def halt(self, reason: str) -> None:
+        """Send nothing more to this venue."""
+        if not self.view.halted:
+            self.view.halted = reason
+        self.pacer.halt()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send every unsent order of the venue, then wait for the answers."""
+        async with open_session(max_connections=self.settings.max_in_flight) as session:
+            self._session = session
+            while not self.pacer.halted:
+                job = await self._next_job()
+                if job is None:
+                    break
+                if not await self.pacer.acquire():
+                    break
+                task = asyncio.create_task(self._attempt(job))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight)
+
+    async def _next_job(self) -> _Job | None:
+        """A due retry, else the next unsent order; None when nothing is left to send."""
+        while not self.pacer.halted:
+            now = time.monotonic()
+            if self._retries and self._retries[0][0] <= now:
+                return heapq.heappop(self._retries)[2]
+            order = await self._next_order()
+            if order is not None:
+                return _Job(order, attempt=order.attempts)
+            if not self._retries and not self._in_flight:
+                return None
+            self._wake.clear()
+            timeout = self._retries[0][0] - now if self._retries else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+        return None
+
+    async def _next_order(self) -> OrderToSend | None:
+        if not self._page and not self._exhausted:
+            self._page = await asyncio.to_thread(
+                self.store.pending_page,
+                self.run_id,
+                self.view.venue,
+                after_pk=self._after_pk,
+                limit=PAGE_SIZE,
+            )
+            self._page.reverse()
+            if self._page:
+                self._after_pk = self._page[0].pk
+            else:
+                self._exhausted = True
+        return self._page.pop() if self._page else None
+
+    async def _attempt(self, job: _Job) -> None:
+        try:
+            await self._send_and_record(job)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._in_flight.discard(task)  # before waking the dispatcher, which counts them
+            self.pacer.release()
+            self._wake.set()
+
+    async def _send_and_record(self, job: _Job) -> None:
+        order = job.order
+        row = OrderRow(order.venue, order.order_id, order.account_id, order.symbol)
+        request = self.venue.build_cancel(row, now=time.time())  # fresh signature per attempt
+        job.attempt += 1
+        try:
+            await self.writer.begin(Begin(order.pk, job.attempt, utcnow()))
+        except AuditError as exc:
+            job.attempt -= 1
+            self.on_audit_failure(exc)
+            return
+        self.view.sent += 1
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            reply = await send(
+                self._session, self.settings.base_url, request, timeout=self.settings.timeout
+            )
+            status = reply.status
+            verdict = self.venue.classify(reply)
+            detail = excerpt(reply.body)
+        except TransientVenueError as exc:
+            verdict = Verdict.transient(str(exc))
+            detail = str(exc)
+        latency_ms = (time.monotonic() - started) * 1000
+        outcome, reason = self._decide(job, verdict)
+        self.writer.answer(
+            Answer(
+                order_pk=order.pk,
+                attempt=job.attempt,
+                answered_at=utcnow(),
+                http_status=status,
+                verdict=verdict.label,
+                latency_ms=latency_ms,
+                detail=detail if detail else verdict.reason,
+                outcome=outcome.value if outcome else None,
+                reason=reason,
+            )
+        )
+        if outcome is not None:
+            self.view.done += 1
+            self.view.outcomes[outcome.value] += 1
+
+    def _decide(self, job: _Job, verdict: Verdict) -> tuple[Outcome | None, str]:
+        """The order's outcome after this answer (None: retry later or leave resumable)."""
+        if verdict.kind is VerdictKind.AUTH_REFUSED or (verdict.escalate_on_repeat and job.warned):
+            self.halt(f"credentials refused: {verdict.reason}")
+            return Outcome.SKIPPED, f"not sent: {self.view.venue} refused the credentials"
+        if verdict.outcome is not None:
+            return verdict.outcome, verdict.reason
+        job.warned = job.warned or verdict.escalate_on_repeat
+        delay: float
+        if verdict.rate_limited:
+            job.limited += 1
+            self.view.rate_limited += 1
+            self.pacer.pause(verdict.retry_after or self.settings.cooldown)
+            self.view.paused_until = self.pacer.paused_until
+            delay = 0.0  # the venue pause holds it back
+        else:
+            job.tries += 1
+            delay = verdict.retry_after or self._backoff(job.tries)
+        if job.tries >= self.options.max_attempts or job.limited >= (
+            RATE_LIMIT_ROUNDS * self.options.max_attempts
+        ):
+            return Outcome.FAILED, f"gave up after {job.attempt} attempts: {verdict.reason}"
+        if self.pacer.halted:
+            return None, ""  # left for the stop to mark skipped
+        self.view.retries += 1
+        self._counter += 1
+        heapq.heappush(self._retries, (time.monotonic() + delay, self._counter, job))
+        return None, ""
+
+    def _backoff(self, tries: int) -> float:
+        """Exponential backoff with full jitter around it (0.5x to 1.5x)."""
+        base = min(MAX_BACKOFF, self.settings.backoff * 2 ** (tries - 1))
+        return float(base * self.rng.uniform(0.5, 1.5))
+
+
+async def drain(
+    store: AuditStore,
+    run_id: str,
+    settings: Settings,
+    options: DrainOptions,
+    *,
+    views: Callable[[Mapping[str, LaneView]], None] | None = None,
+) -> DrainResult:
+    """Send every unsent order of the run; return how the session ended.
+
+    Raises AuditError if the audit database fails (nothing is sent after that).
+    """
+    await asyncio.to_thread(store.recover_in_flight, run_id)
+    work = await asyncio.to_thread(store.venues_with_work, run_id)
+    result = DrainResult()
+    rng = random.Random(options.seed)
+    writer = AuditWriter(store, run_id)
+    writer.start()
+    lanes: dict[str, _Lane] = {}
+    failures: list[AuditError] = []
+
+    def stop_all(reason: str) -> None:
+        if not result.stopped:
+            result.stopped = reason
+        for lane in lanes.values():
+            lane.halt(reason)
+
+    def audit_failed(exc: AuditError) -> None:
+        failures.append(exc)
+        stop_all("the audit database failed")
+
+    for venue_name in sorted(work):
+        view = LaneView(venue_name, total=work[venue_name])
+        result.lanes[venue_name] = view
+        venue_settings = settings.venues.get(venue_name)
+        problem = _unusable(venue_name, venue_settings)
+        if venue_settings is None or problem:
+            view.halted = problem or "unknown venue"
+            await asyncio.to_thread(
+                store.settle_unsent, run_id, venue_name, Outcome.SKIPPED, f"not sent: {problem}"
+            )
+            continue
+        venue = get_venue(venue_name)(venue_settings.credentials)
+        if (missing := venue.credentials_problem()) is not None:
+            view.halted = missing
+            await asyncio.to_thread(
+                store.settle_unsent, run_id, venue_name, Outcome.SKIPPED, f"not sent: {missing}"
+            )
+            continue
+        lanes[venue_name] = _Lane(
+            store=store,
+            writer=writer,
+            run_id=run_id,
+            settings=venue_settings,
+            venue=venue,
+            options=options,
+            view=view,
+            rng=rng,
+            on_audit_failure=audit_failed,
+        )
+
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if options.handle_signals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(
+                    signum, stop_all, f"stopped by {signal.Signals(signum).name}"
+                )
+                installed.append(signum)
+    deadline = (
+        loop.call_later(options.deadline, stop_all, f"deadline of {options.deadline:g} s passed")
+        if options.deadline is not None
+        else None
+    )
+    heartbeat = asyncio.create_task(_heartbeat(store, run_id))
+    reporter = asyncio.create_task(_report(views, result.lanes)) if views else None
+    try:
+        await asyncio.gather(*(lane.run() for lane in lanes.values()))
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        if deadline is not None:
+            deadline.cancel()
+        heartbeat.cancel()
+        if reporter is not None:
+            reporter.cancel()
+        await writer.close()  # raises the AuditError if writing failed
+    if failures:
+        raise failures[0]
+    for name, lane in lanes.items():
+        if lane.view.halted:
+            await asyncio.to_thread(
+                store.settle_unsent, run_id, name, Outcome.SKIPPED, f"not sent: {lane.view.halted}"
+            )
+    if views:
+        views(result.lanes)
+    return result
+
+
+def _unusable(name: str, settings: VenueSettings | None) -> str:
+    if settings is None:
+        return f"unknown venue {name!r}"
+    if not settings.base_url:
+        return f"no base_url for {name}: set [venues.{name}] base_url in the venues config"
+    return ""
+
+
+async def _heartbeat(store: AuditStore, run_id: str) -> None:
+    while True:
+        await asyncio.sleep(HEARTBEAT_EVERY)
+        with contextlib.suppress(AuditError):
+            await asyncio.to_thread(store.heartbeat, run_id)
+
+
+async def _report(
+    views: Callable[[Mapping[str, LaneView]], None], lanes: Mapping[str, LaneView]
+) -> None:
+    while True:
+        views(lanes)
+        await asyncio.sleep(0.25)

@@ -1,0 +1,91 @@
+"""Live progress on stderr: a rich table on a terminal, a plain line every few seconds otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Final, TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from batchcancel.engine import LaneView
+from batchcancel.report import format_counts
+
+__all__ = ["Progress"]
+
+PLAIN_EVERY: Final = 5.0  # seconds between plain lines (Airflow logs)
+
+
+def _rate(view: LaneView) -> float:
+    elapsed = time.monotonic() - view.started
+    return view.sent / elapsed if elapsed > 0 else 0.0
+
+
+def _state(view: LaneView) -> str:
+    if view.halted:
+        return f"stopped: {view.halted}"
+    left = view.paused_until - time.monotonic()
+    if left > 0:
+        return f"paused {left:.0f}s after 429"
+    return "done" if view.done >= view.total else "sending"
+
+
+class Progress:
+    """Call with the lanes' views as often as you like; it draws at its own pace."""
+
+    def __init__(self, stream: TextIO | None = None, *, live: bool | None = None) -> None:
+        self._stream = stream or sys.stderr
+        self._live_mode = self._stream.isatty() if live is None else live
+        self._live: Live | None = None
+        self._last_plain = 0.0
+
+    def __enter__(self) -> Progress:
+        if self._live_mode:
+            console = Console(file=self._stream)
+            self._live = Live(console=console, refresh_per_second=4, transient=False)
+            self._live.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def __call__(self, views: Mapping[str, LaneView]) -> None:
+        if self._live is not None:
+            self._live.update(self._table(views))
+            return
+        now = time.monotonic()
+        if now - self._last_plain < PLAIN_EVERY:
+            return
+        self._last_plain = now
+        for view in views.values():
+            self._stream.write(
+                f"progress {view.venue}: {view.done}/{view.total} done, {_rate(view):.1f}/s, "
+                f"{format_counts(dict(view.outcomes))}, {_state(view)}\n"
+            )
+        self._stream.flush()
+
+    @staticmethod
+    def _table(views: Mapping[str, LaneView]) -> Table:
+        table = Table(box=None, pad_edge=False)
+        for column in ("venue", "done/total", "req/s", "retries", "outcomes", "state"):
+            table.add_column(column)
+        for view in views.values():
+            table.add_row(
+                view.venue,
+                f"{view.done}/{view.total}",
+                f"{_rate(view):.1f}",
+                str(view.retries),
+                format_counts(dict(view.outcomes)),
+                _state(view),
+            )
+        return table

@@ -1,0 +1,74 @@
+"""The Crux simulator: `PATCH /orders/cancel/` answered as seed 002 and VENUES.md say."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import ClassVar
+
+from aiohttp import web
+
+from batchcancel.simulators.base import OrderState, Simulator
+from batchcancel.venues.crux import TOKEN_VAR, is_uuid
+
+__all__ = ["CruxSimulator"]
+
+
+class CruxSimulator(Simulator):
+    """Crux Connect: `Authorization: Token ...`; the book is keyed by order UUID."""
+
+    name: ClassVar[str] = "crux"
+    # ASSUMED (VENUES.md): Crux documents no limit; the adapter's default, 5 per 1 s.
+    default_rate_limit: ClassVar[int | None] = 5
+    default_period: ClassVar[float] = 1.0
+    default_penalty: ClassVar[float] = 10.0
+
+    def routes(self) -> Iterable[web.RouteDef]:
+        """seed 002: PATCH /orders/cancel/ with {"order_uuid": ...}."""
+        return [web.patch("/orders/cancel/", self._cancel)]
+
+    async def order_key(self, request: web.Request) -> str | None:
+        """The body's order_uuid (None when the body does not name one)."""
+        return _order_uuid(await request.read())
+
+    def auth_problem(self, request: web.Request, body: bytes) -> web.Response | None:
+        """Crux response codes: 401 when the token is incorrect."""
+        header = request.headers.get("Authorization")
+        if header is None:
+            # ASSUMED (VENUES.md): {"detail": ...} bodies, worded as Django REST Framework's.
+            return _detail("Authentication credentials were not provided.", 401)
+        if header != f"Token {self.credentials[TOKEN_VAR]}":
+            return _detail("Invalid token.", 401)
+        return None
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            # Crux response codes: 415, the Content-Type header was not application/json.
+            return _detail(f"Unsupported media type {request.content_type!r}.", 415)
+        order_uuid = _order_uuid(await request.read())
+        if order_uuid is None or not is_uuid(order_uuid):
+            # Crux response codes: 400, something required for the request is missing.
+            return _detail("order_uuid: a valid UUID is required.", 400)
+        before = self.cancel(order_uuid)
+        if before is None:
+            return _detail("Not found.", 404)  # ASSUMED (VENUES.md)
+        if before is OrderState.FILLED:
+            # Crux response codes: 422, the action can't be performed on the identifier.
+            return _detail("The order has shipped and can no longer be cancelled.", 422)
+        # seed 002: the request is passed on to the supplier. ASSUMED (VENUES.md): 204, and a
+        # repeat cancel answers as the first did.
+        return web.Response(status=204)
+
+
+def _order_uuid(body: bytes) -> str | None:
+    """The order_uuid string of a JSON object body, or None."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    uuid = value.get("order_uuid") if isinstance(value, dict) else None
+    return uuid if isinstance(uuid, str) else None
+
+
+def _detail(message: str, status: int) -> web.Response:
+    return web.json_response({"detail": message}, status=status)

@@ -1,0 +1,105 @@
+"""The tanX simulator: `POST /sapi/v1/orders/cancel/` answered as seed 003 and VENUES.md say."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import ClassVar
+
+from aiohttp import web
+
+from batchcancel.simulators.base import OrderState, Simulator
+from batchcancel.venues.tanx import JWT_VAR, order_id_of
+
+__all__ = ["TanxSimulator"]
+
+
+class TanxSimulator(Simulator):
+    """tanX: `Authorization: JWT ...`; the book is keyed by the integer order id, as a string."""
+
+    name: ClassVar[str] = "tanx"
+    # ASSUMED (VENUES.md): tanX documents no limit; the adapter's default, 10 per 1 s.
+    default_rate_limit: ClassVar[int | None] = 10
+    default_period: ClassVar[float] = 1.0
+    default_penalty: ClassVar[float] = 10.0
+
+    def routes(self) -> Iterable[web.RouteDef]:
+        """seed 003: POST /sapi/v1/orders/cancel/ with {"order_id": <integer>}."""
+        return [web.post("/sapi/v1/orders/cancel/", self._cancel)]
+
+    async def order_key(self, request: web.Request) -> str | None:
+        """The body's order_id (None when the body does not name one)."""
+        return order_id_of(_body(await request.read()).get("order_id"))
+
+    def auth_problem(self, request: web.Request, body: bytes) -> web.Response | None:
+        """tanX Node SDK mocks: 401 bodies for a missing header and for a bad token."""
+        header = request.headers.get("Authorization")
+        if header is None:
+            return _error("Authentication credentials were not provided.", 401)
+        if header != f"JWT {self.credentials[JWT_VAR]}":
+            payload = {
+                "token_class": "AccessToken",
+                "token_type": "access",
+                "message": "Token is invalid or expired",
+                "code": "token_not_valid",
+            }
+            return _error("Given token not valid for any token type", 401, payload)
+        return None
+
+    def too_many_requests(self, retry_after: float | None) -> web.Response:
+        """ASSUMED (VENUES.md): tanX documents no 429; the error envelope, as its others."""
+        response = _error("Request was throttled.", 429)
+        if retry_after is not None:
+            response.headers["Retry-After"] = f"{retry_after:g}"
+        return response
+
+    def truncated_body(self) -> bytes:
+        """A 200 body cut short."""
+        return b'{"status":"success","message":"Order is successfully que'
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        value = _body(await request.read()).get("order_id")
+        if request.content_type != "application/json" or value is None:
+            return _error("order_id: This field is required.", 400)  # ASSUMED
+        # seed 003: order_id is an INTEGER; a JSON string is not one here.
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return _error("order_id: A valid integer is required.", 400)  # ASSUMED
+        before = self.cancel(str(value))
+        if before is None:
+            return _error("Order not found", 400)  # ASSUMED (VENUES.md)
+        if before in (OrderState.CANCELED, OrderState.FILLED):
+            return _error("Order already cancelled or filled", 400)  # ASSUMED (VENUES.md)
+        # seed 003: the documented message; payload.state "wait" while the cancel is queued,
+        # ASSUMED (VENUES.md) "cancel" when it completed at once.
+        done = before is OrderState.OPEN
+        payload = {
+            "id": value,
+            "side": "buy",
+            "ord_type": "limit",
+            "state": "cancel" if done else "wait",
+            "market": "btcusdc",
+            "cancel_reason": "Order cancelled by user" if done else None,
+        }
+        return web.json_response(
+            {
+                "status": "success",
+                "message": "Order is successfully queued for cancellation",
+                "payload": payload,
+            }
+        )
+
+
+def _body(raw: bytes) -> dict[str, object]:
+    """A JSON object body, or {} for anything else."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _error(message: str, status: int, payload: object = "") -> web.Response:
+    """tanX Node SDK mocks: {"status":"error","message":"<text>","payload":""}."""
+    return web.json_response(
+        {"status": "error", "message": message, "payload": payload}, status=status
+    )

@@ -1,0 +1,118 @@
+"""The ZebPay Futures simulator: `DELETE /api/v1/trade/order` as seed 004 and VENUES.md say.
+
+It checks a JWT, or an API key with an HMAC over the exact bytes received and a fresh
+timestamp, after the 180-per-60-s limit (ZebPay counts requests before authentication).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import time
+from collections.abc import Iterable
+from typing import ClassVar
+
+from aiohttp import web
+
+from batchcancel.simulators.base import OrderState, Simulator
+from batchcancel.venues.zebpay import API_KEY_VAR, API_SECRET_VAR, JWT_VAR, sign
+
+__all__ = ["ZebpaySimulator"]
+
+
+class ZebpaySimulator(Simulator):
+    """ZebPay Futures: Bearer JWT or signed API key; the book is keyed by clientOrderId."""
+
+    name: ClassVar[str] = "zebpay"
+    # ZebPay rate-limit docs: 180 requests per 60 s per IP; Retry-After is the window's rest.
+    default_rate_limit: ClassVar[int | None] = 180
+    default_period: ClassVar[float] = 60.0
+    default_penalty: ClassVar[float] = 60.0
+    # ASSUMED: the accepted clock skew of a signed timestamp (undocumented), in seconds.
+    timestamp_window: float = 5.0
+
+    def routes(self) -> Iterable[web.RouteDef]:
+        """seed 004: DELETE /api/v1/trade/order with {"clientOrderId", "symbol"}."""
+        return [web.delete("/api/v1/trade/order", self._cancel)]
+
+    async def order_key(self, request: web.Request) -> str | None:
+        """The body's clientOrderId (None when the body does not name one)."""
+        value = _body(await request.read()).get("clientOrderId")
+        return value if isinstance(value, str) else None
+
+    def auth_problem(self, request: web.Request, body: bytes) -> web.Response | None:
+        """ZebPay authentication and error-handling docs: 401, 400 signature / timestamp."""
+        header = request.headers.get("Authorization")
+        if header is not None:
+            if header != f"Bearer {self.credentials[JWT_VAR]}":
+                return _envelope(401, "Unauthorized")  # ASSUMED wording
+            return None
+        if request.headers.get("x-auth-apikey") != self.credentials[API_KEY_VAR]:
+            return _envelope(401, "Unauthorized")  # ASSUMED wording
+        expected = sign(self.credentials[API_SECRET_VAR], body)
+        if not hmac.compare_digest(request.headers.get("x-auth-signature", ""), expected):
+            return _envelope(400, "Invalid signature")
+        stamp = _body(body).get("timestamp")
+        if isinstance(stamp, str) and stamp.isdigit():
+            stamp = int(stamp)  # ccxt sends it as a string
+        if (
+            not isinstance(stamp, int)
+            or isinstance(stamp, bool)
+            or abs(stamp / 1000 - time.time()) > self.timestamp_window
+        ):
+            return _envelope(400, "Invalid or expired timestamp")
+        return None
+
+    def too_many_requests(self, retry_after: float | None) -> web.Response:
+        """ZebPay rate-limit docs: the envelope, and Retry-After when given."""
+        limit = self.rate_limit if self.rate_limit is not None else self.default_rate_limit
+        message = f"Too many requests. Limit {limit} requests per {self.period:g} seconds."
+        response = _envelope(429, message)
+        if retry_after is not None:
+            response.headers["Retry-After"] = f"{retry_after:g}"
+        return response
+
+    def _retry_after_for_limit(self) -> float | None:
+        """ZebPay rate-limit docs: Retry-After is the rest of the window, in whole seconds."""
+        return float(math.ceil(max(self._locked_until - time.monotonic(), 0.0)))
+
+    def truncated_body(self) -> bytes:
+        """A 200 body cut short."""
+        return b'{"statusDescription":"OK","data":{"clientOrderId":"'
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        body = _body(await request.read()) if request.content_type == "application/json" else {}
+        key, symbol = body.get("clientOrderId"), body.get("symbol")
+        if not isinstance(key, str) or not key:
+            return _envelope(400, "clientOrderId is required")  # ASSUMED wording
+        before = self.cancel(key)
+        if before is None:
+            return _envelope(404, "Order not found")  # ASSUMED (VENUES.md)
+        if before in (OrderState.CANCELED, OrderState.FILLED):
+            return _envelope(400, "Order already canceled or filled")  # ASSUMED (VENUES.md)
+        self.book[key] = OrderState.CANCELED  # seed 004: the cancel is synchronous
+        data = {"clientOrderId": key, "status": "canceled", "symbol": symbol}
+        return _envelope(200, "OK", data)  # seed 004; "OK" per the current changelog
+
+
+def _body(raw: bytes) -> dict[str, object]:
+    """A JSON object body, or {} for anything else."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _envelope(status: int, message: str, data: object = None) -> web.Response:
+    """ZebPay error-handling docs: every answer is this envelope; errors carry data {}."""
+    return web.json_response(
+        {
+            "statusDescription": message,
+            "data": {} if data is None else data,
+            "statusCode": status,
+            "customMessage": [message],
+        },
+        status=status,
+    )

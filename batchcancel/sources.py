@@ -1,0 +1,164 @@
+"""Order lists in: a CSV file, stdin, or a read-only SQL query, read with pandas.
+
+Ids stay exact strings (no float conversion, no lost leading zeros). Column names are
+normalised, values trimmed, exact duplicate rows collapsed. DataFrames never leave this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Final
+
+import pandas as pd
+import sqlalchemy as sa
+
+from batchcancel.errors import SourceError
+from batchcancel.venues.base import OrderRow
+
+__all__ = ["COLUMNS", "OrderTable", "read_csv", "read_query"]
+
+COLUMNS: Final = ("venue", "order_id", "account_id", "symbol")
+CHUNK_ROWS: Final = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class NumberedRow:
+    """An input row and its 1-based position among the data rows."""
+
+    seq: int
+    row: OrderRow
+
+
+class OrderTable:
+    """The loaded, normalised order list."""
+
+    def __init__(self, frame: pd.DataFrame, *, description: str, duplicates: int) -> None:
+        self._frame = frame
+        self.description = description
+        self.duplicates = duplicates
+
+    def __len__(self) -> int:
+        return len(self._frame)
+
+    def chunks(self, size: int = CHUNK_ROWS) -> Iterator[list[NumberedRow]]:
+        """The rows in input order, `size` at a time."""
+        frame = self._frame
+        seqs = frame.index.to_numpy()
+        columns = [frame[name].to_numpy() for name in COLUMNS]
+        for start in range(0, len(frame), size):
+            stop = start + size
+            yield [
+                NumberedRow(int(seq) + 1, OrderRow(venue, order_id, account, symbol))
+                for seq, venue, order_id, account, symbol in zip(
+                    seqs[start:stop], *(c[start:stop] for c in columns), strict=True
+                )
+            ]
+
+
+def read_csv(path: str, *, venue: str | None) -> OrderTable:
+    """Read a CSV file (or stdin for '-') with a header; SourceError if it cannot be read."""
+    name = "stdin" if path == "-" else path
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SourceError(f"{name} does not exist") from None
+    except IsADirectoryError:
+        raise SourceError(f"{name} is a directory, not a CSV file") from None
+    except OSError as exc:
+        raise SourceError(f"{name} cannot be read: {exc.strerror}") from None
+    if b"\x00" in raw:
+        raise SourceError(f"{name} contains NUL bytes; it is not a text CSV file")
+    try:
+        text = raw.decode("utf-8-sig")  # a leading BOM is dropped
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            f"{name} is not valid UTF-8 (byte {exc.start}); save it as UTF-8"
+        ) from None
+    if not text.strip():
+        raise SourceError(f"{name} is empty; expected a CSV header with an order_id column")
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text),
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            skip_blank_lines=True,
+            engine="c",
+        )
+    except (pd.errors.ParserError, csv.Error, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SourceError(f"{name} is not a readable CSV file: {first}") from None
+    return _normalise(frame, name=name, venue=venue)
+
+
+def read_query(sql: str, source_db: str, *, venue: str | None) -> OrderTable:
+    """Run a read-only query against `source_db`; it must return the CSV's columns."""
+    try:
+        engine = sa.create_engine(source_db)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise SourceError(
+            f"--source-db is not a usable database URL: {type(exc).__name__}"
+        ) from None
+    try:
+        with engine.connect() as conn:
+            _make_read_only(conn)
+            result = conn.execute(sa.text(sql))
+            names = list(result.keys())
+            rows = [[_cell(v) for v in row] for row in result]
+    except sa.exc.SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise SourceError(f"--query failed: {detail}") from None
+    finally:
+        engine.dispose()
+    frame = pd.DataFrame(rows, columns=names, dtype=object)
+    return _normalise(frame, name="--query", venue=venue)
+
+
+def _make_read_only(conn: sa.Connection) -> None:
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        conn.exec_driver_sql("PRAGMA query_only = ON")
+    elif dialect in ("postgresql", "mysql", "mariadb"):
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+
+def _cell(value: object) -> str:
+    """A database value as the exact string an id needs."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _normalise(frame: pd.DataFrame, *, name: str, venue: str | None) -> OrderTable:
+    found = [str(c) for c in frame.columns]
+    normal = [c.strip().lower() for c in found]
+    if len(set(normal)) != len(normal):
+        raise SourceError(f"{name} has repeated column names: {', '.join(found)}")
+    frame.columns = pd.Index(normal)
+    if "order_id" not in normal:
+        raise SourceError(
+            f"{name} has no `order_id` column; columns found: {', '.join(found) or 'none'}"
+        )
+    if venue is None and "venue" not in normal:
+        raise SourceError(f"{name} has no `venue` column and --venue was not given")
+    frame = frame.reindex(columns=list(COLUMNS), fill_value="")
+    frame = frame.astype(str).apply(lambda column: column.str.strip())
+    frame["venue"] = frame["venue"].str.lower()
+    if venue is not None:
+        # --venue fills the column; a row that names another venue keeps it and fails validation.
+        frame.loc[frame["venue"] == "", "venue"] = venue
+    before = len(frame)
+    frame = frame.drop_duplicates(keep="first")
+    return OrderTable(frame, description=name, duplicates=before - len(frame))

@@ -1,0 +1,116 @@
+"""ETNA Trader: `DELETE /v1.0/accounts/{a}/orders/{o}` with an app key and a Bearer token.
+
+Seed 001 and VENUES.md (etna). Each broker has its own host, so there is no default base URL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import ClassVar, Final
+
+from batchcancel.outcomes import Outcome
+from batchcancel.venues.base import (
+    CancelRequest,
+    OrderRow,
+    Reply,
+    VenueDefaults,
+    Verdict,
+    excerpt,
+    generic_transient,
+    is_integer_id,
+    json_object,
+    message_of,
+    unclassified,
+)
+
+__all__ = ["APP_KEY_VAR", "TOKEN_VAR", "EtnaVenue"]
+
+APP_KEY_VAR: Final = "BATCHCANCEL_ETNA_APP_KEY"
+TOKEN_VAR: Final = "BATCHCANCEL_ETNA_TOKEN"
+_NOT_LETTERS: Final = re.compile(r"[^a-z]")
+
+# seed 001 / VENUES.md: a 200 answer carries the order object; its "Status", letters only.
+_STATUS_OUTCOMES: Final[Mapping[str, Outcome]] = {
+    "canceled": Outcome.CANCELED,
+    "cancelled": Outcome.CANCELED,
+    "pendingcancel": Outcome.CANCEL_PENDING,
+}
+
+
+class EtnaVenue:
+    """The ETNA Trader adapter."""
+
+    name: ClassVar[str] = "etna"
+    required_columns: ClassVar[frozenset[str]] = frozenset({"account_id", "order_id"})
+    credential_vars: ClassVar[tuple[str, ...]] = (APP_KEY_VAR, TOKEN_VAR)
+    # ETNA docs: no public production host (each broker has its own base, ending in /api).
+    # ASSUMED (VENUES.md): no documented limit, so 20 per 1 s; 10 s pause after a bare 429.
+    defaults: ClassVar[VenueDefaults] = VenueDefaults(
+        base_url="", rate_limit=20, period=1.0, cooldown=10.0
+    )
+
+    def __init__(self, credentials: Mapping[str, str]) -> None:
+        self._app_key = credentials.get(APP_KEY_VAR, "")
+        self._token = credentials.get(TOKEN_VAR, "")
+
+    def credentials_problem(self) -> str | None:
+        """ETNA needs both its app key and an administrator's token."""
+        missing = [
+            var
+            for var, value in ((APP_KEY_VAR, self._app_key), (TOKEN_VAR, self._token))
+            if not value
+        ]
+        if not missing:
+            return None
+        return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set"
+
+    def validate(self, row: OrderRow) -> str | None:
+        """Both ids are plain integers (seed 001: numeric account and order ids)."""
+        for column, value in (("account_id", row.account_id), ("order_id", row.order_id)):
+            if not is_integer_id(value):
+                return f"etna {column} must be a non-negative integer, got {value!r}"
+        return None
+
+    def build_cancel(self, row: OrderRow, *, now: float) -> CancelRequest:
+        """seed 001: DELETE apiURL/v1.0/accounts/:accountId/orders/:orderId, no body."""
+        return CancelRequest(
+            method="DELETE",
+            path=f"/v1.0/accounts/{row.account_id}/orders/{row.order_id}",
+            headers=(
+                ("Et-App-Key", self._app_key),
+                ("Authorization", f"Bearer {self._token}"),
+            ),
+        )
+
+    def classify(self, reply: Reply) -> Verdict:
+        """Map an ETNA answer to an outcome (VENUES.md, etna table)."""
+        if (verdict := generic_transient(reply)) is not None:
+            return verdict
+        # seed 001: 401 {"Message": "Authorization has been denied..."}, 403 {"error": "Application
+        # key is not defined or does not exist"}.
+        if reply.status in (401, 403):
+            return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
+        if reply.status == 204:
+            return Verdict.final(Outcome.CANCELED, "HTTP 204")  # seed 001
+        body = json_object(reply.body)
+        message = message_of(body, "Message", "message", "error")
+        if reply.status == 200:
+            if body is None:
+                return Verdict.transient("HTTP 200 with an unparsable body")
+            status = _NOT_LETTERS.sub("", message_of(body, "Status", "status"))
+            outcome = _STATUS_OUTCOMES.get(status)
+            return Verdict.final(outcome, status) if outcome else unclassified(reply)
+        if reply.status == 409:
+            # ETNA docs: only outstanding orders can be cancelled. ASSUMED body {"Message": ...}.
+            return Verdict.final(Outcome.ALREADY_CLOSED, message or "HTTP 409")
+        if reply.status == 404:
+            # ASSUMED (VENUES.md). A non-JSON 404 is a proxy or a wrong base URL, not an answer.
+            if body is None and reply.body.strip():
+                return Verdict.transient("HTTP 404 with an unparsable body")
+            return Verdict.final(Outcome.NOT_FOUND, message or "HTTP 404")
+        if reply.status == 422:
+            return Verdict.final(
+                Outcome.REJECTED, message or f"HTTP 422: {excerpt(reply.body, 120)}"
+            )
+        return unclassified(reply)

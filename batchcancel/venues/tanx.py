@@ -1,0 +1,125 @@
+"""tanX: `POST /sapi/v1/orders/cancel/` with `{"order_id": <int>}` and a JWT (seed 003).
+
+A success is usually "queued for cancellation" (`cancel_pending`); VENUES.md has the table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import ClassVar, Final
+
+from batchcancel.outcomes import Outcome
+from batchcancel.venues.base import (
+    CancelRequest,
+    OrderRow,
+    Reply,
+    VenueDefaults,
+    Verdict,
+    excerpt,
+    generic_transient,
+    is_integer_id,
+    json_object,
+    message_of,
+    unclassified,
+)
+
+__all__ = ["JWT_VAR", "TanxVenue", "order_id_of"]
+
+JWT_VAR: Final = "BATCHCANCEL_TANX_JWT"
+
+# seed 003: payload.state of a success; list-orders states are pending, wait, done, cancel.
+_STATE_OUTCOMES: Final[Mapping[str, Outcome]] = {
+    "wait": Outcome.CANCEL_PENDING,  # seed 003: queued, not done
+    "cancel": Outcome.CANCELED,  # ASSUMED (VENUES.md)
+}
+# seed 003: "Order is successfully queued for cancellation"; tanX Go SDK: the older
+# "Cancelled Order Successfully".
+_QUEUED_WORDS: Final = ("queued",)
+_CANCELED_WORDS: Final = ("cancelled order successfully", "canceled order successfully")
+# tanX Node SDK mocks: 401 "Authentication credentials were not provided." or a SimpleJWT
+# payload with code "token_not_valid".
+_AUTH_WORDS: Final = ("credentials were not provided", "token not valid", "token_not_valid")
+# ASSUMED (VENUES.md): undocumented 4xx messages, matched by their words.
+_NOT_FOUND_WORDS: Final = ("not found", "does not exist")
+_CLOSED_WORDS: Final = ("already", "filled")
+
+
+def order_id_of(value: object) -> str | None:
+    """A JSON order id (an integer, or digits in a string) as its decimal string, or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and is_integer_id(value):
+        return str(int(value))
+    return None
+
+
+class TanxVenue:
+    """The tanX adapter."""
+
+    name: ClassVar[str] = "tanx"
+    required_columns: ClassVar[frozenset[str]] = frozenset({"order_id"})
+    credential_vars: ClassVar[tuple[str, ...]] = (JWT_VAR,)
+    # tanX docs: production host. ASSUMED (VENUES.md): no documented limit, so 10 per 1 s,
+    # and a 10 s pause after a 429 without Retry-After.
+    defaults: ClassVar[VenueDefaults] = VenueDefaults(
+        base_url="https://api.tanx.fi", rate_limit=10, period=1.0, cooldown=10.0
+    )
+
+    def __init__(self, credentials: Mapping[str, str]) -> None:
+        self._jwt = credentials.get(JWT_VAR, "")
+
+    def credentials_problem(self) -> str | None:
+        """tanX needs the JWT access token of a wallet login."""
+        return None if self._jwt else f"{JWT_VAR} is not set"
+
+    def validate(self, row: OrderRow) -> str | None:
+        """seed 003: order_id is an INTEGER."""
+        if not is_integer_id(row.order_id):
+            return f"tanx order_id must be a non-negative integer, got {row.order_id!r}"
+        return None
+
+    def build_cancel(self, row: OrderRow, *, now: float) -> CancelRequest:
+        """seed 003: POST /sapi/v1/orders/cancel/ with `Authorization: JWT` and a JSON integer."""
+        return CancelRequest(
+            method="POST",
+            path="/sapi/v1/orders/cancel/",
+            headers=(
+                ("Authorization", f"JWT {self._jwt}"),
+                ("Content-Type", "application/json"),
+            ),
+            body=json.dumps({"order_id": int(row.order_id)}, separators=(",", ":")).encode(),
+        )
+
+    def classify(self, reply: Reply) -> Verdict:
+        """Map a tanX answer to an outcome (VENUES.md, tanx table)."""
+        if (verdict := generic_transient(reply)) is not None:
+            return verdict
+        body = json_object(reply.body)
+        payload = body.get("payload") if body is not None else None
+        payload = payload if isinstance(payload, dict) else None
+        message = message_of(body, "message", "detail", "error")
+        code = message_of(payload, "code")
+        if reply.status in (401, 403) or any(w in f"{message} {code}" for w in _AUTH_WORDS):
+            return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
+        if body is None:
+            # An HTML page from a proxy says nothing about the order: retry.
+            return Verdict.transient(f"HTTP {reply.status} with an unparsable body")
+        if reply.status == 200 and message_of(body, "status") == "success":
+            state = message_of(payload, "state")
+            outcome = _STATE_OUTCOMES.get(state)
+            if not state and any(w in message for w in _QUEUED_WORDS):
+                outcome = Outcome.CANCEL_PENDING
+            if not state and any(w in message for w in _CANCELED_WORDS):
+                outcome = Outcome.CANCELED
+            return Verdict.final(outcome, message) if outcome else unclassified(reply)
+        if 400 <= reply.status < 500:
+            if any(word in message for word in _NOT_FOUND_WORDS):
+                return Verdict.final(Outcome.NOT_FOUND, message)
+            if any(word in message for word in _CLOSED_WORDS):
+                return Verdict.final(Outcome.ALREADY_CLOSED, message)
+            reason = message or excerpt(reply.body, 120)
+            return Verdict.final(Outcome.REJECTED, f"HTTP {reply.status}: {reason}")
+        return unclassified(reply)

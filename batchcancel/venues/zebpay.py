@@ -1,0 +1,161 @@
+"""ZebPay Futures: `DELETE /api/v1/trade/order` with a JSON body, JWT or HMAC-signed (seed 004).
+
+With an API key, the body gains `"timestamp": <unix ms>` at its root, is serialized as compact
+JSON, and exactly those bytes are signed and sent (VENUES.md, zebpay).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from typing import ClassVar, Final
+
+from batchcancel.outcomes import Outcome
+from batchcancel.venues.base import (
+    CancelRequest,
+    OrderRow,
+    Reply,
+    VenueDefaults,
+    Verdict,
+    VerdictKind,
+    excerpt,
+    generic_transient,
+    json_object,
+    message_of,
+    unclassified,
+)
+
+__all__ = ["API_KEY_VAR", "API_SECRET_VAR", "JWT_VAR", "ZebpayVenue", "compact", "sign"]
+
+JWT_VAR: Final = "BATCHCANCEL_ZEBPAY_JWT"
+API_KEY_VAR: Final = "BATCHCANCEL_ZEBPAY_API_KEY"
+API_SECRET_VAR: Final = "BATCHCANCEL_ZEBPAY_API_SECRET"
+# Printable ASCII only: the signed bytes then cannot differ between JSON serializers.
+_CLIENT_ORDER_ID_RE: Final = re.compile(r"[!-~]{1,128}")
+_SYMBOL_RE: Final = re.compile(r"[A-Z0-9]{1,32}")
+
+# ZebPay error-handling docs: 401 bad JWT or key; 400 "Invalid signature"; 403 for a missing
+# scope or a non-allowed IP. 403 "Forbidden request" is an ownership failure: rejected.
+_FORBIDDEN_WORDS: Final = ("forbidden request",)
+_TIMESTAMP_WORDS: Final = ("timestamp",)  # "Invalid or expired timestamp"
+_SIGNATURE_WORDS: Final = ("signature",)  # "Invalid signature"
+# ASSUMED (VENUES.md): undocumented 400/404 messages, matched by their words.
+_NOT_FOUND_WORDS: Final = ("not found", "does not exist")
+_CLOSED_WORDS: Final = ("already", "filled", "canceled", "cancelled", "closed")
+
+
+def compact(body: Mapping[str, object]) -> bytes:
+    """The body as compact JSON (separators `,` and `:`), the form ZebPay signs."""
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def sign(secret: str, body: bytes) -> str:
+    """ZebPay's signature: lowercase hex HMAC-SHA256 of the exact body bytes, keyed by secret."""
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class ZebpayVenue:
+    """The ZebPay Futures adapter. An API key and secret, when both are set, win over a JWT."""
+
+    name: ClassVar[str] = "zebpay"
+    required_columns: ClassVar[frozenset[str]] = frozenset({"order_id"})
+    credential_vars: ClassVar[tuple[str, ...]] = (JWT_VAR, API_KEY_VAR, API_SECRET_VAR)
+    # ZebPay docs: production host; 180 requests per 60 s per IP; 429 carries Retry-After
+    # (60 s right after the window is exhausted), used as the cooldown when it is missing.
+    defaults: ClassVar[VenueDefaults] = VenueDefaults(
+        base_url="https://futuresbe.zebpay.com", rate_limit=180, period=60.0, cooldown=60.0
+    )
+
+    def __init__(self, credentials: Mapping[str, str]) -> None:
+        self._jwt = credentials.get(JWT_VAR, "")
+        self._api_key = credentials.get(API_KEY_VAR, "")
+        self._api_secret = credentials.get(API_SECRET_VAR, "")
+
+    @property
+    def _signs(self) -> bool:
+        return bool(self._api_key and self._api_secret)
+
+    def credentials_problem(self) -> str | None:
+        """ZebPay needs a JWT, or an API key with its secret."""
+        if self._signs or self._jwt:
+            return None
+        if self._api_key:
+            return f"{API_SECRET_VAR} is not set (needed with {API_KEY_VAR})"
+        if self._api_secret:
+            return f"{API_KEY_VAR} is not set (needed with {API_SECRET_VAR})"
+        return f"{JWT_VAR} is not set, nor {API_KEY_VAR} and {API_SECRET_VAR}"
+
+    def validate(self, row: OrderRow) -> str | None:
+        """order_id is the clientOrderId, a printable token; symbol, if given, like BTCUSDT."""
+        if not _CLIENT_ORDER_ID_RE.fullmatch(row.order_id):
+            return (
+                "zebpay order_id (clientOrderId) must be 1-128 printable ASCII characters"
+                f" without spaces, got {row.order_id!r}"
+            )
+        if row.symbol and not _SYMBOL_RE.fullmatch(row.symbol):
+            return f"zebpay symbol must be upper-case letters and digits, got {row.symbol!r}"
+        return None
+
+    def build_cancel(self, row: OrderRow, *, now: float) -> CancelRequest:
+        """seed 004: DELETE /api/v1/trade/order with {"clientOrderId", "symbol"} as JSON."""
+        body: dict[str, object] = {"clientOrderId": row.order_id}
+        if row.symbol:
+            body["symbol"] = row.symbol
+        common = (("Content-Type", "application/json"), ("Accept", "application/json"))
+        if not self._signs:
+            # The timestamp is for API-key auth only (ZebPay trade docs): none with a JWT.
+            auth: tuple[tuple[str, str], ...] = (("Authorization", f"Bearer {self._jwt}"),)
+            return CancelRequest("DELETE", "/api/v1/trade/order", auth + common, compact(body))
+        body["timestamp"] = int(now * 1000)
+        data = compact(body)
+        auth = (
+            ("x-auth-apikey", self._api_key),
+            ("x-auth-signature", sign(self._api_secret, data)),
+        )
+        return CancelRequest("DELETE", "/api/v1/trade/order", auth + common, data)
+
+    def classify(self, reply: Reply) -> Verdict:
+        """Map a ZebPay answer to an outcome (VENUES.md, zebpay table)."""
+        if (verdict := generic_transient(reply)) is not None:
+            return verdict
+        body = json_object(reply.body)
+        # Errors repeat their message in statusDescription and customMessage: match both.
+        text = message_of(body, "statusDescription", "customMessage", "message")
+        message = f"{text} {message_of(body, 'customMessage')}"
+        if reply.status == 401:
+            return Verdict.auth_refused(f"HTTP 401: {excerpt(reply.body, 120)}")
+        if reply.status == 403:
+            if any(word in message for word in _FORBIDDEN_WORDS):
+                return Verdict.final(Outcome.REJECTED, "HTTP 403: forbidden request")
+            return Verdict.auth_refused(f"HTTP 403: {excerpt(reply.body, 120)}")
+        if body is None:
+            # An HTML page from a proxy says nothing about the order: retry.
+            return Verdict.transient(f"HTTP {reply.status} with an unparsable body")
+        if reply.status == 200:
+            # Success by HTTP status, statusCode and data.status, never statusDescription.
+            data = body.get("data")
+            status = message_of(data if isinstance(data, dict) else None, "status")
+            if body.get("statusCode") in (200, 201) and status in ("canceled", "cancelled"):
+                return Verdict.final(Outcome.CANCELED, status)
+            return unclassified(reply)
+        if reply.status not in (400, 404):
+            return unclassified(reply)
+        if reply.status == 400 and any(word in message for word in _SIGNATURE_WORDS):
+            return Verdict.auth_refused(f"HTTP 400: {text}")
+        if reply.status == 400 and any(word in message for word in _TIMESTAMP_WORDS):
+            # ASSUMED (VENUES.md): a clock blip once; refused credentials if it repeats.
+            return Verdict(
+                VerdictKind.TRANSIENT,
+                None,
+                f"HTTP 400: {text}",
+                escalate_on_repeat=True,
+            )
+        if any(word in message for word in _NOT_FOUND_WORDS):
+            return Verdict.final(Outcome.NOT_FOUND, text)
+        if reply.status == 400 and any(word in message for word in _CLOSED_WORDS):
+            return Verdict.final(Outcome.ALREADY_CLOSED, text)
+        reason = text or excerpt(reply.body, 120)
+        return Verdict.final(Outcome.REJECTED, f"HTTP {reply.status}: {reason}")

@@ -1,0 +1,295 @@
+"""tanX adapter: the exact request, and every answer of VENUES.md's tanX table."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from batchcancel.errors import TransientVenueError
+from batchcancel.outcomes import Outcome
+from batchcancel.simulators.base import Fault, FaultPlan, OrderState
+from batchcancel.simulators.tanx import TanxSimulator
+from batchcancel.transport import open_session, send
+from batchcancel.venues.base import OrderRow, Reply, VerdictKind
+from batchcancel.venues.tanx import JWT_VAR, TanxVenue
+from tests.conftest import CREDENTIALS, ServeSimulators
+
+VENUE = TanxVenue(CREDENTIALS)
+JWT = CREDENTIALS[JWT_VAR]
+QUEUED = b'"message":"Order is successfully queued for cancellation"'
+
+
+def reply(status: int, body: bytes, **headers: str) -> Reply:
+    return Reply(status=status, headers=headers, body=body)
+
+
+def row(order_id: str = "42") -> OrderRow:
+    return OrderRow("tanx", order_id)
+
+
+class TestBuild:
+    def test_post_with_jwt_and_integer_body(self) -> None:
+        """seed 003: POST /sapi/v1/orders/cancel/ with `Authorization: JWT` and an INTEGER id."""
+        request = VENUE.build_cancel(row("3"), now=0.0)
+        assert request.method == "POST"
+        assert request.path == "/sapi/v1/orders/cancel/"
+        assert request.headers == (
+            ("Authorization", f"JWT {JWT}"),
+            ("Content-Type", "application/json"),
+        )
+        assert request.body == b'{"order_id":3}'
+
+    def test_leading_zeros_still_give_the_integer(self) -> None:
+        """The id is sent as a JSON number, whatever zero-padding the input had."""
+        request = VENUE.build_cancel(row("0025768879"), now=0.0)
+        assert request.body is not None
+        assert json.loads(request.body) == {"order_id": 25768879}
+
+    @pytest.mark.parametrize("order_id", ["", "abc", "12.5", "-1", " 7", "1e3", "1" * 20])
+    def test_invalid_ids(self, order_id: str) -> None:
+        """Anything but a plain integer is invalid and never sent."""
+        assert VENUE.validate(row(order_id)) is not None
+
+    def test_valid_id(self) -> None:
+        """A plain integer is valid."""
+        assert VENUE.validate(row("25768879")) is None
+
+    def test_missing_jwt_is_a_credentials_problem(self) -> None:
+        """Without its variable the venue reports which one is missing."""
+        assert TanxVenue({}).credentials_problem() == "BATCHCANCEL_TANX_JWT is not set"
+        assert VENUE.credentials_problem() is None
+
+
+CASES = [
+    pytest.param(
+        200,
+        b'{"status":"success",' + QUEUED + b',"payload":{"id":25768879,"state":"wait",'
+        b'"cancel_reason":null}}',
+        Outcome.CANCEL_PENDING,
+        id="200-queued-wait",
+    ),
+    pytest.param(
+        200,
+        b'{"status":"success",' + QUEUED + b',"payload":{"id":3,"state":"cancel"}}',
+        Outcome.CANCELED,
+        id="200-state-cancel",
+    ),
+    pytest.param(
+        200,
+        b'{"status":"success","message":"Cancelled Order Successfully","payload":{"order_id":3}}',
+        Outcome.CANCELED,
+        id="200-older-form",
+    ),
+    pytest.param(
+        400,
+        b'{"status":"error","message":"Order not found","payload":""}',
+        Outcome.NOT_FOUND,
+        id="400-not-found",
+    ),
+    pytest.param(
+        404,
+        b'{"status":"error","message":"Not found.","payload":""}',
+        Outcome.NOT_FOUND,
+        id="404-not-found",
+    ),
+    pytest.param(
+        400,
+        b'{"status":"error","message":"Order already cancelled or filled","payload":""}',
+        Outcome.ALREADY_CLOSED,
+        id="400-already",
+    ),
+    pytest.param(
+        400,
+        b'{"status":"error","message":"Order is Filled","payload":""}',
+        Outcome.ALREADY_CLOSED,
+        id="400-filled",
+    ),
+    pytest.param(
+        400,
+        b'{"status":"error","message":"Market is suspended","payload":""}',
+        Outcome.REJECTED,
+        id="400-other",
+    ),
+    pytest.param(
+        422,
+        b'{"status":"error","message":"order_id: A valid integer is required.","payload":""}',
+        Outcome.REJECTED,
+        id="422-other",
+    ),
+    pytest.param(
+        200,
+        b'{"status":"success",' + QUEUED + b',"payload":{"state":"done"}}',
+        Outcome.REJECTED,
+        id="200-unknown-state",
+    ),
+    pytest.param(
+        200,
+        b'{"status":"error","message":"Order not found","payload":""}',
+        Outcome.REJECTED,
+        id="200-error-envelope-unclassified",
+    ),
+]
+
+
+class TestClassify:
+    @pytest.mark.parametrize(("status", "body", "outcome"), CASES)
+    def test_final_answers(self, status: int, body: bytes, outcome: Outcome) -> None:
+        """Each documented or assumed answer lands on its outcome."""
+        verdict = VENUE.classify(reply(status, body))
+        assert verdict.kind is VerdictKind.FINAL
+        assert verdict.outcome is outcome
+
+    def test_other_messages_are_recorded(self) -> None:
+        """A rejection keeps the venue's message as its reason."""
+        body = b'{"status":"error","message":"Market is suspended","payload":""}'
+        assert "market is suspended" in VENUE.classify(reply(400, body)).reason
+
+    @pytest.mark.parametrize(
+        ("status", "body"),
+        [
+            (
+                401,
+                b'{"status":"error","message":"Given token not valid for any token type",'
+                b'"payload":{"token_type":"access","code":"token_not_valid"}}',
+            ),
+            (
+                401,
+                b'{"status":"error","message":"Authentication credentials were not provided.",'
+                b'"payload":""}',
+            ),
+            (403, b'{"status":"error","message":"Forbidden","payload":""}'),
+            (
+                400,
+                b'{"status":"error","message":"Authentication credentials were not provided.",'
+                b'"payload":""}',
+            ),
+        ],
+    )
+    def test_auth_refused(self, status: int, body: bytes) -> None:
+        """401s, and the SDK's token messages on any 4xx, stop the venue."""
+        assert VENUE.classify(reply(status, body)).kind is VerdictKind.AUTH_REFUSED
+
+    @pytest.mark.parametrize(
+        ("status", "body"),
+        [(500, b"oops"), (503, b""), (200, b"<html>"), (200, b'{"status":"succ'), (400, b"")],
+    )
+    def test_unknown_outcome_is_transient(self, status: int, body: bytes) -> None:
+        """5xx and unparsable bodies are retried, never `rejected` or success."""
+        assert VENUE.classify(reply(status, body)).kind is VerdictKind.TRANSIENT
+
+    def test_429_pauses_the_venue(self) -> None:
+        """A 429 is transient and rate-limited, honouring Retry-After when there is one."""
+        body = b'{"status":"error","message":"Request was throttled.","payload":""}'
+        verdict = VENUE.classify(reply(429, body, **{"retry-after": "3"}))
+        assert verdict.kind is VerdictKind.TRANSIENT
+        assert verdict.rate_limited and verdict.retry_after == 3.0
+        assert VENUE.classify(reply(429, body)).retry_after is None
+
+
+async def cancel_once(
+    serve_simulators: ServeSimulators,
+    simulator: TanxSimulator,
+    venue: TanxVenue = VENUE,
+    order_id: str = "42",
+) -> Reply:
+    async with (
+        serve_simulators({"tanx": simulator}) as server,
+        open_session(max_connections=2) as session,
+    ):
+        return await send(
+            session, server.url("tanx"), venue.build_cancel(row(order_id), now=0.0), timeout=2.0
+        )
+
+
+class TestAgainstSimulator:
+    @pytest.mark.parametrize(
+        ("state", "outcome"),
+        [
+            (OrderState.OPEN, Outcome.CANCELED),
+            (OrderState.OPEN_ASYNC, Outcome.CANCEL_PENDING),
+            (OrderState.PENDING, Outcome.CANCEL_PENDING),
+            (OrderState.FILLED, Outcome.ALREADY_CLOSED),
+            (OrderState.CANCELED, Outcome.ALREADY_CLOSED),
+            (None, Outcome.NOT_FOUND),
+        ],
+    )
+    async def test_book_state_to_outcome(
+        self, serve_simulators: ServeSimulators, state: OrderState | None, outcome: Outcome
+    ) -> None:
+        """Over real HTTP, the simulator's answer for each book state classifies as expected."""
+        simulator = TanxSimulator(credentials=CREDENTIALS, settle_after=60.0)
+        if state is not None:
+            simulator.seed({"42": state})
+            simulator.pending_since["42"] = time.monotonic()  # a PENDING cancel is still under way
+        answer = await cancel_once(serve_simulators, simulator)
+        assert VENUE.classify(answer).outcome is outcome
+        assert simulator.requests["42"] == 1
+
+    @pytest.mark.parametrize("jwt", ["wrong", ""])
+    async def test_wrong_jwt_is_refused(self, serve_simulators: ServeSimulators, jwt: str) -> None:
+        """The simulator checks the JWT; the adapter reads its 401 as a refusal."""
+        simulator = TanxSimulator(credentials=CREDENTIALS)
+        simulator.seed({"42": OrderState.OPEN})
+        answer = await cancel_once(serve_simulators, simulator, TanxVenue({JWT_VAR: jwt}))
+        assert answer.status == 401
+        assert VENUE.classify(answer).kind is VerdictKind.AUTH_REFUSED
+        assert simulator.book["42"] is OrderState.OPEN
+
+    async def test_rate_limit_answers_429(self, serve_simulators: ServeSimulators) -> None:
+        """Past its limit the simulator answers 429 and the adapter pauses the venue."""
+        simulator = TanxSimulator(credentials=CREDENTIALS, rate_limit=2, period=10.0, penalty=10.0)
+        simulator.seed({str(i): OrderState.OPEN for i in range(3)})
+        async with (
+            serve_simulators({"tanx": simulator}) as server,
+            open_session(max_connections=2) as session,
+        ):
+            verdicts = [
+                VENUE.classify(
+                    await send(
+                        session,
+                        server.url("tanx"),
+                        VENUE.build_cancel(row(str(i)), now=0.0),
+                        timeout=2.0,
+                    )
+                )
+                for i in range(3)
+            ]
+        assert [v.outcome for v in verdicts[:2]] == [Outcome.CANCELED, Outcome.CANCELED]
+        assert verdicts[2].rate_limited
+        assert simulator.rate_limited == 1
+        assert simulator.book["2"] is OrderState.OPEN
+
+    async def test_429_with_retry_after(self, serve_simulators: ServeSimulators) -> None:
+        """A scripted 429 carries Retry-After, which the adapter passes on."""
+        faults = FaultPlan(retry_after=2.5).script("42", Fault.RATE_LIMIT)
+        simulator = TanxSimulator(credentials=CREDENTIALS, faults=faults)
+        simulator.seed({"42": OrderState.OPEN})
+        verdict = VENUE.classify(await cancel_once(serve_simulators, simulator))
+        assert verdict.rate_limited and verdict.retry_after == 2.5
+
+
+class TestTransport:
+    async def test_dropped_connection_is_not_resent(
+        self, serve_simulators: ServeSimulators
+    ) -> None:
+        """A drop reaches the venue exactly once and surfaces as a transient error."""
+        simulator = TanxSimulator(
+            credentials=CREDENTIALS, faults=FaultPlan().script("42", Fault.DROP)
+        )
+        simulator.seed({"42": OrderState.OPEN, "1": OrderState.OPEN})
+        async with (
+            serve_simulators({"tanx": simulator}) as server,
+            open_session(max_connections=1) as session,
+        ):
+            # A first request makes the connection a kept-alive one, as in a real run.
+            await send(
+                session, server.url("tanx"), VENUE.build_cancel(row("1"), now=0.0), timeout=2.0
+            )
+            with pytest.raises(TransientVenueError):
+                await send(
+                    session, server.url("tanx"), VENUE.build_cancel(row("42"), now=0.0), timeout=2.0
+                )
+        assert simulator.requests["42"] == 1
+        assert simulator.book["42"] is OrderState.OPEN

@@ -1,0 +1,378 @@
+"""ZebPay adapter: the signature, the exact request, and every answer of VENUES.md's table."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from batchcancel.errors import TransientVenueError
+from batchcancel.outcomes import Outcome
+from batchcancel.simulators.base import Fault, FaultPlan, OrderState
+from batchcancel.simulators.zebpay import ZebpaySimulator
+from batchcancel.transport import open_session, send
+from batchcancel.venues.base import CancelRequest, OrderRow, Reply, VerdictKind
+from batchcancel.venues.zebpay import API_KEY_VAR, API_SECRET_VAR, JWT_VAR, ZebpayVenue, sign
+from tests.conftest import CREDENTIALS, ServeSimulators
+
+HMAC_VENUE = ZebpayVenue({k: CREDENTIALS[k] for k in (API_KEY_VAR, API_SECRET_VAR)})
+JWT_VENUE = ZebpayVenue({JWT_VAR: CREDENTIALS[JWT_VAR]})
+VECTOR_BODY = b'{"clientOrderId":"myLimitOrder456","symbol":"BTCUSDT","timestamp":1712345678901}'
+VECTOR_SIGNATURE = "6023f65d87ada69f4c6c5b36e8e9ce0fb49b61f9217d613d9ecf7686d55dfd88"
+
+
+def reply(status: int, body: bytes, **headers: str) -> Reply:
+    return Reply(status=status, headers=headers, body=body)
+
+
+def envelope(status: int, message: str, data: object = None) -> bytes:
+    """ZebPay's envelope, as error-handling.md shows it."""
+    return json.dumps(
+        {
+            "statusDescription": message,
+            "data": {} if data is None else data,
+            "statusCode": status,
+            "customMessage": [message],
+        }
+    ).encode()
+
+
+def row(order_id: str = "c1", symbol: str = "BTCUSDT") -> OrderRow:
+    return OrderRow("zebpay", order_id, symbol=symbol)
+
+
+class TestSign:
+    def test_vector(self) -> None:
+        """VENUES.md's test vector, bit for bit."""
+        assert sign("test-secret", VECTOR_BODY) == VECTOR_SIGNATURE
+
+    def test_spaced_json_signs_differently(self) -> None:
+        """The exact bytes matter: the same object with spaces has another signature."""
+        spaced = json.dumps(json.loads(VECTOR_BODY)).encode()
+        assert sign("test-secret", spaced) != VECTOR_SIGNATURE
+
+
+class TestBuild:
+    def test_signed_request_reproduces_the_vector(self) -> None:
+        """API key mode: timestamp added last, compact JSON, those exact bytes signed and sent."""
+        venue = ZebpayVenue({API_KEY_VAR: "my-key", API_SECRET_VAR: "test-secret"})
+        request = venue.build_cancel(row("myLimitOrder456"), now=1712345678.901)
+        assert request.method == "DELETE"
+        assert request.path == "/api/v1/trade/order"
+        assert request.body == VECTOR_BODY
+        assert request.headers == (
+            ("x-auth-apikey", "my-key"),
+            ("x-auth-signature", VECTOR_SIGNATURE),
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+        )
+
+    def test_symbol_left_out_when_the_row_has_none(self) -> None:
+        """VENUES.md: leave `symbol` out when the row has none."""
+        request = HMAC_VENUE.build_cancel(row("c1", symbol=""), now=1.5)
+        assert request.body == b'{"clientOrderId":"c1","timestamp":1500}'
+
+    def test_jwt_mode_sends_bearer_and_no_timestamp(self) -> None:
+        """JWT mode: `Authorization: Bearer`, the compact body, no timestamp, no signature."""
+        request = JWT_VENUE.build_cancel(row(), now=1712345678.901)
+        assert request.headers[0] == ("Authorization", f"Bearer {CREDENTIALS[JWT_VAR]}")
+        assert all(name.lower() != "x-auth-signature" for name, _ in request.headers)
+        assert request.body == b'{"clientOrderId":"c1","symbol":"BTCUSDT"}'
+
+    def test_api_key_wins_when_both_are_set(self) -> None:
+        """With every variable set the request is signed."""
+        request = ZebpayVenue(CREDENTIALS).build_cancel(row(), now=0.0)
+        assert dict(request.headers)["x-auth-apikey"] == CREDENTIALS[API_KEY_VAR]
+
+    @pytest.mark.parametrize(
+        ("credentials", "problem"),
+        [
+            (
+                {},
+                "BATCHCANCEL_ZEBPAY_JWT is not set, nor BATCHCANCEL_ZEBPAY_API_KEY and "
+                "BATCHCANCEL_ZEBPAY_API_SECRET",
+            ),
+            (
+                {API_KEY_VAR: "k"},
+                "BATCHCANCEL_ZEBPAY_API_SECRET is not set (needed with BATCHCANCEL_ZEBPAY_API_KEY)",
+            ),
+            (
+                {API_SECRET_VAR: "s"},
+                "BATCHCANCEL_ZEBPAY_API_KEY is not set (needed with BATCHCANCEL_ZEBPAY_API_SECRET)",
+            ),
+            ({JWT_VAR: "j"}, None),
+            ({API_KEY_VAR: "k", API_SECRET_VAR: "s"}, None),
+        ],
+    )
+    def test_credentials_problem(self, credentials: dict[str, str], problem: str | None) -> None:
+        """A JWT, or a key with its secret; otherwise the missing variables are named."""
+        assert ZebpayVenue(credentials).credentials_problem() == problem
+
+    @pytest.mark.parametrize(
+        ("order_id", "symbol"),
+        [
+            ("", "BTCUSDT"),
+            ("has space", ""),
+            ("x" * 129, ""),
+            ("caf\u00e9", ""),
+            ("c1", "btcusdt"),
+            ("c1", "BTC-USDT"),
+        ],
+    )
+    def test_invalid_rows(self, order_id: str, symbol: str) -> None:
+        """Empty, spaced, overlong or non-ASCII ids, and odd symbols, are never sent."""
+        assert HMAC_VENUE.validate(row(order_id, symbol)) is not None
+
+    @pytest.mark.parametrize("symbol", ["", "BTCUSDT"])
+    def test_valid_rows(self, symbol: str) -> None:
+        """A client order id like the docs' example, with or without a symbol, is valid."""
+        assert HMAC_VENUE.validate(row("598d3bda315afed6f07f-370-zeb", symbol)) is None
+
+
+SUCCESS_DATA = {"clientOrderId": "c1", "status": "canceled", "symbol": "BTCUSDT"}
+CASES = [
+    pytest.param(200, envelope(200, "Success", SUCCESS_DATA), Outcome.CANCELED, id="200-success"),
+    pytest.param(200, envelope(200, "OK", SUCCESS_DATA), Outcome.CANCELED, id="200-ok"),
+    pytest.param(
+        200,
+        envelope(200, "Success", {**SUCCESS_DATA, "status": "new"}),
+        Outcome.REJECTED,
+        id="200-success-text-but-not-canceled",
+    ),
+    pytest.param(
+        200, envelope(500, "Success", SUCCESS_DATA), Outcome.REJECTED, id="200-bad-statusCode"
+    ),
+    pytest.param(400, envelope(400, "Order not found"), Outcome.NOT_FOUND, id="400-not-found"),
+    pytest.param(404, envelope(404, "Order not found"), Outcome.NOT_FOUND, id="404-not-found"),
+    pytest.param(
+        400,
+        envelope(400, "Order already canceled or filled"),
+        Outcome.ALREADY_CLOSED,
+        id="400-already",
+    ),
+    pytest.param(400, envelope(400, "Order is closed"), Outcome.ALREADY_CLOSED, id="400-closed"),
+    pytest.param(400, envelope(400, "Order filled"), Outcome.ALREADY_CLOSED, id="400-filled"),
+    pytest.param(403, envelope(403, "Forbidden request"), Outcome.REJECTED, id="403-forbidden"),
+    pytest.param(403, envelope(403, "forbidden request"), Outcome.REJECTED, id="403-forbidden-lc"),
+    pytest.param(400, envelope(400, "Invalid quantity"), Outcome.REJECTED, id="400-other"),
+    pytest.param(409, envelope(409, "Conflict"), Outcome.REJECTED, id="409-unclassified"),
+]
+
+
+class TestClassify:
+    @pytest.mark.parametrize(("status", "body", "outcome"), CASES)
+    def test_final_answers(self, status: int, body: bytes, outcome: Outcome) -> None:
+        """Each documented or assumed answer lands on its outcome."""
+        verdict = HMAC_VENUE.classify(reply(status, body))
+        assert verdict.kind is VerdictKind.FINAL
+        assert verdict.outcome is outcome
+
+    @pytest.mark.parametrize(
+        ("status", "message"),
+        [
+            (400, "Invalid signature"),
+            (401, "Unauthorized"),
+            (403, "You do not have the required scope futures:trading"),
+            (403, "You are not allowed API access from this ip"),
+        ],
+    )
+    def test_auth_refused(self, status: int, message: str) -> None:
+        """Bad signatures, 401s and scope / IP 403s stop the venue."""
+        verdict = HMAC_VENUE.classify(reply(status, envelope(status, message)))
+        assert verdict.kind is VerdictKind.AUTH_REFUSED
+
+    def test_expired_timestamp_is_transient_once(self) -> None:
+        """ASSUMED (VENUES.md): retried once with a fresh timestamp, escalated if it repeats."""
+        verdict = HMAC_VENUE.classify(reply(400, envelope(400, "Invalid or expired timestamp")))
+        assert verdict.kind is VerdictKind.TRANSIENT
+        assert verdict.escalate_on_repeat
+        assert not verdict.rate_limited
+
+    @pytest.mark.parametrize(
+        ("status", "body"),
+        [
+            (500, envelope(500, "Internal server error")),
+            (502, b"<html>bad gateway</html>"),
+            (200, b"<html>"),
+            (200, b'{"statusDescription":"OK","da'),
+            (400, b""),
+            (404, b"<h1>"),
+        ],
+    )
+    def test_unknown_outcome_is_transient(self, status: int, body: bytes) -> None:
+        """5xx and unparsable bodies are retried, never `rejected` or success."""
+        verdict = HMAC_VENUE.classify(reply(status, body))
+        assert verdict.kind is VerdictKind.TRANSIENT
+        assert not verdict.escalate_on_repeat
+
+    def test_429_with_retry_after(self) -> None:
+        """The documented 429 pauses the venue for Retry-After seconds."""
+        message = "Too many requests. Limit 180 requests per 60 seconds."
+        verdict = HMAC_VENUE.classify(reply(429, envelope(429, message), **{"retry-after": "60"}))
+        assert verdict.kind is VerdictKind.TRANSIENT
+        assert verdict.rate_limited and verdict.retry_after == 60.0
+
+
+async def send_all(
+    serve_simulators: ServeSimulators, simulator: ZebpaySimulator, *requests: CancelRequest
+) -> list[Reply]:
+    async with (
+        serve_simulators({"zebpay": simulator}) as server,
+        open_session(max_connections=2) as session,
+    ):
+        return [await send(session, server.url("zebpay"), r, timeout=2.0) for r in requests]
+
+
+class TestAgainstSimulator:
+    @pytest.mark.parametrize(
+        ("state", "outcome"),
+        [
+            (OrderState.OPEN, Outcome.CANCELED),
+            (OrderState.OPEN_ASYNC, Outcome.CANCELED),
+            (OrderState.PENDING, Outcome.CANCELED),
+            (OrderState.FILLED, Outcome.ALREADY_CLOSED),
+            (OrderState.CANCELED, Outcome.ALREADY_CLOSED),
+            (None, Outcome.NOT_FOUND),
+        ],
+    )
+    async def test_book_state_to_outcome(
+        self, serve_simulators: ServeSimulators, state: OrderState | None, outcome: Outcome
+    ) -> None:
+        """Over real HTTP with a signed request, each book state classifies as expected."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS, settle_after=60.0)
+        if state is not None:
+            simulator.seed({"c1": state})
+            simulator.pending_since["c1"] = time.monotonic()  # a PENDING cancel is under way
+        [answer] = await send_all(
+            serve_simulators, simulator, HMAC_VENUE.build_cancel(row(), now=time.time())
+        )
+        assert HMAC_VENUE.classify(answer).outcome is outcome
+        assert simulator.requests["c1"] == 1
+        if state is not None:
+            assert simulator.state_of("c1") in (OrderState.CANCELED, OrderState.FILLED)
+
+    async def test_jwt_mode(self, serve_simulators: ServeSimulators) -> None:
+        """A Bearer JWT with an unsigned body cancels too."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS)
+        simulator.seed({"c1": OrderState.OPEN})
+        [answer] = await send_all(
+            serve_simulators, simulator, JWT_VENUE.build_cancel(row(symbol=""), now=0.0)
+        )
+        assert JWT_VENUE.classify(answer).outcome is Outcome.CANCELED
+        assert json.loads(answer.body)["data"]["clientOrderId"] == "c1"
+
+    @pytest.mark.parametrize(
+        ("credentials", "status"),
+        [
+            ({JWT_VAR: "wrong"}, 401),
+            ({API_KEY_VAR: "wrong", API_SECRET_VAR: CREDENTIALS[API_SECRET_VAR]}, 401),
+            ({API_KEY_VAR: CREDENTIALS[API_KEY_VAR], API_SECRET_VAR: "wrong"}, 400),
+        ],
+        ids=["wrong-jwt", "wrong-api-key", "wrong-hmac-secret"],
+    )
+    async def test_wrong_credentials_are_refused(
+        self, serve_simulators: ServeSimulators, credentials: dict[str, str], status: int
+    ) -> None:
+        """The simulator checks the JWT, the key and the signature; each refusal stops the venue."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS)
+        simulator.seed({"c1": OrderState.OPEN})
+        request = ZebpayVenue(credentials).build_cancel(row(), now=time.time())
+        [answer] = await send_all(serve_simulators, simulator, request)
+        assert answer.status == status
+        assert HMAC_VENUE.classify(answer).kind is VerdictKind.AUTH_REFUSED
+        assert simulator.book["c1"] is OrderState.OPEN
+
+    async def test_signature_covers_the_exact_bytes(
+        self, serve_simulators: ServeSimulators
+    ) -> None:
+        """The same object re-serialized with spaces no longer matches its signature."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS)
+        simulator.seed({"c1": OrderState.OPEN})
+        signed = HMAC_VENUE.build_cancel(row(), now=time.time())
+        assert signed.body is not None
+        spaced = CancelRequest(
+            signed.method, signed.path, signed.headers, json.dumps(json.loads(signed.body)).encode()
+        )
+        [answer] = await send_all(serve_simulators, simulator, spaced)
+        assert json.loads(answer.body)["statusDescription"] == "Invalid signature"
+        assert simulator.book["c1"] is OrderState.OPEN
+
+    async def test_stale_timestamp_then_fresh(self, serve_simulators: ServeSimulators) -> None:
+        """A timestamp a minute old is refused as expired; re-signed with a fresh one it works."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS)
+        simulator.seed({"c1": OrderState.OPEN})
+        stale, fresh = await send_all(
+            serve_simulators,
+            simulator,
+            HMAC_VENUE.build_cancel(row(), now=time.time() - 60.0),
+            HMAC_VENUE.build_cancel(row(), now=time.time()),
+        )
+        verdict = HMAC_VENUE.classify(stale)
+        assert verdict.kind is VerdictKind.TRANSIENT and verdict.escalate_on_repeat
+        assert HMAC_VENUE.classify(fresh).outcome is Outcome.CANCELED
+
+    async def test_limit_is_counted_before_auth(self, serve_simulators: ServeSimulators) -> None:
+        """Refused requests use up the budget; the next answer is the documented 429."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS, rate_limit=2, penalty=7.0)
+        simulator.seed({"c1": OrderState.OPEN})
+        wrong = ZebpayVenue({JWT_VAR: "wrong"}).build_cancel(row(), now=0.0)
+        *refused, limited = await send_all(
+            serve_simulators,
+            simulator,
+            wrong,
+            wrong,
+            HMAC_VENUE.build_cancel(row(), now=time.time()),
+        )
+        assert [r.status for r in refused] == [401, 401]
+        assert limited.status == 429
+        assert json.loads(limited.body)["customMessage"] == [
+            "Too many requests. Limit 2 requests per 60 seconds."
+        ]
+        verdict = HMAC_VENUE.classify(limited)
+        assert verdict.rate_limited and verdict.retry_after == 7.0
+        assert simulator.book["c1"] is OrderState.OPEN
+
+    async def test_documented_429_text_by_default(self, serve_simulators: ServeSimulators) -> None:
+        """With its documented limit, a 429 says exactly what ZebPay's docs say."""
+        simulator = ZebpaySimulator(
+            credentials=CREDENTIALS, faults=FaultPlan(retry_after=3).script("c1", Fault.RATE_LIMIT)
+        )
+        [answer] = await send_all(
+            serve_simulators, simulator, HMAC_VENUE.build_cancel(row(), now=time.time())
+        )
+        assert json.loads(answer.body)["statusDescription"] == (
+            "Too many requests. Limit 180 requests per 60 seconds."
+        )
+        assert answer.headers["retry-after"] == "3"
+
+
+class TestTransport:
+    async def test_dropped_connection_is_not_resent(
+        self, serve_simulators: ServeSimulators
+    ) -> None:
+        """aiohttp's silent re-send of a DELETE is off: a drop reaches the venue exactly once."""
+        simulator = ZebpaySimulator(
+            credentials=CREDENTIALS, faults=FaultPlan().script("c1", Fault.DROP)
+        )
+        simulator.seed({"c1": OrderState.OPEN, "c0": OrderState.OPEN})
+        async with (
+            serve_simulators({"zebpay": simulator}) as server,
+            open_session(max_connections=1) as session,
+        ):
+            # A first request makes the connection a kept-alive one, as in a real run.
+            await send(
+                session,
+                server.url("zebpay"),
+                HMAC_VENUE.build_cancel(row("c0"), now=time.time()),
+                timeout=2.0,
+            )
+            with pytest.raises(TransientVenueError):
+                await send(
+                    session,
+                    server.url("zebpay"),
+                    HMAC_VENUE.build_cancel(row("c1"), now=time.time()),
+                    timeout=2.0,
+                )
+        assert simulator.requests["c1"] == 1
+        assert simulator.book["c1"] is OrderState.OPEN
