@@ -213,7 +213,9 @@ def _run(
                             "deadline": deadline,
                             "bulk": bulk,
                             "confirm": confirm,
-                            "venues_config": venues_config,
+                            "venues_config": (
+                                os.path.abspath(venues_config) if venues_config else None
+                            ),
                         },
                         reason=reason,
                         command_line=_command_line(),
@@ -308,6 +310,10 @@ def resume(
         store = _open_store(settings)
         try:
             run = store.find_run(run_ref)
+            recorded = run.options.get("venues_config")
+            if not venues_config and recorded and not os.environ.get("BATCHCANCEL_VENUES"):
+                # Resume against the endpoints the run was started with.
+                settings = _settings(db, str(recorded))
             if run.status == "loading":
                 raise RunNotFoundError(
                     f"run {run.id} was interrupted while its orders were loading; run it again "
@@ -452,3 +458,102 @@ def venues() -> None:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="batchcancel")
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    default="demo-output",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the order list, audit database and report go.",
+)
+def demo(out_dir: str) -> None:
+    """Cancel a few thousand orders at the five venue simulators, on loopback."""
+    from pathlib import Path
+
+    from batchcancel.demo import run_demo
+    from batchcancel.progress import Progress
+
+    with _errors():
+        click.echo(
+            "batchcancel demo: five venue simulators on 127.0.0.1, demo-sized limits", err=True
+        )
+
+        def announce(run_id: str, plan: Any) -> None:
+            per_venue = ", ".join(f"{v} {n}" for v, n in sorted(plan.to_send.items()))
+            click.echo(f"batchcancel: run {run_id}: cancelling {per_venue}", err=True)
+
+        with Progress() as progress:
+            result = run_demo(Path(out_dir), views=progress, on_planned=announce)
+        store = _open_store(_settings(result.db_url))
+        try:
+            _print_summary(store, result.summary, as_json=False, db_url=result.db_url)
+        finally:
+            store.close()
+        click.echo(f"orders: {result.orders_csv}")
+        click.echo(f"report: {result.report_csv}")
+        if result.mismatches:
+            for line in result.mismatches[:20]:
+                click.echo(f"mismatch: {line}", err=True)
+            _fail(f"{len(result.mismatches)} outcomes differ from the simulators' books", 1)
+        click.echo(
+            f"demo: all {result.summary.orders} outcomes match what the simulators were seeded with"
+        )
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8900, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--orders-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CSV (venue, order_id, ...) whose orders start open in the simulators.",
+)
+def simulate(host: str, port: int, orders_file: str | None) -> None:
+    """Serve the five venue simulators until stopped (Ctrl-C)."""
+    import secrets
+    import signal
+    import threading
+
+    from batchcancel.simulators import SIMULATORS
+    from batchcancel.simulators.base import OrderState
+    from batchcancel.simulators.server import serve_in_thread
+    from batchcancel.sources import read_csv
+    from batchcancel.venues import VENUES
+
+    with _errors():
+        credentials = {
+            var: f"sim-{secrets.token_hex(8)}"
+            for venue in VENUES.values()
+            for var in venue.credential_vars
+        }
+        simulators = {name: cls(credentials=credentials) for name, cls in SIMULATORS.items()}
+        if orders_file:
+            table = read_csv(orders_file, venue=None)
+            for chunk in table.chunks():
+                for numbered in chunk:
+                    if numbered.row.venue in simulators:
+                        simulators[numbered.row.venue].seed(
+                            {numbered.row.order_id: OrderState.OPEN}
+                        )
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with serve_in_thread(simulators, host=host, port=port) as server:
+            click.echo("# venues config (save as venues.toml, pass --venues-config venues.toml):")
+            for name, simulator in simulators.items():
+                limit = simulator.rate_limit or 0
+                click.echo(f'[venues.{name}]\nbase_url = "{server.url(name)}"')
+                click.echo(f"rate_limit = {limit}\nperiod = {simulator.period:g}\n")
+            click.echo("# simulator credentials (these simulators only):")
+            for var, value in credentials.items():
+                click.echo(f"export {var}={value}")
+            seeded = sum(len(s.book) for s in simulators.values())
+            click.echo(
+                f"# serving on http://{server.host}:{server.port} with {seeded} open orders; "
+                "Ctrl-C stops",
+                err=True,
+            )
+            stop.wait()

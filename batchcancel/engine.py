@@ -197,8 +197,10 @@ class _Lane:
             await self.writer.begin(Begin(order.pk, job.attempt, utcnow()))
         except AuditError as exc:
             job.attempt -= 1
+            self.pacer.unused()
             self.on_audit_failure(exc)
             return
+        self.pacer.sending()
         self.view.sent += 1
         started = time.monotonic()
         status: int | None = None

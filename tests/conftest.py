@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import os
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +42,64 @@ def serve_simulators() -> ServeSimulators:
             yield server
 
     return serve
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """A finished `batchcancel` process."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+def cli_env(db_path: Path, *, credentials: Mapping[str, str] = CREDENTIALS) -> dict[str, str]:
+    """The environment of a CLI subprocess: no inherited BATCHCANCEL_*, our credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHCANCEL_")}
+    env.update(credentials)
+    env["BATCHCANCEL_DB"] = f"sqlite:///{db_path}"
+    return env
+
+
+async def run_cli(
+    *args: str, env: Mapping[str, str], stdin: bytes | None = None, timeout: float = 120
+) -> CliResult:
+    """Run `python -m batchcancel ARGS` without blocking the loop the simulators serve on."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "batchcancel",
+        *args,
+        env=dict(env),
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return CliResult(process.returncode, out.decode(), err.decode())
+
+
+def write_venues_toml(path: Path, server: SimulatorServer, **venues: Mapping[str, object]) -> Path:
+    """A venues config pointing each named venue at `server`, with the given keys."""
+    lines = []
+    for name, keys in venues.items():
+        lines.append(f"[venues.{name}]")
+        lines.append(f'base_url = "{server.url(name)}"')
+        lines.extend(f"{key} = {value!r}" for key, value in keys.items())
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_orders_csv(path: Path, rows: list[Mapping[str, str]]) -> Path:
+    """An order list with the SPEC columns."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["venue", "order_id", "account_id", "symbol"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

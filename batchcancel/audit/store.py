@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -48,6 +49,7 @@ SENDING: Final = "sending"  # an attempt is in flight
 DONE: Final = "done"  # final outcome
 LOADING: Final = "loading"  # run status until every source row is recorded
 LOCK_STALE_AFTER: Final = timedelta(seconds=60)
+_URL_PASSWORD: Final = re.compile(r"(://[^/\s:@]*:)[^@\s/]*@")  # user:password@ in URLs
 IN_FLIGHT_LOST: Final = "no answer recorded: the process stopped while this request was in flight"
 
 
@@ -578,7 +580,8 @@ class AuditStore:
     # -- helpers ----------------------------------------------------------------------------
 
     def clean(self, text: str) -> str:
-        """`text` with every secret replaced: nothing secret is ever stored."""
+        """`text` with every secret and URL password replaced: nothing secret is stored."""
+        text = _URL_PASSWORD.sub(r"\1***@", text)
         for secret in self._redact:
             if secret in text:
                 text = text.replace(secret, "[redacted]")

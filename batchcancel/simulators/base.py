@@ -18,6 +18,8 @@ from typing import ClassVar, Final
 
 from aiohttp import web
 
+from batchcancel.outcomes import Outcome
+
 __all__ = [
     "SIMULATOR_KEY",
     "Arrival",
@@ -109,6 +111,8 @@ class Simulator:
     default_rate_limit: ClassVar[int | None] = None
     default_period: ClassVar[float] = 1.0
     default_penalty: ClassVar[float] = 1.0
+    # The outcome a first cancel of an order seeded in each state ends with (None: unknown id).
+    expected_outcomes: ClassVar[Mapping[OrderState | None, Outcome]]
 
     def __init__(
         self,

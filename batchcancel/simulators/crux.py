@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
 from aiohttp import web
 
+from batchcancel.outcomes import Outcome
 from batchcancel.simulators.base import OrderState, Simulator
 from batchcancel.venues.crux import TOKEN_VAR, is_uuid
 
@@ -22,6 +23,15 @@ class CruxSimulator(Simulator):
     default_rate_limit: ClassVar[int | None] = 5
     default_period: ClassVar[float] = 1.0
     default_penalty: ClassVar[float] = 10.0
+    # The outcome a first cancel of an order seeded in each state ends with (None: unknown id).
+    expected_outcomes: ClassVar[Mapping[OrderState | None, Outcome]] = {
+        OrderState.OPEN: Outcome.CANCEL_PENDING,
+        OrderState.OPEN_ASYNC: Outcome.CANCEL_PENDING,
+        OrderState.PENDING: Outcome.CANCEL_PENDING,
+        OrderState.CANCELED: Outcome.CANCEL_PENDING,
+        OrderState.FILLED: Outcome.REJECTED,
+        None: Outcome.NOT_FOUND,
+    }
 
     def routes(self) -> Iterable[web.RouteDef]:
         """seed 002: PATCH /orders/cancel/ with {"order_uuid": ...}."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from types import TracebackType
 
 from aiohttp import web
@@ -10,7 +13,7 @@ from aiohttp import web
 from batchcancel.simulators import build_app
 from batchcancel.simulators.base import Simulator
 
-__all__ = ["SimulatorServer"]
+__all__ = ["SimulatorServer", "serve_in_thread"]
 
 
 class SimulatorServer:
@@ -55,3 +58,38 @@ class SimulatorServer:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+@contextmanager
+def serve_in_thread(
+    simulators: Mapping[str, Simulator], *, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[SimulatorServer]:
+    """Serve simulators from their own event loop in a background thread (demo, simulate)."""
+    loop = asyncio.new_event_loop()
+    server = SimulatorServer(simulators, host=host, port=port)
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(server.start())
+        except BaseException as exc:  # reported to the caller below
+            failure.append(exc)
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(server.stop())
+        loop.close()
+
+    thread = threading.Thread(target=serve, name="simulators", daemon=True)
+    thread.start()
+    started.wait()
+    if failure:
+        raise failure[0]
+    try:
+        yield server
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)

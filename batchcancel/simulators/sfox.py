@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
 from aiohttp import web
 
+from batchcancel.outcomes import Outcome
 from batchcancel.simulators.base import OrderState, Simulator
 from batchcancel.venues.sfox import API_KEY_VAR
 
@@ -20,6 +21,15 @@ class SfoxSimulator(Simulator):
     default_rate_limit: ClassVar[int | None] = 250
     default_period: ClassVar[float] = 10.0
     default_penalty: ClassVar[float] = 60.0
+    # The outcome a first cancel of an order seeded in each state ends with (None: unknown id).
+    expected_outcomes: ClassVar[Mapping[OrderState | None, Outcome]] = {
+        OrderState.OPEN: Outcome.CANCELED,
+        OrderState.OPEN_ASYNC: Outcome.CANCEL_PENDING,
+        OrderState.PENDING: Outcome.CANCEL_PENDING,
+        OrderState.CANCELED: Outcome.ALREADY_CLOSED,
+        OrderState.FILLED: Outcome.ALREADY_CLOSED,
+        None: Outcome.NOT_FOUND,
+    }
 
     def routes(self) -> Iterable[web.RouteDef]:
         """seed 000: DELETE /v1/orders/:order_id."""

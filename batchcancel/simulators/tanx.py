@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
 from aiohttp import web
 
+from batchcancel.outcomes import Outcome
 from batchcancel.simulators.base import OrderState, Simulator
 from batchcancel.venues.tanx import JWT_VAR, order_id_of
 
@@ -22,6 +23,15 @@ class TanxSimulator(Simulator):
     default_rate_limit: ClassVar[int | None] = 10
     default_period: ClassVar[float] = 1.0
     default_penalty: ClassVar[float] = 10.0
+    # The outcome a first cancel of an order seeded in each state ends with (None: unknown id).
+    expected_outcomes: ClassVar[Mapping[OrderState | None, Outcome]] = {
+        OrderState.OPEN: Outcome.CANCELED,
+        OrderState.OPEN_ASYNC: Outcome.CANCEL_PENDING,
+        OrderState.PENDING: Outcome.CANCEL_PENDING,
+        OrderState.CANCELED: Outcome.ALREADY_CLOSED,
+        OrderState.FILLED: Outcome.ALREADY_CLOSED,
+        None: Outcome.NOT_FOUND,
+    }
 
     def routes(self) -> Iterable[web.RouteDef]:
         """seed 003: POST /sapi/v1/orders/cancel/ with {"order_id": <integer>}."""

@@ -10,11 +10,12 @@ import hmac
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
 from aiohttp import web
 
+from batchcancel.outcomes import Outcome
 from batchcancel.simulators.base import OrderState, Simulator
 from batchcancel.venues.zebpay import API_KEY_VAR, API_SECRET_VAR, JWT_VAR, sign
 
@@ -29,6 +30,15 @@ class ZebpaySimulator(Simulator):
     default_rate_limit: ClassVar[int | None] = 180
     default_period: ClassVar[float] = 60.0
     default_penalty: ClassVar[float] = 60.0
+    # The outcome a first cancel of an order seeded in each state ends with (None: unknown id).
+    expected_outcomes: ClassVar[Mapping[OrderState | None, Outcome]] = {
+        OrderState.OPEN: Outcome.CANCELED,
+        OrderState.OPEN_ASYNC: Outcome.CANCELED,
+        OrderState.PENDING: Outcome.CANCELED,
+        OrderState.CANCELED: Outcome.ALREADY_CLOSED,
+        OrderState.FILLED: Outcome.ALREADY_CLOSED,
+        None: Outcome.NOT_FOUND,
+    }
     # ASSUMED: the accepted clock skew of a signed timestamp (undocumented), in seconds.
     timestamp_window: float = 5.0
 
