@@ -200,7 +200,6 @@ class _Lane:
             self.pacer.unused()
             self.on_audit_failure(exc)
             return
-        self.pacer.sending()
         self.view.sent += 1
         started = time.monotonic()
         status: int | None = None
@@ -214,6 +213,7 @@ class _Lane:
         except TransientVenueError as exc:
             verdict = Verdict.transient(str(exc))
             detail = str(exc)
+        self.pacer.answered()
         latency_ms = (time.monotonic() - started) * 1000
         outcome, reason = self._decide(job, verdict)
         self.writer.answer(

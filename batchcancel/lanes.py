@@ -1,13 +1,15 @@
-"""Pacing for one venue: a sliding window of send times, an in-flight bound and a venue pause.
+"""Pacing for one venue: a sliding window of requests, an in-flight bound and a venue pause.
 
-Venues count requests per sliding window as they arrive. asyncio-throttle's Throttler keeps
-the same kind of log, but stamps a slot when it is granted; here a slot is granted before the
-attempt row is committed and the request leaves only after, so under a burst the stamps ran
-ahead of the real send times and the venue saw more than its limit in a window (measured:
-about `max_in_flight` 429s per venue in `batchcancel demo`). `SendWindow` stamps each slot when
-its request actually leaves, counts slots granted but not yet sent as inside every window, and
-sleeps until the oldest stamp expires rather than polling. A small safety margin covers the
-network between our send and the venue's count.
+Venues count requests per sliding window at the moment each one reaches them, which we never
+see: it lies somewhere between our send and its answer. asyncio-throttle's Throttler stamps a
+slot when it is granted; here the request leaves only after its attempt row is committed, and
+under a burst the venue saw the first wave late and the next one early, so it counted more
+than its limit in one window (measured: about `max_in_flight` 429s per venue in a five-venue
+run at the configured limits). `RequestWindow` therefore counts a request from the moment its
+slot is granted until one period after its answer came back: whenever the venue counted it,
+that moment lies inside the span we count, so no window at the venue can exceed the limit. It
+costs one answer latency per period (a few ms here) and sleeps until the oldest request leaves
+the window instead of polling.
 """
 
 from __future__ import annotations
@@ -18,48 +20,52 @@ import time
 from collections import deque
 from typing import Final
 
-__all__ = ["Pacer", "SendWindow", "safety_margin"]
+__all__ = ["Pacer", "RequestWindow", "safety_margin"]
 
-MARGIN_SHARE: Final = 0.02
-MARGIN_MIN_SECONDS: Final = 0.03
+MARGIN_SHARE: Final = 0.01
+MARGIN_MIN_SECONDS: Final = 0.01
 
 
 def safety_margin(period: float) -> float:
-    """Seconds added to the venue's window: 2 %, at least 30 ms."""
+    """Seconds added to the venue's window for clock granularity: 1 %, at least 10 ms."""
     return max(period * MARGIN_SHARE, MARGIN_MIN_SECONDS)
 
 
-class SendWindow:
-    """At most `limit` sends in any `period` seconds, counting granted slots not yet sent."""
+class RequestWindow:
+    """At most `limit` requests in any `period` at the venue, whatever the network did.
+
+    A request counts from `grant()` until `period` after `answered()`; granted requests not
+    yet answered count in every window.
+    """
 
     def __init__(self, limit: int, period: float) -> None:
         self.limit = limit
         self.period = period
-        self._sent: deque[float] = deque()  # time.monotonic() of each send, oldest first
-        self._granted = 0  # slots handed out whose request has not left yet
+        self._answered: deque[float] = deque()  # time.monotonic() of each answer, oldest first
+        self._open = 0  # granted and not yet answered
 
     async def grant(self) -> None:
-        """Wait until one more send cannot exceed the limit in any window, and reserve it."""
+        """Wait until one more request cannot exceed the limit in any window; reserve it."""
         while True:
             now = time.monotonic()
-            while self._sent and now - self._sent[0] >= self.period:
-                self._sent.popleft()
-            if len(self._sent) + self._granted < self.limit:
-                self._granted += 1
+            while self._answered and now - self._answered[0] >= self.period:
+                self._answered.popleft()
+            if len(self._answered) + self._open < self.limit:
+                self._open += 1
                 return
-            if self._sent:
-                await asyncio.sleep(self._sent[0] + self.period - now)
+            if self._answered:
+                await asyncio.sleep(self._answered[0] + self.period - now)
             else:
-                await asyncio.sleep(0.001)  # every slot is granted and unsent: wait for sends
+                await asyncio.sleep(0.005)  # the whole limit is in flight: wait for answers
 
-    def sent(self) -> None:
-        """The request of a granted slot is leaving now."""
-        self._granted -= 1
-        self._sent.append(time.monotonic())
+    def answered(self) -> None:
+        """The request of a granted slot has its answer (or was given up on) now."""
+        self._open -= 1
+        self._answered.append(time.monotonic())
 
     def returned(self) -> None:
-        """A granted slot was not used (the attempt could not be recorded)."""
-        self._granted -= 1
+        """A granted slot was not used: no request left."""
+        self._open -= 1
 
 
 class Pacer:
@@ -67,7 +73,7 @@ class Pacer:
 
     def __init__(self, *, rate_limit: int, period: float, max_in_flight: int) -> None:
         self._window = (
-            SendWindow(rate_limit, period + safety_margin(period)) if rate_limit > 0 else None
+            RequestWindow(rate_limit, period + safety_margin(period)) if rate_limit > 0 else None
         )
         self._slots = asyncio.Semaphore(max_in_flight)
         self._halted = asyncio.Event()
@@ -94,7 +100,8 @@ class Pacer:
     async def acquire(self) -> bool:
         """Wait for an in-flight slot, the end of any pause and a rate slot. False if halted.
 
-        After True, call `sending()` when the request leaves (or `unused()`), then `release()`.
+        After True, call `answered()` once the request is answered (or `unused()` if it never
+        left), then `release()`.
         """
         await self._slots.acquire()
         while not self.halted:
@@ -111,10 +118,10 @@ class Pacer:
         self._slots.release()
         return False
 
-    def sending(self) -> None:
-        """The request of an acquired slot leaves now."""
+    def answered(self) -> None:
+        """The request of an acquired slot has its answer, or was given up on."""
         if self._window is not None:
-            self._window.sent()
+            self._window.answered()
 
     def unused(self) -> None:
         """An acquired slot's request will not be sent."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -83,24 +84,50 @@ def read_csv(path: str, *, venue: str | None) -> OrderTable:
     if not text.strip():
         raise SourceError(f"{name} is empty; expected a CSV header with an order_id column")
     try:
-        frame = pd.read_csv(
-            io.StringIO(text),
-            dtype=str,
-            keep_default_na=False,
-            na_filter=False,
-            skip_blank_lines=True,
-            engine="c",
-        )
+        header = next(csv.reader(io.StringIO(text, newline=None)), [])
+    except csv.Error as exc:
+        raise SourceError(f"{name} has an unreadable header: {exc}") from None
+    _check_header(header, name=name)
+    try:
+        # A row with more fields than the header is an error, not a silent index column
+        # (pandas' default) nor silently dropped fields (its warning with index_col=False).
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                io.StringIO(text),
+                dtype=str,
+                keep_default_na=False,
+                na_filter=False,
+                skip_blank_lines=True,
+                index_col=False,
+                engine="c",
+            )
+    except pd.errors.ParserWarning:
+        raise SourceError(
+            f"{name}: the first data row has more fields than the header "
+            f"({len(header)} columns: {', '.join(header)})"
+        ) from None
     except (pd.errors.ParserError, csv.Error, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SourceError(f"{name} is not a readable CSV file: {first}") from None
     return _normalise(frame, name=name, venue=venue)
 
 
+def _check_header(header: list[str], *, name: str) -> None:
+    """Repeated column names are an error (pandas would rename the second one silently)."""
+    normal = [c.strip().lower() for c in header]
+    if len(set(normal)) != len(normal):
+        raise SourceError(f"{name} has repeated column names: {', '.join(header)}")
+
+
 def read_query(sql: str, source_db: str, *, venue: str | None) -> OrderTable:
     """Run a read-only query against `source_db`; it must return the CSV's columns."""
     try:
-        engine = sa.create_engine(source_db)
+        url = sa.engine.make_url(source_db)
+        on_disk = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+        if on_disk and not Path(str(url.database)).is_file():  # sqlite would create it empty
+            raise SourceError(f"--source-db: SQLite file {url.database} does not exist")
+        engine = sa.create_engine(url)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
         raise SourceError(
             f"--source-db is not a usable database URL: {type(exc).__name__}"

@@ -49,7 +49,7 @@ SENDING: Final = "sending"  # an attempt is in flight
 DONE: Final = "done"  # final outcome
 LOADING: Final = "loading"  # run status until every source row is recorded
 LOCK_STALE_AFTER: Final = timedelta(seconds=60)
-_URL_PASSWORD: Final = re.compile(r"(://[^/\s:@]*:)[^@\s/]*@")  # user:password@ in URLs
+_URL_PASSWORD: Final = re.compile(r"(://[^/\s:@]*:)[^\s@]*@")  # user:password@ in URLs
 IN_FLIGHT_LOST: Final = "no answer recorded: the process stopped while this request was in flight"
 
 

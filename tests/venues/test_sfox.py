@@ -25,7 +25,9 @@ class TestBuild:
         request = VENUE.build_cancel(OrderRow("sfox", "123"), now=0.0)
         assert request.method == "DELETE"
         assert request.path == "/v1/orders/123"
-        assert request.headers == (("Authorization", f"Bearer {CREDENTIALS['BATCHCANCEL_SFOX_API_KEY']}"),)
+        assert request.headers == (
+            ("Authorization", f"Bearer {CREDENTIALS['BATCHCANCEL_SFOX_API_KEY']}"),
+        )
         assert request.body is None
 
     def test_order_id_is_url_encoded(self) -> None:
@@ -45,11 +47,19 @@ class TestBuild:
 CASES = [
     pytest.param(200, b'{"status": "canceled"}', Outcome.CANCELED, id="200-canceled"),
     pytest.param(200, b'{ "status": "cancel pending" }', Outcome.CANCEL_PENDING, id="200-pending"),
-    pytest.param(200, b'{"status":"Cancel pending"}', Outcome.CANCEL_PENDING, id="200-pending-case"),
-    pytest.param(200, b'{"status": "order already finished"}', Outcome.ALREADY_CLOSED, id="200-finished"),
+    pytest.param(
+        200, b'{"status":"Cancel pending"}', Outcome.CANCEL_PENDING, id="200-pending-case"
+    ),
+    pytest.param(
+        200, b'{"status": "order already finished"}', Outcome.ALREADY_CLOSED, id="200-finished"
+    ),
     pytest.param(400, b'{"error": "internal error"}', Outcome.NOT_FOUND, id="400-not-found"),
-    pytest.param(400, b'{"error": "the order is already done/canceled"}', Outcome.ALREADY_CLOSED,
-                 id="400-already"),
+    pytest.param(
+        400,
+        b'{"error": "the order is already done/canceled"}',
+        Outcome.ALREADY_CLOSED,
+        id="400-already",
+    ),
     pytest.param(400, b'{"error": "bad things"}', Outcome.REJECTED, id="400-other"),
     pytest.param(422, b'{"error": "Unprocessable Entity"}', Outcome.REJECTED, id="422"),
     pytest.param(200, b'{"status": "weird"}', Outcome.REJECTED, id="200-unknown-status"),
@@ -104,9 +114,16 @@ class TestAgainstSimulator:
         simulator = SfoxSimulator(credentials=CREDENTIALS)
         if state is not None:
             simulator.seed({"42": state})
-        async with serve_simulators({"sfox": simulator}) as server, open_session(max_connections=2) as session:
-            answer = await send(session, server.url("sfox"),
-                                VENUE.build_cancel(OrderRow("sfox", "42"), now=0.0), timeout=2.0)
+        async with (
+            serve_simulators({"sfox": simulator}) as server,
+            open_session(max_connections=2) as session,
+        ):
+            answer = await send(
+                session,
+                server.url("sfox"),
+                VENUE.build_cancel(OrderRow("sfox", "42"), now=0.0),
+                timeout=2.0,
+            )
         assert VENUE.classify(answer).outcome is outcome
         assert simulator.requests["42"] == 1
 
@@ -115,9 +132,16 @@ class TestAgainstSimulator:
         simulator = SfoxSimulator(credentials=CREDENTIALS)
         simulator.seed({"42": OrderState.OPEN})
         wrong = SfoxVenue({"BATCHCANCEL_SFOX_API_KEY": "wrong"})
-        async with serve_simulators({"sfox": simulator}) as server, open_session(max_connections=2) as session:
-            answer = await send(session, server.url("sfox"),
-                                wrong.build_cancel(OrderRow("sfox", "42"), now=0.0), timeout=2.0)
+        async with (
+            serve_simulators({"sfox": simulator}) as server,
+            open_session(max_connections=2) as session,
+        ):
+            answer = await send(
+                session,
+                server.url("sfox"),
+                wrong.build_cancel(OrderRow("sfox", "42"), now=0.0),
+                timeout=2.0,
+            )
         assert VENUE.classify(answer).kind is VerdictKind.AUTH_REFUSED
         assert simulator.book["42"] is OrderState.OPEN
 
@@ -125,11 +149,19 @@ class TestAgainstSimulator:
         """Past its limit the simulator answers 429 and the adapter pauses the venue."""
         simulator = SfoxSimulator(credentials=CREDENTIALS, rate_limit=2, period=10.0, penalty=10.0)
         simulator.seed({str(i): OrderState.OPEN for i in range(3)})
-        async with serve_simulators({"sfox": simulator}) as server, open_session(max_connections=2) as session:
+        async with (
+            serve_simulators({"sfox": simulator}) as server,
+            open_session(max_connections=2) as session,
+        ):
             verdicts = [
-                VENUE.classify(await send(session, server.url("sfox"),
-                                          VENUE.build_cancel(OrderRow("sfox", str(i)), now=0.0),
-                                          timeout=2.0))
+                VENUE.classify(
+                    await send(
+                        session,
+                        server.url("sfox"),
+                        VENUE.build_cancel(OrderRow("sfox", str(i)), now=0.0),
+                        timeout=2.0,
+                    )
+                )
                 for i in range(3)
             ]
         assert [v.outcome for v in verdicts[:2]] == [Outcome.CANCELED, Outcome.CANCELED]
@@ -138,19 +170,34 @@ class TestAgainstSimulator:
 
 
 class TestTransport:
-    async def test_dropped_connection_is_not_resent(self, serve_simulators: ServeSimulators) -> None:
+    async def test_dropped_connection_is_not_resent(
+        self, serve_simulators: ServeSimulators
+    ) -> None:
         """aiohttp's silent re-send of a DELETE is off: a drop reaches the venue exactly once."""
-        simulator = SfoxSimulator(credentials=CREDENTIALS, faults=FaultPlan().script("42", Fault.DROP))
+        simulator = SfoxSimulator(
+            credentials=CREDENTIALS, faults=FaultPlan().script("42", Fault.DROP)
+        )
         simulator.seed({"42": OrderState.OPEN, "1": OrderState.OPEN})
         from batchcancel.errors import TransientVenueError
 
-        async with serve_simulators({"sfox": simulator}) as server, open_session(max_connections=1) as session:
+        async with (
+            serve_simulators({"sfox": simulator}) as server,
+            open_session(max_connections=1) as session,
+        ):
             # A first request makes the connection a kept-alive one, as in a real run.
-            await send(session, server.url("sfox"), VENUE.build_cancel(OrderRow("sfox", "1"), now=0.0),
-                       timeout=2.0)
+            await send(
+                session,
+                server.url("sfox"),
+                VENUE.build_cancel(OrderRow("sfox", "1"), now=0.0),
+                timeout=2.0,
+            )
             with pytest.raises(TransientVenueError):
-                await send(session, server.url("sfox"),
-                           VENUE.build_cancel(OrderRow("sfox", "42"), now=0.0), timeout=2.0)
+                await send(
+                    session,
+                    server.url("sfox"),
+                    VENUE.build_cancel(OrderRow("sfox", "42"), now=0.0),
+                    timeout=2.0,
+                )
         assert simulator.requests["42"] == 1
         assert simulator.book["42"] is OrderState.OPEN
 
@@ -158,10 +205,18 @@ class TestTransport:
         """An answer slower than the timeout is a transient error."""
         from batchcancel.errors import TransientVenueError
 
-        simulator = SfoxSimulator(credentials=CREDENTIALS,
-                                  faults=FaultPlan(slow_seconds=1.0).script("42", Fault.SLOW))
+        simulator = SfoxSimulator(
+            credentials=CREDENTIALS, faults=FaultPlan(slow_seconds=1.0).script("42", Fault.SLOW)
+        )
         simulator.seed({"42": OrderState.OPEN})
-        async with serve_simulators({"sfox": simulator}) as server, open_session(max_connections=1) as session:
+        async with (
+            serve_simulators({"sfox": simulator}) as server,
+            open_session(max_connections=1) as session,
+        ):
             with pytest.raises(TransientVenueError, match="no answer within"):
-                await send(session, server.url("sfox"),
-                           VENUE.build_cancel(OrderRow("sfox", "42"), now=0.0), timeout=0.2)
+                await send(
+                    session,
+                    server.url("sfox"),
+                    VENUE.build_cancel(OrderRow("sfox", "42"), now=0.0),
+                    timeout=0.2,
+                )
