@@ -6,6 +6,7 @@ of every repr, so that no log line or traceback can print them.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -133,6 +134,8 @@ def _venue_settings(
             raise ConfigError(f"[venues.{name}] {key} must be a number, got {value!r}")
         if key in _INT_KEYS and not float(value).is_integer():
             raise ConfigError(f"[venues.{name}] {key} must be a whole number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"[venues.{name}] {key} must be a finite number, got {value!r}")
         if value < 0 or (value == 0 and key not in ("rate_limit", "backoff", "cooldown")):
             raise ConfigError(f"[venues.{name}] {key} must be positive, got {value!r}")
         return float(value)

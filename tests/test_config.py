@@ -213,10 +213,6 @@ class TestTomlErrors:
         """A zero period, concurrency or timeout cannot work."""
         assert key in config_error(tmp_path, f"[venues.sfox]\n{key} = 0\n")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="config._venue_settings accepts nan: `nan < 0` and `nan == 0` are both False",
-    )
     @pytest.mark.parametrize("key", ["period", "timeout", "cooldown", "backoff"])
     def test_nan_rejected(self, tmp_path: Path, key: str) -> None:
         """TOML's `nan` is no usable period, timeout, cooldown or backoff."""

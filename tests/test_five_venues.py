@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import uuid
 from pathlib import Path
+
+import pytest
 
 from batchcancel.outcomes import Outcome
 from batchcancel.simulators import SIMULATORS
@@ -88,3 +91,50 @@ class TestFiveVenues:
                 if v == venue:
                     want[outcome.value] += 1
             assert summary["venues"][venue] == want, venue
+
+
+WRONG = {name: f"wrong-{value}" for name, value in CREDENTIALS.items()}
+
+
+class TestAuthRefusal:
+    @pytest.mark.parametrize("venue", list(PLAN))
+    async def test_refused_venue_stops_and_others_finish(
+        self, tmp_path: Path, serve_simulators: ServeSimulators, venue: str
+    ) -> None:
+        """A venue refusing our credentials gets at most max_in_flight requests, its orders end
+        `skipped`, and the other venue of the run finishes; exit 1."""
+        other = "etna" if venue == "sfox" else "sfox"
+        rng = random.Random(9)
+        refusing = SIMULATORS[venue](credentials=WRONG, rate_limit=None)
+        fine = SIMULATORS[other](credentials=CREDENTIALS, rate_limit=None)
+        rows = []
+        for n in range(60):
+            for name, simulator in ((venue, refusing), (other, fine)):
+                fields = order_fields(name, n, rng)
+                simulator.seed({fields["order_id"]: OrderState.OPEN})
+                rows.append({"venue": name, **fields})
+        orders = write_orders_csv(tmp_path / "orders.csv", rows)
+        db = tmp_path / "audit.db"
+        async with serve_simulators({venue: refusing, other: fine}) as server:
+            config = write_venues_toml(
+                tmp_path / "v.toml",
+                server,
+                **{venue: {"rate_limit": 0, "max_in_flight": 4}, other: {"rate_limit": 0}},
+            )
+            result = await run_cli(
+                "run", str(orders), "--venues-config", str(config), "--json", env=cli_env(db)
+            )
+        assert result.code == 1, result.stderr
+        summary = json.loads(result.stdout)
+        assert 1 <= refusing.total_requests <= 4
+        assert refusing.auth_refused == refusing.total_requests
+        assert summary["venues"][venue]["skipped"] == 60
+        assert summary["venues"][other]["canceled"] == 60
+        assert fine.total_requests == 60
+        with sqlite3.connect(db) as conn:
+            reasons = {
+                r for (r,) in conn.execute("select reason from orders where venue = ?", (venue,))
+            }
+        assert reasons and all(
+            "refused the credentials" in r or "credentials refused" in r for r in reasons
+        ), reasons
