@@ -27,6 +27,7 @@ DEBUG_VAR: Final = "BATCHCANCEL_DEBUG"
 KILL_DEADLINE: Final = 60.0
 KILL_TIMEOUT: Final = 5.0
 KILL_MAX_ATTEMPTS: Final = 3
+CONFIRM_TIMEOUT: Final = 60.0
 
 
 def _fail(message: str, code: int) -> None:
@@ -102,6 +103,14 @@ def _run_options(func: Any) -> Any:
             "--bulk", is_flag=True, help="Use bulk-cancel endpoints where venues have one."
         ),
         click.option("--confirm", is_flag=True, help="Confirm cancel_pending orders afterwards."),
+        click.option(
+            "--confirm-timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=CONFIRM_TIMEOUT,
+            show_default=True,
+            metavar="SECONDS",
+            help="How long --confirm polls for.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -143,6 +152,7 @@ def _run(
     reason: str,
     bulk: bool,
     confirm: bool,
+    confirm_timeout: float,
 ) -> None:
     from batchcancel.commands import Plan, resume_run, start_run
     from batchcancel.engine import DrainOptions
@@ -162,6 +172,13 @@ def _run(
         if command == "kill":
             settings = _kill_profile(settings)
         drain_options = DrainOptions(max_attempts=max_attempts or 5, deadline=deadline)
+        confirm_options = (
+            DrainOptions(
+                confirm=True, deadline=confirm_timeout, max_attempts=drain_options.max_attempts
+            )
+            if confirm
+            else None
+        )
         store = _open_store(settings)
         try:
             existing = store.find_run_key(run_key) if run_key else None
@@ -179,6 +196,7 @@ def _run(
                         command_line=_command_line(),
                         drain_options=drain_options,
                         views=progress,
+                        confirm_options=confirm_options,
                     )
                 else:
                     table = (
@@ -224,6 +242,7 @@ def _run(
                         views=progress,
                         on_planned=announce,
                         loading=existing,
+                        confirm_options=confirm_options,
                     )
             _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
         finally:
@@ -257,6 +276,13 @@ def _estimates(settings: Settings, plan: Any) -> list[str]:
 def _print_summary(store: Any, summary: Any, *, as_json: bool, db_url: str) -> None:
     from batchcancel.report import format_summary
 
+    if summary.confirm is not None:
+        before, after = summary.confirm
+        click.echo(
+            f"batchcancel: confirm: {before} orders were cancel_pending; {before - after} are "
+            f"now confirmed final, {after} still pending",
+            err=True,
+        )
     if as_json:
         click.echo(json.dumps(summary.as_json()))
         return
@@ -310,10 +336,7 @@ def resume(
         store = _open_store(settings)
         try:
             run = store.find_run(run_ref)
-            recorded = run.options.get("venues_config")
-            if not venues_config and recorded and not os.environ.get("BATCHCANCEL_VENUES"):
-                # Resume against the endpoints the run was started with.
-                settings = _settings(db, str(recorded))
+            settings = _recorded_settings(run, settings, db, venues_config)
             if run.status == "loading":
                 raise RunNotFoundError(
                     f"run {run.id} was interrupted while its orders were loading; run it again "
@@ -336,6 +359,57 @@ def resume(
         finally:
             store.close()
     sys.exit(summary.exit_code)
+
+
+@cli.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--venues-config", envvar="BATCHCANCEL_VENUES", metavar="FILE")
+@db_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=CONFIRM_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+)
+@click.option("--json", "as_json", is_flag=True)
+def confirm(
+    run_ref: str, venues_config: str | None, db: str | None, timeout: float, as_json: bool
+) -> None:
+    """Poll order status for RUN's cancel_pending orders until final or --timeout passes."""
+    from batchcancel.commands import confirm_run
+    from batchcancel.engine import DrainOptions
+    from batchcancel.progress import Progress
+
+    with _errors():
+        settings = _settings(db, venues_config)
+        store = _open_store(settings)
+        try:
+            run = store.find_run(run_ref)
+            settings = _recorded_settings(run, settings, db, venues_config)
+            with Progress() as progress:
+                summary = confirm_run(
+                    store,
+                    settings,
+                    run,
+                    command_line=_command_line(),
+                    confirm_options=DrainOptions(confirm=True, deadline=timeout),
+                    views=progress,
+                )
+            _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
+        finally:
+            store.close()
+    sys.exit(summary.exit_code)
+
+
+def _recorded_settings(
+    run: Any, settings: Settings, db: str | None, venues_config: str | None
+) -> Settings:
+    """Use the venues config the run was started with, unless one is given now."""
+    recorded = run.options.get("venues_config")
+    if not venues_config and recorded and not os.environ.get("BATCHCANCEL_VENUES"):
+        return _settings(db, str(recorded))
+    return settings
 
 
 @cli.command()

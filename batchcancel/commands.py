@@ -7,6 +7,7 @@ never print (progress goes through the callback the CLI passes in).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,9 +21,18 @@ from batchcancel.sources import NumberedRow, OrderTable
 from batchcancel.venues import VENUES
 from batchcancel.venues.base import Venue
 
-__all__ = ["Plan", "Summary", "plan_rows", "resume_run", "start_run", "summarise"]
+__all__ = [
+    "Plan",
+    "Summary",
+    "confirm_run",
+    "plan_rows",
+    "resume_run",
+    "start_run",
+    "summarise",
+]
 
 ViewCallback = Callable[[Mapping[str, LaneView]], None]
+MAX_REASON = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +50,7 @@ class Summary:
     stopped: str = ""
     halted: dict[str, str] = field(default_factory=dict)
     resumed: bool = False
+    confirm: tuple[int, int] | None = None  # cancel_pending orders before and after confirming
 
     @property
     def exit_code(self) -> int:
@@ -87,6 +98,8 @@ def plan_rows(chunk: Iterable[NumberedRow], *, only_venue: str | None) -> Iterat
             if row.venue not in validators:
                 validators[row.venue] = VENUES[row.venue]({})
             reason = validators[row.venue].validate(row)
+        if reason is not None and len(reason) > MAX_REASON:
+            reason = reason[:MAX_REASON] + "..."  # a 1 MB id must not make a 1 MB reason
         yield PlannedOrder(
             numbered.seq, row.venue, row.order_id, row.account_id, row.symbol, reason
         )
@@ -107,6 +120,7 @@ def start_run(
     drain_options: DrainOptions,
     views: ViewCallback | None = None,
     on_planned: Callable[[str, Plan], None] | None = None,
+    confirm_options: DrainOptions | None = None,
     loading: RunInfo | None = None,
 ) -> Summary:
     """Record a new run with its orders, then (unless a dry run) send them.
@@ -146,7 +160,16 @@ def start_run(
         store.set_run_status(run_id, RunStatus.PLANNED.value)
         return summarise(store, store.find_run(run_id), elapsed=time.monotonic() - started)
     return _work(
-        store, settings, run_id, command, command_line, drain_options, views, started, False
+        store,
+        settings,
+        run_id,
+        command,
+        command_line,
+        drain_options,
+        views,
+        started,
+        False,
+        confirm_options=confirm_options,
     )
 
 
@@ -158,11 +181,46 @@ def resume_run(
     command_line: str,
     drain_options: DrainOptions,
     views: ViewCallback | None = None,
+    confirm_options: DrainOptions | None = None,
 ) -> Summary:
     """Continue a run: send only orders without a final outcome."""
     started = time.monotonic()
     return _work(
-        store, settings, run.id, "resume", command_line, drain_options, views, started, True
+        store,
+        settings,
+        run.id,
+        "resume",
+        command_line,
+        drain_options,
+        views,
+        started,
+        True,
+        confirm_options=confirm_options,
+    )
+
+
+def confirm_run(
+    store: AuditStore,
+    settings: Settings,
+    run: RunInfo,
+    *,
+    command_line: str,
+    confirm_options: DrainOptions,
+    views: ViewCallback | None = None,
+) -> Summary:
+    """Poll the order status of the run's cancel_pending orders until final or timed out."""
+    started = time.monotonic()
+    return _work(
+        store,
+        settings,
+        run.id,
+        "confirm",
+        command_line,
+        None,
+        views,
+        started,
+        True,
+        confirm_options=confirm_options,
     )
 
 
@@ -172,24 +230,38 @@ def _work(
     run_id: str,
     command: str,
     command_line: str,
-    drain_options: DrainOptions,
+    drain_options: DrainOptions | None,
     views: ViewCallback | None,
     started: float,
     resumed: bool,
+    *,
+    confirm_options: DrainOptions | None = None,
 ) -> Summary:
+    """Lock the run, send (drain_options) and/or confirm (confirm_options), summarise."""
     store.lock_run(run_id)
     session_id = store.start_session(run_id, command=command, command_line=command_line)
     status = RunStatus.ATTENTION
     try:
-        result = asyncio.run(drain(store, run_id, settings, drain_options, views=views))
+        stopped = ""
+        halted: dict[str, str] = {}
+        if drain_options is not None:
+            result = asyncio.run(drain(store, run_id, settings, drain_options, views=views))
+            stopped = result.stopped
+            halted = {name: v.halted for name, v in result.lanes.items() if v.halted}
+        confirm = None
+        if confirm_options is not None and not stopped:
+            before = _pending_count(store, run_id)
+            asyncio.run(drain(store, run_id, settings, confirm_options, views=views))
+            confirm = (before, _pending_count(store, run_id))
         summary = summarise(
             store,
             store.find_run(run_id),
             elapsed=time.monotonic() - started,
-            stopped=result.stopped,
-            halted={name: v.halted for name, v in result.lanes.items() if v.halted},
+            stopped=stopped,
+            halted=halted,
             resumed=resumed,
         )
+        summary = dataclasses.replace(summary, confirm=confirm)
         status = summary.status
         store.set_run_status(run_id, status.value)
         return summary
@@ -198,6 +270,12 @@ def _work(
             store.finish_session(session_id, status.value)
         finally:
             store.unlock_run(run_id)
+
+
+def _pending_count(store: AuditStore, run_id: str) -> int:
+    return sum(
+        counts.get(Outcome.CANCEL_PENDING.value, 0) for counts in store.counts(run_id).values()
+    )
 
 
 def summarise(

@@ -21,7 +21,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from batchcancel.audit.store import Answer, AuditStore, Begin, OrderToSend, utcnow
+from batchcancel.audit.store import (
+    CANCEL,
+    CONFIRM,
+    Answer,
+    AuditStore,
+    Begin,
+    OrderToSend,
+    utcnow,
+)
 from batchcancel.audit.writer import AuditWriter
 from batchcancel.config import Settings, VenueSettings
 from batchcancel.errors import AuditError, TransientVenueError
@@ -45,6 +53,8 @@ class DrainOptions:
 
     max_attempts: int = 5
     deadline: float | None = None  # seconds from start
+    confirm: bool = False  # poll order status of cancel_pending orders instead of cancelling
+    poll_every: float = 1.0  # first delay between status polls of one order (doubles, max 5 s)
     handle_signals: bool = True
     seed: int | None = None  # for reproducible jitter in tests
 
@@ -170,6 +180,7 @@ class _Lane:
                 self.view.venue,
                 after_pk=self._after_pk,
                 limit=PAGE_SIZE,
+                to_confirm=self.options.confirm,
             )
             self._page.reverse()
             if self._page:
@@ -191,10 +202,20 @@ class _Lane:
     async def _send_and_record(self, job: _Job) -> None:
         order = job.order
         row = OrderRow(order.venue, order.order_id, order.account_id, order.symbol)
-        request = self.venue.build_cancel(row, now=time.time())  # fresh signature per attempt
+        confirming = self.options.confirm
+        now = time.time()  # a fresh signature and timestamp per attempt
+        request = (
+            self.venue.build_status(row, now=now)
+            if confirming
+            else self.venue.build_cancel(row, now=now)
+        )
+        if request is None:  # no status request for this order: nothing to send
+            self.pacer.unused()
+            return
         job.attempt += 1
+        kind = CONFIRM if confirming else CANCEL
         try:
-            await self.writer.begin(Begin(order.pk, job.attempt, utcnow()))
+            await self.writer.begin(Begin(order.pk, job.attempt, utcnow(), kind))
         except AuditError as exc:
             job.attempt -= 1
             self.pacer.unused()
@@ -208,14 +229,18 @@ class _Lane:
                 self._session, self.settings.base_url, request, timeout=self.settings.timeout
             )
             status = reply.status
-            verdict = self.venue.classify(reply)
+            verdict = (
+                self.venue.classify_status(reply) if confirming else self.venue.classify(reply)
+            )
             detail = excerpt(reply.body)
         except TransientVenueError as exc:
             verdict = Verdict.transient(str(exc))
             detail = str(exc)
         self.pacer.answered()
         latency_ms = (time.monotonic() - started) * 1000
-        outcome, reason = self._decide(job, verdict)
+        outcome, reason = (
+            self._decide_confirm(job, verdict) if confirming else self._decide(job, verdict)
+        )
         self.writer.answer(
             Answer(
                 order_pk=order.pk,
@@ -229,9 +254,32 @@ class _Lane:
                 reason=reason,
             )
         )
-        if outcome is not None:
+        if outcome is not None and (not confirming or outcome is not Outcome.CANCEL_PENDING):
             self.view.done += 1
             self.view.outcomes[outcome.value] += 1
+
+    def _decide_confirm(self, job: _Job, verdict: Verdict) -> tuple[Outcome, str]:
+        """After a status answer: confirmed, closed otherwise, or still pending (poll again)."""
+        pending = Outcome.CANCEL_PENDING
+        if verdict.kind is VerdictKind.AUTH_REFUSED:
+            self.halt(f"credentials refused: {verdict.reason}")
+            return pending, "not confirmed: the venue refused the credentials"
+        if verdict.outcome is not None and verdict.outcome is not pending:
+            return verdict.outcome, f"confirmed by order status: {verdict.reason}"
+        if verdict.outcome is None:  # transient: the status is unknown
+            job.tries += 1
+            if verdict.rate_limited:
+                self.pacer.pause(verdict.retry_after or self.settings.cooldown)
+            if job.tries >= self.options.max_attempts:
+                return pending, f"not confirmed: {verdict.reason}"
+            delay = verdict.retry_after or self._backoff(job.tries)
+        else:
+            job.limited += 1  # counts polls that found the cancel still pending
+            delay = min(5.0, self.options.poll_every * 2 ** (job.limited - 1))
+        if not self.pacer.halted:
+            self._counter += 1
+            heapq.heappush(self._retries, (time.monotonic() + delay, self._counter, job))
+        return pending, "cancel still pending at the venue"
 
     def _decide(self, job: _Job, verdict: Verdict) -> tuple[Outcome | None, str]:
         """The order's outcome after this answer (None: retry later or leave resumable)."""
@@ -280,8 +328,8 @@ async def drain(
 
     Raises AuditError if the audit database fails (nothing is sent after that).
     """
-    await asyncio.to_thread(store.recover_in_flight, run_id)
-    work = await asyncio.to_thread(store.venues_with_work, run_id)
+    await asyncio.to_thread(store.recover_in_flight, run_id, reset_resumable=not options.confirm)
+    work = await asyncio.to_thread(store.venues_with_work, run_id, to_confirm=options.confirm)
     result = DrainResult()
     rng = random.Random(options.seed)
     writer = AuditWriter(store, run_id)
@@ -311,6 +359,9 @@ async def drain(
             )
             continue
         venue = get_venue(venue_name)(venue_settings.credentials)
+        if options.confirm and venue.build_status(OrderRow(venue_name, "1", "1"), now=0) is None:
+            view.halted = f"{venue_name} documents no order-status endpoint"
+            continue
         if (missing := venue.credentials_problem()) is not None:
             view.halted = missing
             await asyncio.to_thread(
@@ -359,7 +410,7 @@ async def drain(
     if failures:
         raise failures[0]
     for name, lane in lanes.items():
-        if lane.view.halted:
+        if lane.view.halted and not options.confirm:
             await asyncio.to_thread(
                 store.settle_unsent, run_id, name, Outcome.SKIPPED, f"not sent: {lane.view.halted}"
             )

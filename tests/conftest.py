@@ -6,15 +6,20 @@ import asyncio
 import csv
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from batchcancel.simulators.base import Simulator
 from batchcancel.simulators.server import SimulatorServer
+from tests.pg import PostgresServer, dump, running_server
+
+REQUIRE_PG_VAR = "BATCHCANCEL_TEST_REQUIRE_PG"  # set by .ci/run: no PostgreSQL is a failure
 
 # Credentials used by every test. Distinctive values so that leak searches cannot miss them.
 CREDENTIALS: Mapping[str, str] = {
@@ -53,12 +58,52 @@ class CliResult:
     stderr: str
 
 
-def cli_env(db_path: Path, *, credentials: Mapping[str, str] = CREDENTIALS) -> dict[str, str]:
-    """The environment of a CLI subprocess: no inherited BATCHCANCEL_*, our credentials."""
+def cli_env(db: Path | str, *, credentials: Mapping[str, str] = CREDENTIALS) -> dict[str, str]:
+    """The environment of a CLI subprocess: no inherited BATCHCANCEL_*, our credentials, and
+    the audit database `db` (a SQLite file path or a database URL)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHCANCEL_")}
     env.update(credentials)
-    env["BATCHCANCEL_DB"] = f"sqlite:///{db_path}"
+    env["BATCHCANCEL_DB"] = db if isinstance(db, str) else f"sqlite:///{db}"
     return env
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer | None]:
+    """One private PostgreSQL server for the session (None where it is not installed)."""
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def audit_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresServer | None
+) -> str:
+    """A fresh audit database URL: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'audit.db'}"
+    if postgres is None:
+        if os.environ.get(REQUIRE_PG_VAR):
+            pytest.fail(f"PostgreSQL is not installed and {REQUIRE_PG_VAR} is set")
+        pytest.skip("PostgreSQL is not installed (initdb not found)")
+    return postgres.database()
+
+
+def db_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a query against the audit database, whichever backend it is."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.text(sql))]
+    finally:
+        engine.dispose()
+
+
+def db_bytes(url: str) -> bytes:
+    """Everything the audit database stores: the SQLite files, or a PostgreSQL dump."""
+    if url.startswith("sqlite"):
+        path = Path(sa.engine.make_url(url).database or "")
+        return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+    return dump(url)
 
 
 async def run_cli(

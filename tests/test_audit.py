@@ -12,7 +12,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +30,7 @@ from batchcancel.audit.writer import AuditWriter
 from batchcancel.errors import AuditError, RunLockedError, RunNotFoundError
 from batchcancel.outcomes import Outcome
 from batchcancel.report import write_report
+from tests.conftest import db_bytes
 
 runs = metadata.tables["runs"]
 orders = metadata.tables["orders"]
@@ -50,13 +50,9 @@ ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit.db"
-
-
-@pytest.fixture
-def db_url(db_path: Path) -> str:
-    return f"sqlite:///{db_path}"
+def db_url(audit_url: str) -> str:
+    """A fresh audit database: every test here runs on SQLite and on PostgreSQL."""
+    return audit_url
 
 
 @pytest.fixture
@@ -535,18 +531,8 @@ class TestRunLock:
 # -- secrets ----------------------------------------------------------------------------------
 
 
-def db_bytes(db_path: Path) -> bytes:
-    """The SQLite file and any WAL / shared-memory companion, as raw bytes."""
-    data = b""
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        path = db_path.with_name(db_path.name + suffix)
-        if path.exists():
-            data += path.read_bytes()
-    return data
-
-
 class TestSecrets:
-    def test_redacted_values_never_reach_the_file(self, db_url: str, db_path: Path) -> None:
+    def test_redacted_values_never_reach_the_file(self, db_url: str) -> None:
         """Secrets in source, reason, command line, options, invalid reasons, answer details and
         reasons, and session command lines are stored redacted: the file holds no trace."""
         store = AuditStore(db_url, redact=["SECRET123"])
@@ -582,7 +568,7 @@ class TestSecrets:
             assert "[redacted]" in run.reason
         finally:
             store.close()
-        data = db_bytes(db_path)
+        data = db_bytes(db_url)
         assert b"[redacted]" in data
         assert data.count(b"SECRET123") == 0
 
@@ -608,7 +594,7 @@ class TestSecrets:
         assert sa.engine.make_url(url).password == "ab/cd9"
         assert "ab/cd9" not in store.clean(url)
 
-    def test_url_password_in_command_line_is_not_stored(self, db_url: str, db_path: Path) -> None:
+    def test_url_password_in_command_line_is_not_stored(self, db_url: str) -> None:
         """A --source-db URL password in the command line never reaches the audit file."""
         store = AuditStore(db_url)
         try:
@@ -619,7 +605,7 @@ class TestSecrets:
             )
         finally:
             store.close()
-        data = db_bytes(db_path)
+        data = db_bytes(db_url)
         assert b"db.internal/orders" in data
         assert b"Hunter2pw" not in data
 

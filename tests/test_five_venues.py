@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
 import uuid
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from tests.conftest import (
     CREDENTIALS,
     ServeSimulators,
     cli_env,
+    db_rows,
     run_cli,
     write_orders_csv,
     write_venues_toml,
@@ -45,7 +45,7 @@ def order_fields(venue: str, n: int, rng: random.Random) -> dict[str, str]:
 
 class TestFiveVenues:
     async def test_parallel_run_keeps_every_limit(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """A few thousand orders over five venues in parallel: zero 429s, every outcome as the
         simulator's book implies, one request per order."""
@@ -69,7 +69,7 @@ class TestFiveVenues:
             simulators[venue] = simulator
         rng.shuffle(rows)
         orders = write_orders_csv(tmp_path / "orders.csv", rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         async with serve_simulators(simulators) as server:
             config = write_venues_toml(
                 tmp_path / "v.toml",
@@ -99,7 +99,7 @@ WRONG = {name: f"wrong-{value}" for name, value in CREDENTIALS.items()}
 class TestAuthRefusal:
     @pytest.mark.parametrize("venue", list(PLAN))
     async def test_refused_venue_stops_and_others_finish(
-        self, tmp_path: Path, serve_simulators: ServeSimulators, venue: str
+        self, tmp_path: Path, serve_simulators: ServeSimulators, venue: str, audit_url: str
     ) -> None:
         """A venue refusing our credentials gets at most max_in_flight requests, its orders end
         `skipped`, and the other venue of the run finishes; exit 1."""
@@ -114,7 +114,7 @@ class TestAuthRefusal:
                 simulator.seed({fields["order_id"]: OrderState.OPEN})
                 rows.append({"venue": name, **fields})
         orders = write_orders_csv(tmp_path / "orders.csv", rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         async with serve_simulators({venue: refusing, other: fine}) as server:
             config = write_venues_toml(
                 tmp_path / "v.toml",
@@ -131,10 +131,7 @@ class TestAuthRefusal:
         assert summary["venues"][venue]["skipped"] == 60
         assert summary["venues"][other]["canceled"] == 60
         assert fine.total_requests == 60
-        with sqlite3.connect(db) as conn:
-            reasons = {
-                r for (r,) in conn.execute("select reason from orders where venue = ?", (venue,))
-            }
+        reasons = {r for (r,) in db_rows(db, f"select reason from orders where venue = '{venue}'")}
         assert reasons and all(
             "refused the credentials" in r or "credentials refused" in r for r in reasons
         ), reasons

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import sqlite3
 import sys
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -24,6 +23,8 @@ from tests.conftest import (
     SECRET_VALUES,
     ServeSimulators,
     cli_env,
+    db_bytes,
+    db_rows,
     run_cli,
     write_orders_csv,
     write_venues_toml,
@@ -64,11 +65,6 @@ def rows(book: dict[str, OrderState | None]) -> list[dict[str, str]]:
     return [{"venue": "sfox", "order_id": order_id} for order_id in book]
 
 
-def db_rows(db: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql).fetchall()
-
-
 def expected_counts(book: dict[str, OrderState | None]) -> dict[str, int]:
     counts = {o.value: 0 for o in Outcome}
     for state in book.values():
@@ -78,7 +74,7 @@ def expected_counts(book: dict[str, OrderState | None]) -> dict[str, int]:
 
 class TestOneRun:
     async def test_thousand_orders_each_sent_exactly_once(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """1,000 sFOX orders end with the outcomes the book implies, one request each;
         invalid rows are recorded and never sent; the credential is nowhere in the output."""
@@ -86,7 +82,7 @@ class TestOneRun:
         simulator = seeded(book, rate_limit=None)
         bad = [{"venue": "sfox", "order_id": "has space"}, {"venue": "nosuch", "order_id": "1"}]
         orders = write_orders_csv(tmp_path / "orders.csv", rows(book) + bad)
-        db = tmp_path / "audit.db"
+        db = audit_url
         async with serve_simulators({"sfox": simulator}) as server:
             config = write_venues_toml(tmp_path / "v.toml", server, sfox={"rate_limit": 0})
             result = await run_cli(
@@ -125,13 +121,13 @@ class TestOneRun:
         assert_no_secrets(db, texts)
 
     async def test_rate_limit_is_kept_and_nearly_reached(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """At 50 per 1 s the venue answers no 429 and sees at least 90 % of the limit."""
         book = {str(n): OrderState.OPEN for n in range(1, 301)}
         simulator = seeded(book, rate_limit=50, period=1.0, penalty=5.0)
         orders = write_orders_csv(tmp_path / "orders.csv", rows(book))  # type: ignore[arg-type]
-        db = tmp_path / "audit.db"
+        db = audit_url
         async with serve_simulators({"sfox": simulator}) as server:
             config = write_venues_toml(
                 tmp_path / "v.toml", server, sfox={"rate_limit": 50, "period": 1.0}
@@ -149,13 +145,13 @@ class TestOneRun:
         assert achieved >= 45
 
     async def test_dry_run_sends_nothing(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """--dry-run records the plan, reports `planned`, exits 0 and sends nothing."""
         book = {str(n): OrderState.OPEN for n in range(1, 21)}
         simulator = seeded(book, rate_limit=None)  # type: ignore[arg-type]
         orders = write_orders_csv(tmp_path / "orders.csv", rows(book))  # type: ignore[arg-type]
-        db = tmp_path / "audit.db"
+        db = audit_url
         async with serve_simulators({"sfox": simulator}) as server:
             config = write_venues_toml(tmp_path / "v.toml", server, sfox={})
             result = await run_cli(
@@ -208,14 +204,14 @@ class TestBadSources:
 
 class TestStopAndResume:
     async def test_deadline_then_same_run_key_resumes(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """A deadline leaves the rest `skipped` (exit 3); the same --run-key resumes it and
         never re-sends a final order; a third time sends nothing at all."""
         book = sfox_book(140)
         simulator = seeded(book, rate_limit=None)
         orders = write_orders_csv(tmp_path / "orders.csv", rows(book))
-        db = tmp_path / "audit.db"
+        db = audit_url
         env = cli_env(db)
         async with serve_simulators({"sfox": simulator}) as server:
             config = write_venues_toml(
@@ -249,14 +245,14 @@ class TestStopAndResume:
 
     @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
     async def test_killed_run_resumes_without_resending_final_orders(
-        self, tmp_path: Path, serve_simulators: ServeSimulators, signum: int
+        self, tmp_path: Path, serve_simulators: ServeSimulators, signum: int, audit_url: str
     ) -> None:
         """A run killed part-way resumes: every order ends final, no order final before the
         kill is sent again, and every request the venue received has an earlier attempt row."""
         book = sfox_book(400)
         simulator = seeded(book, rate_limit=None)
         orders = write_orders_csv(tmp_path / "orders.csv", rows(book))
-        db = tmp_path / "audit.db"
+        db = audit_url
         env = cli_env(db)
         async with serve_simulators({"sfox": simulator}) as server:
             config = write_venues_toml(
@@ -316,13 +312,13 @@ class TestStopAndResume:
                 assert outcomes[order_id] in REPEAT_OUTCOMES[state], order_id
 
     async def test_second_process_on_the_same_run_is_refused(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """While one process works a run, `resume` from another is refused with one line."""
         book = {str(n): OrderState.OPEN for n in range(1, 201)}
         simulator = seeded(book, rate_limit=None)  # type: ignore[arg-type]
         orders = write_orders_csv(tmp_path / "orders.csv", rows(book))  # type: ignore[arg-type]
-        db = tmp_path / "audit.db"
+        db = audit_url
         env = cli_env(db)
         async with serve_simulators({"sfox": simulator}) as server:
             config = write_venues_toml(
@@ -356,7 +352,7 @@ class TestStopAndResume:
         assert sent < 200
 
 
-def assert_arrivals_follow_attempt_rows(db: Path, simulator: SfoxSimulator) -> None:
+def assert_arrivals_follow_attempt_rows(db: str, simulator: SfoxSimulator) -> None:
     """The k-th request the venue saw for an order came after that order's k-th attempt row."""
     sent_at: dict[str, list[float]] = defaultdict(list)
     for order_id, stamp in db_rows(
@@ -364,7 +360,8 @@ def assert_arrivals_follow_attempt_rows(db: Path, simulator: SfoxSimulator) -> N
         "select o.order_id, a.sent_at from attempts a join orders o on o.pk = a.order_pk "
         "order by a.order_pk, a.attempt",
     ):
-        when = datetime.fromisoformat(str(stamp)).replace(tzinfo=UTC).timestamp()
+        stamp = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(stamp)
+        when = stamp.replace(tzinfo=UTC).timestamp()
         sent_at[str(order_id)].append(when)
     arrived: dict[str, list[float]] = defaultdict(list)
     for arrival in simulator.arrivals:
@@ -377,11 +374,10 @@ def assert_arrivals_follow_attempt_rows(db: Path, simulator: SfoxSimulator) -> N
             assert arrival_at >= row_at - 0.001, order_id
 
 
-def assert_no_secrets(db: Path, texts: list[str]) -> None:
-    """No credential value in the audit database files or in any output."""
-    blobs = [p.read_bytes() for p in db.parent.glob(db.name + "*")]
+def assert_no_secrets(db: str, texts: list[str]) -> None:
+    """No credential value in the audit database or in any output."""
+    stored = db_bytes(db)
     for secret in SECRET_VALUES:
-        for blob in blobs:
-            assert secret.encode() not in blob
+        assert secret.encode() not in stored
         for text in texts:
             assert secret not in text

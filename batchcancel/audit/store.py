@@ -29,6 +29,8 @@ from batchcancel.errors import AuditError, RunLockedError, RunNotFoundError
 from batchcancel.outcomes import FINAL, Outcome
 
 __all__ = [
+    "CANCEL",
+    "CONFIRM",
     "LOADING",
     "Answer",
     "AuditStore",
@@ -82,13 +84,21 @@ class OrderToSend:
     attempts: int  # attempts recorded so far, in every session
 
 
+CANCEL: Final = "cancel"  # attempt kinds
+CONFIRM: Final = "confirm"
+
+
 @dataclass(frozen=True, slots=True)
 class Begin:
-    """An attempt about to be sent: written (and committed) before the request leaves."""
+    """An attempt about to be sent: written (and committed) before the request leaves.
+
+    A confirm (order-status) attempt leaves its order's state alone: the order is final.
+    """
 
     order_pk: int
     attempt: int
     sent_at: datetime
+    kind: str = CANCEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,8 +362,12 @@ class AuditStore:
             ).scalar()
         return int(value or 0)
 
-    def recover_in_flight(self, run_id: str) -> int:
-        """Close attempts left unanswered by a dead process; their orders become resumable."""
+    def recover_in_flight(self, run_id: str, *, reset_resumable: bool = True) -> int:
+        """Close attempts left unanswered by a dead process; their orders become resumable.
+
+        With `reset_resumable`, failed and skipped orders lose that outcome: a new sending
+        session retries them afresh (a confirm session leaves them alone).
+        """
         with self._write() as conn:
             lost = conn.execute(
                 attempts.update()
@@ -365,7 +379,8 @@ class AuditStore:
                 .where(orders.c.run_id == run_id, orders.c.state == SENDING)
                 .values(state=PENDING)
             )
-            # A new session retries failed and skipped orders afresh.
+            if not reset_resumable:
+                return int(lost or 0)
             conn.execute(
                 orders.update()
                 .where(
@@ -377,20 +392,31 @@ class AuditStore:
             )
         return int(lost or 0)
 
-    def venues_with_work(self, run_id: str) -> dict[str, int]:
-        """Orders still to send, per venue."""
+    def venues_with_work(self, run_id: str, *, to_confirm: bool = False) -> dict[str, int]:
+        """Orders still to send (or to confirm), per venue."""
+        condition = (
+            orders.c.outcome == Outcome.CANCEL_PENDING.value
+            if to_confirm
+            else orders.c.state != DONE
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(orders.c.venue, sa.func.count())
-                .where(orders.c.run_id == run_id, orders.c.state != DONE)
+                .where(orders.c.run_id == run_id, condition)
                 .group_by(orders.c.venue)
             ).all()
         return {venue: int(n) for venue, n in rows}
 
     def pending_page(
-        self, run_id: str, venue: str, *, after_pk: int, limit: int
+        self, run_id: str, venue: str, *, after_pk: int, limit: int, to_confirm: bool = False
     ) -> list[OrderToSend]:
-        """The next orders of a venue still to send, in input order."""
+        """The next orders of a venue still to send (or, `to_confirm`, whose cancel is still
+        pending at the venue), in input order."""
+        condition = (
+            orders.c.outcome == Outcome.CANCEL_PENDING.value
+            if to_confirm
+            else orders.c.state == PENDING
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(
@@ -405,7 +431,7 @@ class AuditStore:
                     orders.c.run_id == run_id,
                     orders.c.venue == venue,
                     orders.c.pk > after_pk,
-                    orders.c.state == PENDING,
+                    condition,
                 )
                 .order_by(orders.c.pk)
                 .limit(limit)
@@ -473,6 +499,7 @@ class AuditStore:
                             "attempt": b.attempt,
                             "run_id": run_id,
                             "worker": self.worker,
+                            "kind": b.kind,
                             "sent_at": b.sent_at,
                             "detail": "",
                         }
@@ -483,14 +510,21 @@ class AuditStore:
                     orders.update()
                     .where(orders.c.pk == sa.bindparam("b_pk"))
                     .values(
-                        state=SENDING,
+                        state=sa.case(
+                            (sa.bindparam("kind") == CANCEL, SENDING), else_=orders.c.state
+                        ),
                         attempts=sa.bindparam("attempt"),
                         first_sent_at=sa.func.coalesce(
                             orders.c.first_sent_at, sa.bindparam("sent_at")
                         ),
                     ),
                     [
-                        {"b_pk": b.order_pk, "attempt": b.attempt, "sent_at": b.sent_at}
+                        {
+                            "b_pk": b.order_pk,
+                            "attempt": b.attempt,
+                            "sent_at": b.sent_at,
+                            "kind": b.kind,
+                        }
                         for b in begins
                     ],
                 )

@@ -99,6 +99,7 @@ class Attempt(Base):
     attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[str] = mapped_column(String(40))
     worker: Mapped[str] = mapped_column(String(255), default="")
+    kind: Mapped[str] = mapped_column(String(8), default="cancel", server_default="cancel")
     sent_at: Mapped[datetime] = mapped_column(DateTime)
     answered_at: Mapped[datetime | None] = mapped_column(DateTime)
     http_status: Mapped[int | None] = mapped_column(Integer)

@@ -146,6 +146,17 @@ class Venue(Protocol):
         """What the venue's answer to a cancel means."""
         ...
 
+    def build_status(self, row: OrderRow, *, now: float) -> CancelRequest | None:
+        """The order-status request of the confirm pass (VENUES.md "Confirm"), or None when
+        the venue documents no such endpoint."""
+        ...
+
+    def classify_status(self, reply: Reply) -> Verdict:
+        """What an order-status answer means for a cancel: final CANCELED (confirmed),
+        ALREADY_CLOSED (it filled or finished instead), CANCEL_PENDING (not settled yet),
+        NOT_FOUND; or transient / auth refused as for cancels."""
+        ...
+
 
 def is_integer_id(value: str) -> bool:
     """True for a plain non-negative decimal integer of at most 19 digits."""

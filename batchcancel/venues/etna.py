@@ -83,6 +83,14 @@ class EtnaVenue:
             ),
         )
 
+    def build_status(self, row: OrderRow, *, now: float) -> CancelRequest | None:
+        """VENUES.md names no order-status endpoint for ETNA: nothing to confirm with."""
+        return None
+
+    def classify_status(self, reply: Reply) -> Verdict:
+        """Never called: ETNA has no status request."""
+        return unclassified(reply)
+
     def classify(self, reply: Reply) -> Verdict:
         """Map an ETNA answer to an outcome (VENUES.md, etna table)."""
         if (verdict := generic_transient(reply)) is not None:
