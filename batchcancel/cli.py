@@ -65,6 +65,14 @@ def _command_line() -> str:
     return " ".join(shlex.quote(arg) for arg in ["batchcancel", *sys.argv[1:]])
 
 
+lease_option = click.option(
+    "--lease",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="PostgreSQL workers: how long a venue lane stays with a worker that stops renewing it.",
+)
 db_option = click.option(
     "--db", envvar="BATCHCANCEL_DB", metavar="URL", help="Audit database URL [BATCHCANCEL_DB]."
 )
@@ -111,6 +119,7 @@ def _run_options(func: Any) -> Any:
             metavar="SECONDS",
             help="How long --confirm polls for.",
         ),
+        lease_option,
     ]
     for option in reversed(options):
         func = option(func)
@@ -153,6 +162,7 @@ def _run(
     bulk: bool,
     confirm: bool,
     confirm_timeout: float,
+    lease: float,
 ) -> None:
     from batchcancel.commands import Plan, resume_run, start_run
     from batchcancel.engine import DrainOptions
@@ -171,7 +181,12 @@ def _run(
         settings = _settings(db, venues_config)
         if command == "kill":
             settings = _kill_profile(settings)
-        drain_options = DrainOptions(max_attempts=max_attempts or 5, deadline=deadline)
+        drain_options = DrainOptions(
+            max_attempts=max_attempts or 5,
+            deadline=deadline,
+            lease=lease,
+            claim_all=command == "kill",
+        )
         confirm_options = (
             DrainOptions(
                 confirm=True, deadline=confirm_timeout, max_attempts=drain_options.max_attempts
@@ -318,6 +333,7 @@ def _hide_password(url: str) -> str:
 @click.option("--deadline", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS")
 @click.option("--max-attempts", type=click.IntRange(min=1), metavar="N")
 @click.option("--json", "as_json", is_flag=True)
+@lease_option
 def resume(
     run_ref: str,
     venues_config: str | None,
@@ -325,6 +341,7 @@ def resume(
     deadline: float | None,
     max_attempts: int | None,
     as_json: bool,
+    lease: float,
 ) -> None:
     """Continue RUN (a run id or run key) from where it stopped."""
     from batchcancel.commands import resume_run
@@ -345,6 +362,7 @@ def resume(
             options = DrainOptions(
                 max_attempts=max_attempts or int(run.options.get("max_attempts") or 5),
                 deadline=deadline,
+                lease=lease,
             )
             with Progress() as progress:
                 summary = resume_run(

@@ -238,7 +238,8 @@ def _work(
     confirm_options: DrainOptions | None = None,
 ) -> Summary:
     """Lock the run, send (drain_options) and/or confirm (confirm_options), summarise."""
-    store.lock_run(run_id)
+    if store.dialect == "sqlite":
+        store.lock_run(run_id)  # one process per SQLite run; PostgreSQL workers share lanes
     session_id = store.start_session(run_id, command=command, command_line=command_line)
     status = RunStatus.ATTENTION
     try:

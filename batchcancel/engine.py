@@ -16,6 +16,7 @@ import heapq
 import random
 import signal
 import time
+from asyncio import FIRST_COMPLETED
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ PAGE_SIZE: Final = 2000
 MAX_BACKOFF: Final = 30.0
 RATE_LIMIT_ROUNDS: Final = 4  # 429s an order may meet per allowed attempt before it is failed
 HEARTBEAT_EVERY: Final = 10.0
+CLAIM_EVERY: Final = 0.5  # seconds between looks for a free lane
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,8 @@ class DrainOptions:
     confirm: bool = False  # poll order status of cancel_pending orders instead of cancelling
     poll_every: float = 1.0  # first delay between status polls of one order (doubles, max 5 s)
     handle_signals: bool = True
+    lease: float = 30.0  # seconds a worker holds a venue lane without renewing it
+    claim_all: bool = False  # take every free lane at once (kill), not one at a time
     seed: int | None = None  # for reproducible jitter in tests
 
 
@@ -324,99 +328,226 @@ async def drain(
     *,
     views: Callable[[Mapping[str, LaneView]], None] | None = None,
 ) -> DrainResult:
-    """Send every unsent order of the run; return how the session ended.
+    """Send every unsent order of the run (or confirm every pending cancel); how it ended.
 
     Raises AuditError if the audit database fails (nothing is sent after that).
     """
-    await asyncio.to_thread(store.recover_in_flight, run_id, reset_resumable=not options.confirm)
-    work = await asyncio.to_thread(store.venues_with_work, run_id, to_confirm=options.confirm)
-    result = DrainResult()
-    rng = random.Random(options.seed)
-    writer = AuditWriter(store, run_id)
-    writer.start()
-    lanes: dict[str, _Lane] = {}
-    failures: list[AuditError] = []
+    return await _Session(store, run_id, settings, options, views).run()
 
-    def stop_all(reason: str) -> None:
-        if not result.stopped:
-            result.stopped = reason
-        for lane in lanes.values():
+
+class _Session:
+    """One process's drain of a run: takes venue lanes as their leases allow and runs them.
+
+    Each venue is sent to by one worker at a time, holding its lane lease (renewed while it
+    works; taken over by another worker once a dead worker's lease expires). That keeps each
+    venue's rate limit whole across workers and gives every order to exactly one of them.
+    """
+
+    def __init__(
+        self,
+        store: AuditStore,
+        run_id: str,
+        settings: Settings,
+        options: DrainOptions,
+        views: Callable[[Mapping[str, LaneView]], None] | None,
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.settings = settings
+        self.options = options
+        self.views = views
+        self.result = DrainResult()
+        self.rng = random.Random(options.seed)
+        self.writer = AuditWriter(store, run_id)
+        self.lanes: dict[str, _Lane] = {}
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.completed: set[str] = set()
+        self.failures: list[AuditError] = []
+
+    def stop_all(self, reason: str) -> None:
+        if not self.result.stopped:
+            self.result.stopped = reason
+        for lane in self.lanes.values():
             lane.halt(reason)
 
-    def audit_failed(exc: AuditError) -> None:
-        failures.append(exc)
-        stop_all("the audit database failed")
+    def audit_failed(self, exc: AuditError) -> None:
+        self.failures.append(exc)
+        self.stop_all("the audit database failed")
 
-    for venue_name in sorted(work):
-        view = LaneView(venue_name, total=work[venue_name])
-        result.lanes[venue_name] = view
-        venue_settings = settings.venues.get(venue_name)
+    async def run(self) -> DrainResult:
+        loop = asyncio.get_running_loop()
+        self.writer.start()
+        installed: list[signal.Signals] = []
+        if self.options.handle_signals:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(
+                        signum, self.stop_all, f"stopped by {signal.Signals(signum).name}"
+                    )
+                    installed.append(signum)
+        deadline = (
+            loop.call_later(
+                self.options.deadline,
+                self.stop_all,
+                f"deadline of {self.options.deadline:g} s passed",
+            )
+            if self.options.deadline is not None
+            else None
+        )
+        heartbeat = asyncio.create_task(self._heartbeat())
+        reporter = (
+            asyncio.create_task(_report(self.views, self.result.lanes)) if self.views else None
+        )
+        try:
+            if self.options.confirm:
+                await asyncio.to_thread(
+                    self.store.recover_in_flight, self.run_id, reset_resumable=False
+                )
+            await self._take_lanes_until_done()
+            if self.running:
+                await asyncio.wait(self.running.values())
+                await self._finish_lanes()
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            if deadline is not None:
+                deadline.cancel()
+            heartbeat.cancel()
+            if reporter is not None:
+                reporter.cancel()
+            await self.writer.close()  # raises the AuditError if writing failed
+        if self.failures:
+            raise self.failures[0]
+        if self.views:
+            self.views(self.result.lanes)
+        return self.result
+
+    async def _take_lanes_until_done(self) -> None:
+        last_claim = -1e9
+        while not self.result.stopped:
+            work = await asyncio.to_thread(
+                self.store.venues_with_work, self.run_id, to_confirm=self.options.confirm
+            )
+            remaining = set(work) - self.completed - set(self.running)
+            taken: list[str] = []
+            if self.options.confirm:
+                taken = sorted(remaining)  # single-worker pass: no leases
+            elif remaining:
+                spread = not self.options.claim_all and self.store.dialect != "sqlite"
+                due = not self.running or time.monotonic() - last_claim >= CLAIM_EVERY
+                limit = (1 if due else 0) if spread else len(remaining)
+                taken = await asyncio.to_thread(
+                    self.store.claim_lanes,
+                    self.run_id,
+                    remaining,
+                    limit=limit,
+                    lease=self.options.lease,
+                )
+                if taken:
+                    last_claim = time.monotonic()
+            for venue in taken:
+                await self._start_lane(venue, work[venue])
+            if not self.running and not taken:
+                busy = set()
+                if remaining and not self.options.confirm:
+                    busy = await asyncio.to_thread(self.store.leased_by_others, self.run_id)
+                if not remaining & busy:
+                    return  # nothing left that anyone is working on
+            if self.running:
+                await asyncio.wait(
+                    self.running.values(), timeout=CLAIM_EVERY, return_when=FIRST_COMPLETED
+                )
+            else:
+                await asyncio.sleep(CLAIM_EVERY)  # other workers hold what is left
+            await self._finish_lanes()
+
+    async def _start_lane(self, venue_name: str, total: int) -> None:
+        view = LaneView(venue_name, total=total)
+        self.result.lanes[venue_name] = view
+        venue_settings = self.settings.venues.get(venue_name)
         problem = _unusable(venue_name, venue_settings)
-        if venue_settings is None or problem:
-            view.halted = problem or "unknown venue"
-            await asyncio.to_thread(
-                store.settle_unsent, run_id, venue_name, Outcome.SKIPPED, f"not sent: {problem}"
-            )
-            continue
-        venue = get_venue(venue_name)(venue_settings.credentials)
-        if options.confirm and venue.build_status(OrderRow(venue_name, "1", "1"), now=0) is None:
-            view.halted = f"{venue_name} documents no order-status endpoint"
-            continue
-        if (missing := venue.credentials_problem()) is not None:
-            view.halted = missing
-            await asyncio.to_thread(
-                store.settle_unsent, run_id, venue_name, Outcome.SKIPPED, f"not sent: {missing}"
-            )
-            continue
-        lanes[venue_name] = _Lane(
-            store=store,
-            writer=writer,
-            run_id=run_id,
+        venue = (
+            get_venue(venue_name)(venue_settings.credentials)
+            if venue_settings is not None and not problem
+            else None
+        )
+        if venue is not None and self.options.confirm:
+            if venue.build_status(OrderRow(venue_name, "1", "1"), now=0) is None:
+                view.halted = f"{venue_name} documents no order-status endpoint"
+                self.completed.add(venue_name)
+                return
+        elif venue is not None:
+            problem = venue.credentials_problem() or ""
+        if venue is None or venue_settings is None or problem:
+            view.halted = problem or f"unknown venue {venue_name!r}"
+            if not self.options.confirm:
+                await asyncio.to_thread(
+                    self.store.settle_unsent,
+                    self.run_id,
+                    venue_name,
+                    Outcome.SKIPPED,
+                    f"not sent: {view.halted}",
+                )
+                await asyncio.to_thread(self.store.release_lanes, self.run_id, [venue_name])
+            self.completed.add(venue_name)
+            return
+        if not self.options.confirm:
+            # This worker now holds the lane: whatever a previous holder left in flight is
+            # closed, and its failed / skipped orders are tried afresh.
+            await asyncio.to_thread(self.store.recover_in_flight, self.run_id, venue=venue_name)
+        lane = _Lane(
+            store=self.store,
+            writer=self.writer,
+            run_id=self.run_id,
             settings=venue_settings,
             venue=venue,
-            options=options,
+            options=self.options,
             view=view,
-            rng=rng,
-            on_audit_failure=audit_failed,
+            rng=self.rng,
+            on_audit_failure=self.audit_failed,
         )
+        self.lanes[venue_name] = lane
+        if self.result.stopped:
+            lane.halt(self.result.stopped)
+        self.running[venue_name] = asyncio.create_task(lane.run(), name=f"lane-{venue_name}")
 
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    if options.handle_signals:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(
-                    signum, stop_all, f"stopped by {signal.Signals(signum).name}"
+    async def _finish_lanes(self) -> None:
+        """Settle and release the lanes whose task ended."""
+        for name, task in list(self.running.items()):
+            if not task.done():
+                continue
+            del self.running[name]
+            self.completed.add(name)
+            task.result()  # a bug in a lane surfaces here, not silently
+            lane = self.lanes[name]
+            if lane.view.halted and not self.options.confirm:
+                await asyncio.to_thread(
+                    self.store.settle_unsent,
+                    self.run_id,
+                    name,
+                    Outcome.SKIPPED,
+                    f"not sent: {lane.view.halted}",
                 )
-                installed.append(signum)
-    deadline = (
-        loop.call_later(options.deadline, stop_all, f"deadline of {options.deadline:g} s passed")
-        if options.deadline is not None
-        else None
-    )
-    heartbeat = asyncio.create_task(_heartbeat(store, run_id))
-    reporter = asyncio.create_task(_report(views, result.lanes)) if views else None
-    try:
-        await asyncio.gather(*(lane.run() for lane in lanes.values()))
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-        if deadline is not None:
-            deadline.cancel()
-        heartbeat.cancel()
-        if reporter is not None:
-            reporter.cancel()
-        await writer.close()  # raises the AuditError if writing failed
-    if failures:
-        raise failures[0]
-    for name, lane in lanes.items():
-        if lane.view.halted and not options.confirm:
-            await asyncio.to_thread(
-                store.settle_unsent, run_id, name, Outcome.SKIPPED, f"not sent: {lane.view.halted}"
-            )
-    if views:
-        views(result.lanes)
-    return result
+            if not self.options.confirm:
+                await asyncio.to_thread(self.store.release_lanes, self.run_id, [name])
+
+    async def _heartbeat(self) -> None:
+        every = min(HEARTBEAT_EVERY, self.options.lease / 3)
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(AuditError):
+                await asyncio.to_thread(self.store.heartbeat, self.run_id)
+                if self.options.confirm or not self.running:
+                    continue
+                held = await asyncio.to_thread(
+                    self.store.renew_lanes,
+                    self.run_id,
+                    list(self.running),
+                    lease=self.options.lease,
+                )
+                for name in set(self.running) - held:
+                    # Another worker took the lane: our lease had run out. Stop sending at once.
+                    self.lanes[name].halt("lost the lane lease to another worker")
 
 
 def _unusable(name: str, settings: VenueSettings | None) -> str:
@@ -425,13 +556,6 @@ def _unusable(name: str, settings: VenueSettings | None) -> str:
     if not settings.base_url:
         return f"no base_url for {name}: set [venues.{name}] base_url in the venues config"
     return ""
-
-
-async def _heartbeat(store: AuditStore, run_id: str) -> None:
-    while True:
-        await asyncio.sleep(HEARTBEAT_EVERY)
-        with contextlib.suppress(AuditError):
-            await asyncio.to_thread(store.heartbeat, run_id)
 
 
 async def _report(

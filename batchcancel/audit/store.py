@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from batchcancel import __version__
 from batchcancel.audit.migrate import upgrade_to_head
-from batchcancel.audit.tables import Attempt, Order, Run, Session
+from batchcancel.audit.tables import Attempt, Lane, Order, Run, Session
 from batchcancel.errors import AuditError, RunLockedError, RunNotFoundError
 from batchcancel.outcomes import FINAL, Outcome
 
@@ -45,6 +45,7 @@ runs: Final = cast(sa.Table, Run.__table__)
 sessions: Final = cast(sa.Table, Session.__table__)
 orders: Final = cast(sa.Table, Order.__table__)
 attempts: Final = cast(sa.Table, Attempt.__table__)
+lanes: Final = cast(sa.Table, Lane.__table__)
 
 PENDING: Final = "pending"  # never sent, or resumable (failed/skipped, or between retries)
 SENDING: Final = "sending"  # an attempt is in flight
@@ -362,35 +363,154 @@ class AuditStore:
             ).scalar()
         return int(value or 0)
 
-    def recover_in_flight(self, run_id: str, *, reset_resumable: bool = True) -> int:
+    def recover_in_flight(
+        self, run_id: str, *, venue: str | None = None, reset_resumable: bool = True
+    ) -> int:
         """Close attempts left unanswered by a dead process; their orders become resumable.
 
+        Only for one venue when `venue` is given (a lane just taken over from a dead worker).
         With `reset_resumable`, failed and skipped orders lose that outcome: a new sending
         session retries them afresh (a confirm session leaves them alone).
         """
+        in_run = [orders.c.run_id == run_id]
+        if venue is not None:
+            in_run.append(orders.c.venue == venue)
+        order_pks = sa.select(orders.c.pk).where(*in_run)
         with self._write() as conn:
             lost = conn.execute(
                 attempts.update()
-                .where(attempts.c.run_id == run_id, attempts.c.verdict.is_(None))
+                .where(
+                    attempts.c.run_id == run_id,
+                    attempts.c.verdict.is_(None),
+                    attempts.c.order_pk.in_(order_pks),
+                )
                 .values(verdict="transient", detail=IN_FLIGHT_LOST)
             ).rowcount
             conn.execute(
-                orders.update()
-                .where(orders.c.run_id == run_id, orders.c.state == SENDING)
-                .values(state=PENDING)
+                orders.update().where(*in_run, orders.c.state == SENDING).values(state=PENDING)
             )
-            if not reset_resumable:
-                return int(lost or 0)
-            conn.execute(
-                orders.update()
-                .where(
-                    orders.c.run_id == run_id,
-                    orders.c.state == PENDING,
-                    orders.c.outcome.is_not(None),
+            if reset_resumable:
+                conn.execute(
+                    orders.update()
+                    .where(*in_run, orders.c.state == PENDING, orders.c.outcome.is_not(None))
+                    .values(outcome=None)
                 )
-                .values(outcome=None)
-            )
         return int(lost or 0)
+
+    # -- lane leases: one worker per venue of a run -----------------------------------------
+
+    def claim_lanes(
+        self, run_id: str, venues: Iterable[str], *, limit: int, lease: float
+    ) -> list[str]:
+        """Lease up to `limit` of these venues that no live worker holds; the ones taken.
+
+        PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent workers never wait on
+        each other or take the same lane; the conditional UPDATE makes it safe on SQLite too.
+        """
+        wanted = sorted(set(venues))
+        if not wanted or limit <= 0:
+            return []
+        now = utcnow()
+        until = now + timedelta(seconds=lease)
+        with self.engine.connect() as conn:
+            owners = set(
+                conn.execute(
+                    sa.select(lanes.c.owner).where(
+                        lanes.c.run_id == run_id, lanes.c.owner.is_not(None)
+                    )
+                ).scalars()
+            )
+        dead = [owner for owner in owners if _owner_is_dead(owner)]  # no need to await leases
+        free = sa.or_(
+            lanes.c.owner.is_(None),
+            lanes.c.owner == self._lock_token,
+            lanes.c.lease_until < now,
+            lanes.c.owner.in_(dead),
+        )
+        try:
+            with self._write() as conn:
+                known = set(
+                    conn.execute(sa.select(lanes.c.venue).where(lanes.c.run_id == run_id)).scalars()
+                )
+                missing = [v for v in wanted if v not in known]
+                if missing:
+                    conn.execute(lanes.insert(), [{"run_id": run_id, "venue": v} for v in missing])
+            with self._write() as conn:
+                candidates = list(
+                    conn.execute(
+                        sa.select(lanes.c.venue)
+                        .where(lanes.c.run_id == run_id, lanes.c.venue.in_(wanted), free)
+                        .order_by(lanes.c.venue)
+                        .limit(limit)
+                        .with_for_update(skip_locked=True)
+                    ).scalars()
+                )
+                taken = []
+                for venue in candidates:
+                    count = conn.execute(
+                        lanes.update()
+                        .where(lanes.c.run_id == run_id, lanes.c.venue == venue, free)
+                        .values(owner=self._lock_token, lease_until=until)
+                    ).rowcount
+                    if count == 1:
+                        taken.append(venue)
+        except AuditError:
+            return []  # another worker inserted or took lanes at the same moment: next round
+        return taken
+
+    def renew_lanes(self, run_id: str, venues: Iterable[str], *, lease: float) -> set[str]:
+        """Extend this worker's leases; the venues it still holds."""
+        wanted = list(venues)
+        if not wanted:
+            return set()
+        until = utcnow() + timedelta(seconds=lease)
+        with self._write() as conn:
+            conn.execute(
+                lanes.update()
+                .where(
+                    lanes.c.run_id == run_id,
+                    lanes.c.venue.in_(wanted),
+                    lanes.c.owner == self._lock_token,
+                )
+                .values(lease_until=until)
+            )
+            held = conn.execute(
+                sa.select(lanes.c.venue).where(
+                    lanes.c.run_id == run_id, lanes.c.owner == self._lock_token
+                )
+            ).scalars()
+            return set(held) & set(wanted)
+
+    def release_lanes(self, run_id: str, venues: Iterable[str]) -> None:
+        """Give up this worker's leases on these venues."""
+        wanted = list(venues)
+        if not wanted:
+            return
+        with self._write() as conn:
+            conn.execute(
+                lanes.update()
+                .where(
+                    lanes.c.run_id == run_id,
+                    lanes.c.venue.in_(wanted),
+                    lanes.c.owner == self._lock_token,
+                )
+                .values(owner=None, lease_until=None)
+            )
+
+    def leased_by_others(self, run_id: str) -> set[str]:
+        """Venues of the run that another live worker holds."""
+        now = utcnow()
+        with self.engine.connect() as conn:
+            return set(
+                conn.execute(
+                    sa.select(lanes.c.venue).where(
+                        lanes.c.run_id == run_id,
+                        lanes.c.owner.is_not(None),
+                        lanes.c.owner != self._lock_token,
+                        lanes.c.lease_until >= now,
+                    )
+                ).scalars()
+            )
 
     def venues_with_work(self, run_id: str, *, to_confirm: bool = False) -> dict[str, int]:
         """Orders still to send (or to confirm), per venue."""
@@ -687,9 +807,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _owner_is_dead(owner: str) -> bool:
+    """True when `owner` (host:pid:token) is a process of this host that no longer runs."""
+    host, pid = [*owner.split(":"), "", ""][:2]
+    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
 def _lock_is_stale(owner: str, heartbeat: datetime | None, now: datetime) -> bool:
-    host, pid = owner.split(":")[:2]
-    if host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+    if _owner_is_dead(owner):
         return True
     return heartbeat is None or now - heartbeat > LOCK_STALE_AFTER
 

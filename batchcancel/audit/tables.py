@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Attempt", "Base", "Order", "Run", "Session", "metadata"]
+__all__ = ["Attempt", "Base", "Lane", "Order", "Run", "Session", "metadata"]
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -106,6 +106,17 @@ class Attempt(Base):
     verdict: Mapped[str | None] = mapped_column(String(16))  # NULL until answered
     latency_ms: Mapped[float | None] = mapped_column(Float)
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Lane(Base):
+    """A venue of a run, leased to the one worker that sends to it (rate limit, claims)."""
+
+    __tablename__ = "lanes"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    venue: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 metadata = Base.metadata
