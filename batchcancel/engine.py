@@ -34,7 +34,7 @@ from batchcancel.audit.store import (
 from batchcancel.audit.writer import AuditWriter
 from batchcancel.config import Settings, VenueSettings
 from batchcancel.errors import AuditError, TransientVenueError
-from batchcancel.lanes import Pacer
+from batchcancel.lanes import Pacer, safety_margin
 from batchcancel.outcomes import Outcome
 from batchcancel.transport import open_session, send
 from batchcancel.venues import get_venue
@@ -506,6 +506,14 @@ class _Session:
             rng=self.rng,
             on_audit_failure=self.audit_failed,
         )
+        if not self.options.confirm and venue_settings.rate_limit > 0:
+            # Requests another process sent lately still count in the venue's window.
+            last = await asyncio.to_thread(self.store.last_sent_by_others, self.run_id, venue_name)
+            if last is not None:
+                age = (utcnow() - last).total_seconds()
+                lane.pacer.pause(
+                    max(0.0, venue_settings.period + safety_margin(venue_settings.period) - age)
+                )
         self.lanes[venue_name] = lane
         if self.result.stopped:
             lane.halt(self.result.stopped)

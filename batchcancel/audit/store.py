@@ -397,6 +397,20 @@ class AuditStore:
                 )
         return int(lost or 0)
 
+    def last_sent_by_others(self, run_id: str, venue: str) -> datetime | None:
+        """When another process last sent a request to this venue for this run."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(sa.func.max(attempts.c.sent_at))
+                .select_from(attempts.join(orders, orders.c.pk == attempts.c.order_pk))
+                .where(
+                    attempts.c.run_id == run_id,
+                    orders.c.venue == venue,
+                    attempts.c.worker != self.worker,
+                )
+            ).scalar()
+        return value if isinstance(value, datetime) else None
+
     # -- lane leases: one worker per venue of a run -----------------------------------------
 
     def claim_lanes(
