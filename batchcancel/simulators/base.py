@@ -2,7 +2,8 @@
 
 A simulator is a real aiohttp application. Subclasses add the venue's routes and speak its
 exact wire format; this base enforces the rate limit, injects scripted faults and counts every
-request it received, per order, so that tests can prove what was and was not sent.
+request it received, per order (cancels and order-status reads apart), so that tests can prove
+what was and was not sent.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class Simulator:
         self.pending_since: dict[str, float] = {}
         # Counters for assertions.
         self.requests: Counter[str] = Counter()  # cancel requests received per order key
+        self.status_requests: Counter[str] = Counter()  # order-status (GET) requests per key
         self.arrivals: list[Arrival] = []
         self.total_requests = 0
         self.rate_limited = 0  # 429s answered because the limit was exceeded
@@ -226,7 +228,12 @@ class Simulator:
         key = await self.order_key(request)
         self.arrivals.append(Arrival(time.time(), key, request.path))
         if key is not None:
-            self.requests[key] += 1
+            # Every venue's status request is a GET and every cancel is not: `requests` stays
+            # the count of cancels sent, which tests use to prove none was sent twice.
+            if request.method == "GET":
+                self.status_requests[key] += 1
+            else:
+                self.requests[key] += 1
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:

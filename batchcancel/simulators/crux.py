@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from aiohttp import web
 
@@ -34,11 +34,17 @@ class CruxSimulator(Simulator):
     }
 
     def routes(self) -> Iterable[web.RouteDef]:
-        """seed 002: PATCH /orders/cancel/ with {"order_uuid": ...}."""
-        return [web.patch("/orders/cancel/", self._cancel)]
+        """seed 002: PATCH /orders/cancel/ with {"order_uuid": ...}; Crux docs: GET
+        /orders/<order_uuid>/ for the order and its line items."""
+        return [
+            web.patch("/orders/cancel/", self._cancel),
+            web.get("/orders/{order_uuid}/", self._status, allow_head=False),
+        ]
 
     async def order_key(self, request: web.Request) -> str | None:
-        """The body's order_uuid (None when the body does not name one)."""
+        """The status path's UUID, or the cancel body's order_uuid (None when there is none)."""
+        if request.method == "GET":
+            return request.match_info.get("order_uuid")
         return _order_uuid(await request.read())
 
     def auth_problem(self, request: web.Request, body: bytes) -> web.Response | None:
@@ -68,6 +74,42 @@ class CruxSimulator(Simulator):
         # seed 002: the request is passed on to the supplier. ASSUMED (VENUES.md): 204, and a
         # repeat cancel answers as the first did.
         return web.Response(status=204)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        """Crux docs (order detail): the order with its line items; 404 for an unknown one."""
+        order_uuid = request.match_info["order_uuid"]
+        state = self.state_of(order_uuid)
+        if state is None:
+            return _detail("Not found.", 404)  # ASSUMED body (VENUES.md)
+        status = _LINE_ITEM_STATUS[state]
+        items = [
+            {
+                "uuid": f"{order_uuid[:-1]}{n}",
+                "sku_id": f"SKU-{n}",
+                "status": status,
+                "tracking_numbers": (
+                    [{"tracking_number": f"1Z{n:016d}", "shipping_carrier": "UPS"}]
+                    if state is OrderState.FILLED
+                    else []
+                ),
+            }
+            for n in (1, 2)
+        ]
+        return web.json_response(
+            {"uuid": order_uuid, "purchase_order_id": "PO-1", "line_items": items}
+        )
+
+
+# Crux line_item statuses by book state. Crux has no "cancel requested" status: an order whose
+# cancel waits for the supplier shows its items as they were (Allocated). A filled order is one
+# the supplier shipped (HasTracking).
+_LINE_ITEM_STATUS: Final[Mapping[OrderState, str]] = {
+    OrderState.OPEN: "Allocated",
+    OrderState.OPEN_ASYNC: "Allocated",
+    OrderState.PENDING: "Allocated",
+    OrderState.CANCELED: "Cancelled",
+    OrderState.FILLED: "HasTracking",
+}
 
 
 def _order_uuid(body: bytes) -> str | None:

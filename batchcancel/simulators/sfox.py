@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from aiohttp import web
 
@@ -32,11 +32,14 @@ class SfoxSimulator(Simulator):
     }
 
     def routes(self) -> Iterable[web.RouteDef]:
-        """seed 000: DELETE /v1/orders/:order_id."""
-        return [web.delete("/v1/orders/{order_id}", self._cancel)]
+        """seed 000: DELETE /v1/orders/:order_id; sFOX docs: GET /v1/orders/:order_id."""
+        return [
+            web.delete("/v1/orders/{order_id}", self._cancel),
+            web.get("/v1/orders/{order_id}", self._status, allow_head=False),
+        ]
 
     async def order_key(self, request: web.Request) -> str | None:
-        """The path's order id."""
+        """The path's order id (cancel and status alike)."""
         return request.match_info.get("order_id")
 
     def auth_problem(self, request: web.Request, body: bytes) -> web.Response | None:
@@ -62,3 +65,36 @@ class SfoxSimulator(Simulator):
             return web.json_response({"status": "order already finished"})  # seed 000
         # ASSUMED (VENUES.md): a repeat cancel of a canceled order
         return web.json_response({"error": "the order is already done/canceled"}, status=400)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        """sFOX "Get Single Order": the order with its status and status_code (title case)."""
+        order_id = request.match_info["order_id"]
+        state = self.state_of(order_id)
+        if state is None:
+            # ASSUMED: an unknown id answers as the cancel does (seed 000).
+            return web.json_response({"error": "internal error"}, status=400)
+        status, code = _STATUSES[state]
+        return web.json_response(
+            {
+                "id": int(order_id) if order_id.isdigit() else order_id,
+                "client_order_id": "",
+                "action": "Buy",
+                "pair": "btcusd",
+                "type": "Limit",
+                "quantity": 1,
+                "filled": 1 if state is OrderState.FILLED else 0,
+                "status": status,
+                "status_code": code,
+            }
+        )
+
+
+# sFOX docs: Started 100, Cancel Pending 90, Canceled 10, Filled 210, Done 300. An order whose
+# cancel completes later (OPEN_ASYNC) is open, Started, until a cancel reaches it.
+_STATUSES: Final[Mapping[OrderState, tuple[str, int]]] = {
+    OrderState.OPEN: ("Started", 100),
+    OrderState.OPEN_ASYNC: ("Started", 100),
+    OrderState.PENDING: ("Cancel Pending", 90),
+    OrderState.CANCELED: ("Canceled", 10),
+    OrderState.FILLED: ("Done", 300),
+}

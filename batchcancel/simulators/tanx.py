@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from aiohttp import web
 
@@ -34,11 +34,17 @@ class TanxSimulator(Simulator):
     }
 
     def routes(self) -> Iterable[web.RouteDef]:
-        """seed 003: POST /sapi/v1/orders/cancel/ with {"order_id": <integer>}."""
-        return [web.post("/sapi/v1/orders/cancel/", self._cancel)]
+        """seed 003: POST /sapi/v1/orders/cancel/ with {"order_id": <integer>}; tanX docs:
+        GET /sapi/v1/orders/<order_id>/ for one order."""
+        return [
+            web.post("/sapi/v1/orders/cancel/", self._cancel),
+            web.get("/sapi/v1/orders/{order_id}/", self._status, allow_head=False),
+        ]
 
     async def order_key(self, request: web.Request) -> str | None:
-        """The body's order_id (None when the body does not name one)."""
+        """The status path's order id, or the cancel body's (None when there is none)."""
+        if request.method == "GET":
+            return order_id_of(request.match_info.get("order_id"))
         return order_id_of(_body(await request.read()).get("order_id"))
 
     def auth_problem(self, request: web.Request, body: bytes) -> web.Response | None:
@@ -97,6 +103,37 @@ class TanxSimulator(Simulator):
                 "payload": payload,
             }
         )
+
+    async def _status(self, request: web.Request) -> web.Response:
+        """tanX docs (get order): the success envelope with the order as payload."""
+        key = order_id_of(request.match_info["order_id"])
+        state = self.state_of(key) if key is not None else None
+        if key is None or state is None:
+            return _error("Order not found", 404)  # ASSUMED (VENUES.md: "...not found...")
+        canceled = state is OrderState.CANCELED
+        payload = {
+            "id": int(key),
+            "side": "buy",
+            "ord_type": "limit",
+            "state": _STATES[state],
+            "market": "btcusdc",
+            "cancel_reason": "Order cancelled by user" if canceled else None,
+        }
+        # ASSUMED message wording; the adapter reads only status and payload.state.
+        return web.json_response(
+            {"status": "success", "message": "Order fetched successfully", "payload": payload}
+        )
+
+
+# tanX order states (list orders: pending, wait, done, cancel) by book state. An order open
+# or with its cancel still queued is "wait" either way.
+_STATES: Final[Mapping[OrderState, str]] = {
+    OrderState.OPEN: "wait",
+    OrderState.OPEN_ASYNC: "wait",
+    OrderState.PENDING: "wait",
+    OrderState.CANCELED: "cancel",
+    OrderState.FILLED: "done",
+}
 
 
 def _body(raw: bytes) -> dict[str, object]:

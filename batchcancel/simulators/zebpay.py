@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from aiohttp import web
 
@@ -43,16 +43,26 @@ class ZebpaySimulator(Simulator):
     timestamp_window: float = 5.0
 
     def routes(self) -> Iterable[web.RouteDef]:
-        """seed 004: DELETE /api/v1/trade/order with {"clientOrderId", "symbol"}."""
-        return [web.delete("/api/v1/trade/order", self._cancel)]
+        """seed 004: DELETE /api/v1/trade/order with {"clientOrderId", "symbol"}; ZebPay trade
+        docs: GET /api/v1/trade/order?id=<clientOrderId> for one order."""
+        return [
+            web.delete("/api/v1/trade/order", self._cancel),
+            web.get("/api/v1/trade/order", self._status, allow_head=False),
+        ]
 
     async def order_key(self, request: web.Request) -> str | None:
-        """The body's clientOrderId (None when the body does not name one)."""
+        """The status query's id, or the cancel body's clientOrderId (None when neither)."""
+        if request.method == "GET":
+            return request.query.get("id") or None
         value = _body(await request.read()).get("clientOrderId")
         return value if isinstance(value, str) else None
 
     def auth_problem(self, request: web.Request, body: bytes) -> web.Response | None:
-        """ZebPay authentication and error-handling docs: 401, 400 signature / timestamp."""
+        """ZebPay authentication and error-handling docs: 401, 400 signature / timestamp.
+
+        With an API key a GET signs its query string exactly as transmitted, with `timestamp`
+        among the parameters; any other method signs its exact body, timestamp at the root.
+        """
         header = request.headers.get("Authorization")
         if header is not None:
             if header != f"Bearer {self.credentials[JWT_VAR]}":
@@ -60,10 +70,16 @@ class ZebpaySimulator(Simulator):
             return None
         if request.headers.get("x-auth-apikey") != self.credentials[API_KEY_VAR]:
             return _envelope(401, "Unauthorized")  # ASSUMED wording
-        expected = sign(self.credentials[API_SECRET_VAR], body)
+        if request.method == "GET":
+            # The raw query string, as it came over the wire (not re-encoded).
+            signed = request.raw_path.partition("?")[2].encode()
+            stamp: object = request.query.get("timestamp")
+        else:
+            signed = body
+            stamp = _body(body).get("timestamp")
+        expected = sign(self.credentials[API_SECRET_VAR], signed)
         if not hmac.compare_digest(request.headers.get("x-auth-signature", ""), expected):
             return _envelope(400, "Invalid signature")
-        stamp = _body(body).get("timestamp")
         if isinstance(stamp, str) and stamp.isdigit():
             stamp = int(stamp)  # ccxt sends it as a string
         if (
@@ -104,6 +120,44 @@ class ZebpaySimulator(Simulator):
         self.book[key] = OrderState.CANCELED  # seed 004: the cancel is synchronous
         data = {"clientOrderId": key, "status": "canceled", "symbol": symbol}
         return _envelope(200, "OK", data)  # seed 004; "OK" per the current changelog
+
+    async def _status(self, request: web.Request) -> web.Response:
+        """ZebPay trade docs (Get Order Details): the envelope with the Order as data."""
+        key = request.query.get("id", "")
+        if not key:
+            return _envelope(400, "id is required")  # ASSUMED wording
+        state = self.state_of(key)
+        if state is None:
+            return _envelope(404, "Order not found")  # ASSUMED (VENUES.md), as for the cancel
+        filled = 0.1 if state is OrderState.FILLED else 0
+        order = {
+            "clientOrderId": key,
+            "datetime": "2025-04-05T13:05:00.000Z",
+            "timestamp": 1712346300000,
+            "symbol": "BTCUSDT",
+            "type": "LIMIT",
+            "timeInForce": "GTC",
+            "side": "SELL",
+            "price": 66000.0,
+            "amount": 0.1,
+            "filled": filled,
+            "remaining": round(0.1 - filled, 8),
+            "status": _STATUSES[state],
+            "reduceOnly": False,
+            "postOnly": False,
+        }
+        return _envelope(200, "OK", order)
+
+
+# ZebPay Order statuses (new, filled, canceled) by book state. ZebPay has no cancel-pending
+# status: an order whose cancel has not reached it yet is still "new".
+_STATUSES: Final[Mapping[OrderState, str]] = {
+    OrderState.OPEN: "new",
+    OrderState.OPEN_ASYNC: "new",
+    OrderState.PENDING: "new",
+    OrderState.CANCELED: "canceled",
+    OrderState.FILLED: "filled",
+}
 
 
 def _body(raw: bytes) -> dict[str, object]:

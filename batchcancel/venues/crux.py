@@ -32,6 +32,21 @@ _UUID_RE: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 _CONTENT_TYPE: Final = "application/json; charset=utf-8"
 
 
+# Crux docs (line_item object): Unallocated, Allocated, Rejected, HasTracking, Backordered,
+# Cancelled. There is no order-level cancel status (VENUES.md, Confirm): the supplier confirms a
+# cancel by turning every line item to Cancelled.
+_CANCELLED: Final = frozenset({"cancelled", "canceled"})
+# ASSUMED: a line item with tracking has shipped, so the order finished instead of cancelling.
+_SHIPPED: Final = frozenset({"hastracking"})
+# ASSUMED: a supplier-rejected item will never ship; with the rest cancelled the order is over.
+_REJECTED: Final = frozenset({"rejected"})
+# Still with the supplier. Crux has no "cancel requested" state, so an order whose cancel is
+# waiting for the supplier cannot be told from one never cancelled: both read as pending.
+# Nor does a supplier's rejection of the cancel change the items: such an order stays
+# cancel_pending until the confirm pass times out.
+_OPEN: Final = frozenset({"unallocated", "allocated", "backordered"})
+
+
 def is_uuid(value: str) -> bool:
     """True for a canonical 8-4-4-4-12 hexadecimal UUID, in either case."""
     return _UUID_RE.fullmatch(value.lower()) is not None
@@ -74,6 +89,42 @@ class CruxVenue:
             body=json.dumps({"order_uuid": row.order_id}).encode(),
         )
 
+    def build_status(self, row: OrderRow, *, now: float) -> CancelRequest | None:
+        """VENUES.md (crux, Confirm): GET /orders/<uuid>/ with the Token, no body."""
+        return CancelRequest(
+            method="GET",
+            path=f"/orders/{row.order_id}/",  # validated: a UUID needs no encoding
+            headers=(("Authorization", f"Token {self._token}"),),
+        )
+
+    def classify_status(self, reply: Reply) -> Verdict:
+        """Map a Crux order's line-item statuses to a confirm verdict."""
+        if (verdict := generic_transient(reply)) is not None:
+            return verdict
+        if reply.status in (401, 403, 409):
+            return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
+        body = json_object(reply.body)
+        if body is None and reply.body.strip():
+            return Verdict.transient(f"HTTP {reply.status} with an unparsable body")
+        if reply.status == 404:
+            # Crux docs (order detail): 404 Not Found. ASSUMED body {"detail": "Not found."}.
+            return Verdict.final(Outcome.NOT_FOUND, message_of(body, "detail") or "HTTP 404")
+        if reply.status != 200 or body is None:
+            return unclassified(reply)
+        seen = _line_item_statuses(body)
+        if not seen:
+            return unclassified(reply)
+        summary = ", ".join(sorted(seen))
+        if seen <= _CANCELLED:
+            return Verdict.final(Outcome.CANCELED, f"every line item {summary}")
+        if seen & _SHIPPED:
+            return Verdict.final(Outcome.ALREADY_CLOSED, f"line items {summary}: shipped")
+        if seen <= _CANCELLED | _REJECTED:
+            return Verdict.final(Outcome.ALREADY_CLOSED, f"line items {summary}")
+        if seen <= _CANCELLED | _REJECTED | _OPEN:
+            return Verdict.final(Outcome.CANCEL_PENDING, f"line items {summary}")
+        return unclassified(reply)
+
     def classify(self, reply: Reply) -> Verdict:
         """Map a Crux answer to an outcome (VENUES.md, crux table)."""
         if (verdict := generic_transient(reply)) is not None:
@@ -103,3 +154,12 @@ class CruxVenue:
             reason = detail or excerpt(reply.body, 120)
             return Verdict.final(Outcome.REJECTED, f"HTTP {reply.status}: {reason}")
         return unclassified(reply)
+
+
+def _line_item_statuses(order: Mapping[str, object]) -> set[str]:
+    """The lower-cased statuses of an order's line items; empty when any item has none."""
+    items = order.get("line_items")
+    if not isinstance(items, list):
+        return set()
+    statuses = {message_of(item, "status") if isinstance(item, dict) else "" for item in items}
+    return set() if "" in statuses else statuses

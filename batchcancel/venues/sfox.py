@@ -38,6 +38,27 @@ _NOT_FOUND_WORDS: Final = ("internal error", "does not exist", "not found")
 # ASSUMED (VENUES.md): a repeat cancel answers 400 "...already done/canceled...".
 _CLOSED_WORDS: Final = ("already", "done", "canceled", "cancelled", "finished", "filled")
 
+# sFOX "Get Single Order" (VENUES.md, Confirm): `status` with its `status_code`. "Started" is an
+# open order: sFOX has its own "Cancel Pending" state, so an order still Started after a cancel
+# answered "cancel pending" has no cancel in effect. It is not reported as pending (which would
+# pass for success) but rejected, for a human to look at.
+_STARTED: Final = "started"
+_ORDER_STATUSES: Final[Mapping[str, Outcome]] = {
+    "cancel pending": Outcome.CANCEL_PENDING,  # 90: may still receive fills
+    "canceled": Outcome.CANCELED,  # 10
+    "cancelled": Outcome.CANCELED,
+    "filled": Outcome.ALREADY_CLOSED,  # 210: filled, not yet settled
+    "done": Outcome.ALREADY_CLOSED,  # 300
+    _STARTED: Outcome.REJECTED,  # 100
+}
+_STATUS_CODES: Final[Mapping[int, str]] = {
+    90: "cancel pending",
+    10: "canceled",
+    210: "filled",
+    300: "done",
+    100: _STARTED,
+}
+
 
 class SfoxVenue:
     """The sFOX adapter."""
@@ -71,6 +92,47 @@ class SfoxVenue:
             headers=(("Authorization", f"Bearer {self._api_key}"),),
         )
 
+    def build_status(self, row: OrderRow, *, now: float) -> CancelRequest | None:
+        """VENUES.md (sfox, Confirm): GET /v1/orders/:order_id, Bearer key, no body."""
+        return CancelRequest(
+            method="GET",
+            path=f"/v1/orders/{quote(row.order_id, safe='')}",
+            headers=(("Authorization", f"Bearer {self._api_key}"),),
+        )
+
+    def classify_status(self, reply: Reply) -> Verdict:
+        """Map an sFOX order (its `status`, else its `status_code`) to a confirm verdict."""
+        if (verdict := generic_transient(reply)) is not None:
+            return verdict
+        if reply.status in (401, 403):
+            return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
+        body = json_object(reply.body)
+        if body is None:
+            if reply.status == 404 and not reply.body.strip():
+                return Verdict.final(Outcome.NOT_FOUND, "HTTP 404")
+            # An HTML page from a proxy or a wrong base URL says nothing about the order: retry.
+            return Verdict.transient(f"HTTP {reply.status} with an unparsable body")
+        if reply.status == 200:
+            # Casing differs by endpoint (sFOX docs): "Cancel Pending" here, matched lower-case.
+            status = " ".join(message_of(body, "status").split())
+            code = _status_code(body.get("status_code"))
+            if status not in _ORDER_STATUSES and code is not None:
+                status = _STATUS_CODES.get(code, status)
+            outcome = _ORDER_STATUSES.get(status)
+            if outcome is Outcome.REJECTED:
+                return Verdict.final(
+                    outcome, "the order is still open (Started): no cancel is in effect"
+                )
+            return Verdict.final(outcome, status) if outcome else unclassified(reply)
+        error = message_of(body, "error", "message")
+        # ASSUMED: an unknown id answers as the cancel does, 400 "internal error" (seed 000);
+        # a 404 is read the same way.
+        if reply.status == 404 or (
+            reply.status == 400 and any(word in error for word in _NOT_FOUND_WORDS)
+        ):
+            return Verdict.final(Outcome.NOT_FOUND, error or f"HTTP {reply.status}")
+        return unclassified(reply)
+
     def classify(self, reply: Reply) -> Verdict:
         """Map an sFOX answer to an outcome (VENUES.md, sfox table)."""
         if (verdict := generic_transient(reply)) is not None:
@@ -96,3 +158,14 @@ class SfoxVenue:
         if reply.status == 422:
             return Verdict.final(Outcome.REJECTED, f"HTTP 422: {excerpt(reply.body, 120)}")
         return unclassified(reply)
+
+
+def _status_code(value: object) -> int | None:
+    """A JSON status code, an integer or digits in a string (ids and codes may come as strings)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None

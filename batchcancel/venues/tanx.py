@@ -33,6 +33,16 @@ _STATE_OUTCOMES: Final[Mapping[str, Outcome]] = {
     "wait": Outcome.CANCEL_PENDING,  # seed 003: queued, not done
     "cancel": Outcome.CANCELED,  # ASSUMED (VENUES.md)
 }
+# tanX docs (list orders): states pending, wait, done, cancel; VENUES.md (Confirm): "cancel"
+# and "done". tanX has no cancel-pending state: "wait" is an open order, with or without a
+# queued cancel, and the two cannot be told apart, so "wait" (and "pending", not yet in the
+# book; ASSUMED) read as pending.
+_ORDER_STATES: Final[Mapping[str, Outcome]] = {
+    "cancel": Outcome.CANCELED,
+    "done": Outcome.ALREADY_CLOSED,
+    "wait": Outcome.CANCEL_PENDING,
+    "pending": Outcome.CANCEL_PENDING,
+}
 # seed 003: "Order is successfully queued for cancellation"; tanX Go SDK: the older
 # "Cancelled Order Successfully".
 _QUEUED_WORDS: Final = ("queued",)
@@ -93,20 +103,38 @@ class TanxVenue:
             body=json.dumps({"order_id": int(row.order_id)}, separators=(",", ":")).encode(),
         )
 
+    def build_status(self, row: OrderRow, *, now: float) -> CancelRequest | None:
+        """VENUES.md (tanx, Confirm): GET /sapi/v1/orders/<order_id>/ with the JWT, no body."""
+        return CancelRequest(
+            method="GET",
+            path=f"/sapi/v1/orders/{int(row.order_id)}/",  # the integer the cancel sends
+            headers=(("Authorization", f"JWT {self._jwt}"),),
+        )
+
+    def classify_status(self, reply: Reply) -> Verdict:
+        """Map a tanX order's `payload.state` to a confirm verdict."""
+        if (early := _early_verdict(reply)) is not None:
+            return early
+        body = json_object(reply.body) or {}
+        message = message_of(body, "message", "detail", "error")
+        if reply.status == 200 and message_of(body, "status") == "success":
+            payload = body.get("payload")
+            state = message_of(payload if isinstance(payload, dict) else None, "state")
+            outcome = _ORDER_STATES.get(state)
+            return Verdict.final(outcome, f"state {state}") if outcome else unclassified(reply)
+        # ASSUMED: an unknown order is a 4xx error envelope saying "not found", as for cancels.
+        if 400 <= reply.status < 500 and any(word in message for word in _NOT_FOUND_WORDS):
+            return Verdict.final(Outcome.NOT_FOUND, message)
+        return unclassified(reply)
+
     def classify(self, reply: Reply) -> Verdict:
         """Map a tanX answer to an outcome (VENUES.md, tanx table)."""
-        if (verdict := generic_transient(reply)) is not None:
-            return verdict
-        body = json_object(reply.body)
-        payload = body.get("payload") if body is not None else None
+        if (early := _early_verdict(reply)) is not None:
+            return early
+        body = json_object(reply.body) or {}
+        payload = body.get("payload")
         payload = payload if isinstance(payload, dict) else None
         message = message_of(body, "message", "detail", "error")
-        code = message_of(payload, "code")
-        if reply.status in (401, 403) or any(w in f"{message} {code}" for w in _AUTH_WORDS):
-            return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
-        if body is None:
-            # An HTML page from a proxy says nothing about the order: retry.
-            return Verdict.transient(f"HTTP {reply.status} with an unparsable body")
         if reply.status == 200 and message_of(body, "status") == "success":
             state = message_of(payload, "state")
             outcome = _STATE_OUTCOMES.get(state)
@@ -123,3 +151,19 @@ class TanxVenue:
             reason = message or excerpt(reply.body, 120)
             return Verdict.final(Outcome.REJECTED, f"HTTP {reply.status}: {reason}")
         return unclassified(reply)
+
+
+def _early_verdict(reply: Reply) -> Verdict | None:
+    """What every tanX answer may mean before its body is read: retry, refused, unparsable."""
+    if (verdict := generic_transient(reply)) is not None:
+        return verdict
+    body = json_object(reply.body)
+    payload = body.get("payload") if body is not None else None
+    message = message_of(body, "message", "detail", "error")
+    code = message_of(payload if isinstance(payload, dict) else None, "code")
+    if reply.status in (401, 403) or any(w in f"{message} {code}" for w in _AUTH_WORDS):
+        return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
+    if body is None:
+        # An HTML page from a proxy says nothing about the order: retry.
+        return Verdict.transient(f"HTTP {reply.status} with an unparsable body")
+    return None

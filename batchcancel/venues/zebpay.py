@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 from typing import ClassVar, Final
+from urllib.parse import urlencode
 
 from batchcancel.outcomes import Outcome
 from batchcancel.venues.base import (
@@ -45,6 +46,23 @@ _SIGNATURE_WORDS: Final = ("signature",)  # "Invalid signature"
 # ASSUMED (VENUES.md): undocumented 400/404 messages, matched by their words.
 _NOT_FOUND_WORDS: Final = ("not found", "does not exist")
 _CLOSED_WORDS: Final = ("already", "filled", "canceled", "cancelled", "closed")
+_ORDER_PATH: Final = "/api/v1/trade/order"
+
+# ZebPay Order model (Get Order Details): `status` such as new, filled, canceled. ZebPay has no
+# cancel-pending status, so an order still "new" cannot be told from one whose cancel is on its
+# way: it reads as pending. ASSUMED: the other open, filled or finished spellings of the Order
+# model (it is ccxt's unified order: open, closed, expired, rejected) read the same way.
+_ORDER_STATUSES: Final[Mapping[str, Outcome]] = {
+    "canceled": Outcome.CANCELED,
+    "cancelled": Outcome.CANCELED,
+    "filled": Outcome.ALREADY_CLOSED,
+    "closed": Outcome.ALREADY_CLOSED,
+    "expired": Outcome.ALREADY_CLOSED,
+    "rejected": Outcome.ALREADY_CLOSED,
+    "new": Outcome.CANCEL_PENDING,
+    "open": Outcome.CANCEL_PENDING,
+    "partially_filled": Outcome.CANCEL_PENDING,
+}
 
 
 def compact(body: Mapping[str, object]) -> bytes:
@@ -108,32 +126,58 @@ class ZebpayVenue:
         if not self._signs:
             # The timestamp is for API-key auth only (ZebPay trade docs): none with a JWT.
             auth: tuple[tuple[str, str], ...] = (("Authorization", f"Bearer {self._jwt}"),)
-            return CancelRequest("DELETE", "/api/v1/trade/order", auth + common, compact(body))
+            return CancelRequest("DELETE", _ORDER_PATH, auth + common, compact(body))
         body["timestamp"] = int(now * 1000)
         data = compact(body)
         auth = (
             ("x-auth-apikey", self._api_key),
             ("x-auth-signature", sign(self._api_secret, data)),
         )
-        return CancelRequest("DELETE", "/api/v1/trade/order", auth + common, data)
+        return CancelRequest("DELETE", _ORDER_PATH, auth + common, data)
+
+    def build_status(self, row: OrderRow, *, now: float) -> CancelRequest | None:
+        """VENUES.md (zebpay, Confirm): GET /api/v1/trade/order?id=<clientOrderId>, no body.
+
+        ZebPay authentication docs, for a GET with an API key: append `timestamp` (unix ms) to
+        the query parameters and sign the query string exactly as it is transmitted (here
+        `id=...&timestamp=...`, encoded as the official Python client's urlencode does). There
+        is no body, so nothing else is signed; a JWT request carries no timestamp.
+        """
+        params: list[tuple[str, str]] = [("id", row.order_id)]
+        accept = (("Accept", "application/json"),)
+        if not self._signs:
+            auth: tuple[tuple[str, str], ...] = (("Authorization", f"Bearer {self._jwt}"),)
+            return CancelRequest("GET", f"{_ORDER_PATH}?{urlencode(params)}", auth + accept)
+        params.append(("timestamp", str(int(now * 1000))))
+        query = urlencode(params)
+        auth = (
+            ("x-auth-apikey", self._api_key),
+            ("x-auth-signature", sign(self._api_secret, query.encode())),
+        )
+        return CancelRequest("GET", f"{_ORDER_PATH}?{query}", auth + accept)
+
+    def classify_status(self, reply: Reply) -> Verdict:
+        """Map a ZebPay order's `data.status` to a confirm verdict."""
+        if (early := _early_verdict(reply)) is not None:
+            return early
+        body = json_object(reply.body) or {}
+        if reply.status == 200:
+            data = body.get("data")
+            status = message_of(data if isinstance(data, dict) else None, "status")
+            outcome = _ORDER_STATUSES.get(status)
+            if body.get("statusCode") in (200, 201) and outcome is not None:
+                return Verdict.final(outcome, status)
+            return unclassified(reply)
+        text, message = _messages(body)
+        if (verdict := _refused_or_missing(reply, text, message)) is not None:
+            return verdict
+        return unclassified(reply)
 
     def classify(self, reply: Reply) -> Verdict:
         """Map a ZebPay answer to an outcome (VENUES.md, zebpay table)."""
-        if (verdict := generic_transient(reply)) is not None:
-            return verdict
-        body = json_object(reply.body)
-        # Errors repeat their message in statusDescription and customMessage: match both.
-        text = message_of(body, "statusDescription", "customMessage", "message")
-        message = f"{text} {message_of(body, 'customMessage')}"
-        if reply.status == 401:
-            return Verdict.auth_refused(f"HTTP 401: {excerpt(reply.body, 120)}")
-        if reply.status == 403:
-            if any(word in message for word in _FORBIDDEN_WORDS):
-                return Verdict.final(Outcome.REJECTED, "HTTP 403: forbidden request")
-            return Verdict.auth_refused(f"HTTP 403: {excerpt(reply.body, 120)}")
-        if body is None:
-            # An HTML page from a proxy says nothing about the order: retry.
-            return Verdict.transient(f"HTTP {reply.status} with an unparsable body")
+        if (early := _early_verdict(reply)) is not None:
+            return early
+        body = json_object(reply.body) or {}
         if reply.status == 200:
             # Success by HTTP status, statusCode and data.status, never statusDescription.
             data = body.get("data")
@@ -141,21 +185,55 @@ class ZebpayVenue:
             if body.get("statusCode") in (200, 201) and status in ("canceled", "cancelled"):
                 return Verdict.final(Outcome.CANCELED, status)
             return unclassified(reply)
+        text, message = _messages(body)
+        if (verdict := _refused_or_missing(reply, text, message)) is not None:
+            return verdict
         if reply.status not in (400, 404):
             return unclassified(reply)
-        if reply.status == 400 and any(word in message for word in _SIGNATURE_WORDS):
-            return Verdict.auth_refused(f"HTTP 400: {text}")
-        if reply.status == 400 and any(word in message for word in _TIMESTAMP_WORDS):
-            # ASSUMED (VENUES.md): a clock blip once; refused credentials if it repeats.
-            return Verdict(
-                VerdictKind.TRANSIENT,
-                None,
-                f"HTTP 400: {text}",
-                escalate_on_repeat=True,
-            )
-        if any(word in message for word in _NOT_FOUND_WORDS):
-            return Verdict.final(Outcome.NOT_FOUND, text)
         if reply.status == 400 and any(word in message for word in _CLOSED_WORDS):
             return Verdict.final(Outcome.ALREADY_CLOSED, text)
         reason = text or excerpt(reply.body, 120)
         return Verdict.final(Outcome.REJECTED, f"HTTP {reply.status}: {reason}")
+
+
+def _messages(body: Mapping[str, object]) -> tuple[str, str]:
+    """The error text, and it with customMessage, for matching words (both lower-case)."""
+    # Errors repeat their message in statusDescription and customMessage: match both.
+    text = message_of(body, "statusDescription", "customMessage", "message")
+    return text, f"{text} {message_of(body, 'customMessage')}"
+
+
+def _early_verdict(reply: Reply) -> Verdict | None:
+    """What any ZebPay answer may mean before its body is read: retry, refused, unparsable."""
+    if (verdict := generic_transient(reply)) is not None:
+        return verdict
+    body = json_object(reply.body)
+    if reply.status == 401:
+        return Verdict.auth_refused(f"HTTP 401: {excerpt(reply.body, 120)}")
+    if reply.status == 403:
+        if any(word in _messages(body or {})[1] for word in _FORBIDDEN_WORDS):
+            return Verdict.final(Outcome.REJECTED, "HTTP 403: forbidden request")
+        return Verdict.auth_refused(f"HTTP 403: {excerpt(reply.body, 120)}")
+    if body is None:
+        # An HTML page from a proxy says nothing about the order: retry.
+        return Verdict.transient(f"HTTP {reply.status} with an unparsable body")
+    return None
+
+
+def _refused_or_missing(reply: Reply, text: str, message: str) -> Verdict | None:
+    """A 400/404 error that refuses the signature or timestamp, or names an unknown order."""
+    if reply.status not in (400, 404):
+        return None
+    if reply.status == 400 and any(word in message for word in _SIGNATURE_WORDS):
+        return Verdict.auth_refused(f"HTTP 400: {text}")
+    if reply.status == 400 and any(word in message for word in _TIMESTAMP_WORDS):
+        # ASSUMED (VENUES.md): a clock blip once; refused credentials if it repeats.
+        return Verdict(
+            VerdictKind.TRANSIENT,
+            None,
+            f"HTTP 400: {text}",
+            escalate_on_repeat=True,
+        )
+    if any(word in message for word in _NOT_FOUND_WORDS):
+        return Verdict.final(Outcome.NOT_FOUND, text)  # ASSUMED (VENUES.md)
+    return None

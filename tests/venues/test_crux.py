@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
 from batchcancel.errors import TransientVenueError
@@ -272,3 +275,156 @@ class TestTransport:
                 )
         assert simulator.requests[UUID] == 1
         assert simulator.book[UUID] is OrderState.OPEN
+
+
+def status_request(venue: CruxVenue, order_id: str = UUID) -> CancelRequest:
+    request = venue.build_status(row(order_id), now=0.0)
+    assert request is not None
+    return request
+
+
+async def exchange(
+    serve_simulators: ServeSimulators, simulator: CruxSimulator, *steps: CancelRequest | float
+) -> list[Reply]:
+    """Send each request in turn (a number: sleep that long first); the answers, in order."""
+    answers = []
+    async with (
+        serve_simulators({"crux": simulator}) as server,
+        open_session(max_connections=2) as session,
+    ):
+        for step in steps:
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+            else:
+                answers.append(await send(session, server.url("crux"), step, timeout=2.0))
+    return answers
+
+
+def order(*statuses: str) -> bytes:
+    """A Crux order with one line item per status."""
+    items = [{"uuid": uuid(n), "sku_id": f"SKU-{n}", "status": s} for n, s in enumerate(statuses)]
+    return json.dumps({"uuid": UUID, "line_items": items}).encode()
+
+
+STATUS_CASES = [
+    pytest.param(order("Cancelled", "Cancelled"), Outcome.CANCELED, id="all-cancelled"),
+    pytest.param(order("CANCELLED"), Outcome.CANCELED, id="cancelled-upper"),
+    pytest.param(order("Canceled"), Outcome.CANCELED, id="canceled-us"),
+    pytest.param(order("Cancelled", "Allocated"), Outcome.CANCEL_PENDING, id="one-still-open"),
+    pytest.param(order("Allocated", "Allocated"), Outcome.CANCEL_PENDING, id="allocated"),
+    pytest.param(order("Unallocated"), Outcome.CANCEL_PENDING, id="unallocated"),
+    pytest.param(order("Backordered"), Outcome.CANCEL_PENDING, id="backordered"),
+    pytest.param(order("HasTracking"), Outcome.ALREADY_CLOSED, id="shipped"),
+    pytest.param(order("Cancelled", "HasTracking"), Outcome.ALREADY_CLOSED, id="part-shipped"),
+    pytest.param(order("Cancelled", "Rejected"), Outcome.ALREADY_CLOSED, id="rejected-items"),
+    pytest.param(order("Rejected", "Allocated"), Outcome.CANCEL_PENDING, id="rejected-and-open"),
+    pytest.param(order("Lost"), Outcome.REJECTED, id="unknown-status"),
+    pytest.param(order(), Outcome.REJECTED, id="no-line-items"),
+    pytest.param(b'{"uuid": "x", "line_items": [{"uuid": "y"}]}', Outcome.REJECTED, id="no-status"),
+    pytest.param(b'{"uuid": "x"}', Outcome.REJECTED, id="no-line-items-key"),
+]
+
+
+class TestConfirm:
+    def test_status_request_is_a_get_with_token(self) -> None:
+        """VENUES.md (Confirm): GET /orders/<uuid>/ with the Token and no body."""
+        request = status_request(VENUE)
+        assert request.method == "GET"
+        assert request.path == f"/orders/{UUID}/"
+        assert request.headers == (("Authorization", f"Token {TOKEN}"),)
+        assert request.body is None
+        assert status_request(VENUE, UUID.upper()).path == f"/orders/{UUID.upper()}/"
+
+    @pytest.mark.parametrize(("body", "outcome"), STATUS_CASES)
+    def test_line_items(self, body: bytes, outcome: Outcome) -> None:
+        """Every item Cancelled confirms; shipped items close it; items still with the supplier
+        are pending (Crux has no cancel-requested state); anything else goes to a human."""
+        verdict = VENUE.classify_status(reply(200, body))
+        assert verdict.kind is VerdictKind.FINAL
+        assert verdict.outcome is outcome
+
+    @pytest.mark.parametrize(("body"), [b'{"detail": "Not found."}', b""])
+    def test_unknown_order(self, body: bytes) -> None:
+        """Crux docs (order detail): 404 Not Found."""
+        assert VENUE.classify_status(reply(404, body)).outcome is Outcome.NOT_FOUND
+
+    @pytest.mark.parametrize("status", [401, 403, 409])
+    def test_auth_refused(self, status: int) -> None:
+        """401, 403 and 409 stop the venue, as for cancels."""
+        verdict = VENUE.classify_status(reply(status, b'{"detail": "Invalid token."}'))
+        assert verdict.kind is VerdictKind.AUTH_REFUSED
+
+    @pytest.mark.parametrize(
+        ("status", "body"),
+        [(500, b"oops"), (503, b""), (429, b""), (200, b"<html>"), (404, b"<html>")],
+    )
+    def test_unknown_status_is_transient(self, status: int, body: bytes) -> None:
+        """429, 5xx and unparsable bodies are retried."""
+        assert VENUE.classify_status(reply(status, body)).kind is VerdictKind.TRANSIENT
+
+    async def test_pending_cancel_settles(self, serve_simulators: ServeSimulators) -> None:
+        """Over HTTP: the supplier has not confirmed (items Allocated: pending), then has
+        (every item Cancelled); status reads are counted apart from the one cancel."""
+        simulator = CruxSimulator(credentials=CREDENTIALS, settle_after=0.05)
+        simulator.seed({UUID: OrderState.OPEN_ASYNC})
+        status = status_request(VENUE)
+        answers = await exchange(
+            serve_simulators, simulator, VENUE.build_cancel(row(), now=0.0), status, 0.1, status
+        )
+        assert VENUE.classify(answers[0]).outcome is Outcome.CANCEL_PENDING
+        assert VENUE.classify_status(answers[1]).outcome is Outcome.CANCEL_PENDING
+        assert VENUE.classify_status(answers[2]).outcome is Outcome.CANCELED
+        assert [i["status"] for i in json.loads(answers[2].body)["line_items"]] == [
+            "Cancelled",
+            "Cancelled",
+        ]
+        assert simulator.requests[UUID] == 1
+        assert simulator.status_requests[UUID] == 2
+        assert simulator.total_requests == 3
+
+    async def test_fill_wins_the_race(self, serve_simulators: ServeSimulators) -> None:
+        """A supplier who ships instead of cancelling: already_closed."""
+        simulator = CruxSimulator(credentials=CREDENTIALS, settle_after=0.05)
+        simulator.seed({UUID: OrderState.OPEN_ASYNC})
+        simulator.will_fill.add(UUID)
+        answers = await exchange(
+            serve_simulators,
+            simulator,
+            VENUE.build_cancel(row(), now=0.0),
+            0.1,
+            status_request(VENUE),
+        )
+        assert VENUE.classify_status(answers[1]).outcome is Outcome.ALREADY_CLOSED
+
+    @pytest.mark.parametrize(
+        ("state", "outcome"),
+        [
+            (OrderState.OPEN, Outcome.CANCEL_PENDING),
+            (OrderState.CANCELED, Outcome.CANCELED),
+            (OrderState.FILLED, Outcome.ALREADY_CLOSED),
+            (None, Outcome.NOT_FOUND),
+        ],
+    )
+    async def test_book_state_to_status(
+        self, serve_simulators: ServeSimulators, state: OrderState | None, outcome: Outcome
+    ) -> None:
+        """Each book state's status answer; a status read never cancels anything."""
+        simulator = CruxSimulator(credentials=CREDENTIALS)
+        if state is not None:
+            simulator.seed({UUID: state})
+        [answer] = await exchange(serve_simulators, simulator, status_request(VENUE))
+        assert VENUE.classify_status(answer).outcome is outcome
+        assert simulator.book.get(UUID) is state
+        assert simulator.requests[UUID] == 0
+        assert simulator.status_requests[UUID] == 1
+
+    async def test_wrong_token_is_refused(self, serve_simulators: ServeSimulators) -> None:
+        """The status route checks the token as the cancel route does."""
+        simulator = CruxSimulator(credentials=CREDENTIALS)
+        simulator.seed({UUID: OrderState.PENDING})
+        wrong = CruxVenue({"BATCHCANCEL_CRUX_TOKEN": "wrong"})
+        [answer] = await exchange(serve_simulators, simulator, status_request(wrong))
+        assert answer.status == 401
+        assert VENUE.classify_status(answer).kind is VerdictKind.AUTH_REFUSED
+        assert simulator.requests[UUID] == 0
+        assert simulator.status_requests[UUID] == 1

@@ -9,7 +9,7 @@ from batchcancel.outcomes import Outcome
 from batchcancel.simulators.base import Fault, FaultPlan, OrderState
 from batchcancel.simulators.etna import EtnaSimulator
 from batchcancel.transport import open_session, send
-from batchcancel.venues.base import OrderRow, Reply, VerdictKind
+from batchcancel.venues.base import CancelRequest, OrderRow, Reply, VerdictKind
 from batchcancel.venues.etna import EtnaVenue
 from tests.conftest import CREDENTIALS, ServeSimulators
 
@@ -302,3 +302,30 @@ class TestTransport:
             )
         assert simulator.requests["42"] == 2
         assert VENUE.classify(again).outcome is Outcome.ALREADY_CLOSED
+
+
+class TestConfirm:
+    def test_no_status_request(self) -> None:
+        """VENUES.md names no order-status endpoint for ETNA: nothing to confirm with."""
+        assert VENUE.build_status(row(), now=0.0) is None
+        assert EtnaVenue({}).build_status(row(), now=0.0) is None
+
+    def test_a_status_answer_is_never_read_as_success(self) -> None:
+        """Were one ever classified, it would go to a human, not pass as confirmed."""
+        verdict = VENUE.classify_status(reply(200, b'{"Status": "Canceled"}'))
+        assert verdict.outcome is Outcome.REJECTED
+
+    async def test_simulator_has_no_status_route(self, serve_simulators: ServeSimulators) -> None:
+        """A GET on the order's path is no cancel: not routed, not counted as one."""
+        simulator = EtnaSimulator(credentials=CREDENTIALS)
+        simulator.seed({"73552": OrderState.PENDING})
+        async with (
+            serve_simulators({"etna": simulator}) as server,
+            open_session(max_connections=1) as session,
+        ):
+            request = VENUE.build_cancel(row(), now=0.0)
+            get = CancelRequest("GET", request.path, request.headers)
+            answer = await send(session, server.url("etna"), get, timeout=2.0)
+        assert answer.status == 405
+        assert simulator.requests["73552"] == 0
+        assert simulator.book["73552"] is OrderState.PENDING

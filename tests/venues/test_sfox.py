@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
 from batchcancel.outcomes import Outcome
 from batchcancel.simulators.base import Fault, FaultPlan, OrderState
 from batchcancel.simulators.sfox import SfoxSimulator
 from batchcancel.transport import open_session, send
-from batchcancel.venues.base import OrderRow, Reply, VerdictKind
+from batchcancel.venues.base import CancelRequest, OrderRow, Reply, VerdictKind
 from batchcancel.venues.sfox import SfoxVenue
 from tests.conftest import CREDENTIALS, ServeSimulators
 
@@ -220,3 +223,165 @@ class TestTransport:
                     VENUE.build_cancel(OrderRow("sfox", "42"), now=0.0),
                     timeout=0.2,
                 )
+
+
+def status_request(venue: SfoxVenue, order_id: str) -> CancelRequest:
+    request = venue.build_status(OrderRow("sfox", order_id), now=0.0)
+    assert request is not None
+    return request
+
+
+async def exchange(
+    serve_simulators: ServeSimulators, simulator: SfoxSimulator, *steps: CancelRequest | float
+) -> list[Reply]:
+    """Send each request in turn (a number: sleep that long first); the answers, in order."""
+    answers = []
+    async with (
+        serve_simulators({"sfox": simulator}) as server,
+        open_session(max_connections=2) as session,
+    ):
+        for step in steps:
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+            else:
+                answers.append(await send(session, server.url("sfox"), step, timeout=2.0))
+    return answers
+
+
+def order(status: str, code: int | str | None = None, **extra: object) -> bytes:
+    """An sFOX Get Single Order answer."""
+    body: dict[str, object] = {"id": 42, "status": status, **extra}
+    if code is not None:
+        body["status_code"] = code
+    return json.dumps(body).encode()
+
+
+STATUS_CASES = [
+    pytest.param(200, order("Cancel Pending", 90), Outcome.CANCEL_PENDING, id="cancel-pending"),
+    pytest.param(200, order("Canceled", 10), Outcome.CANCELED, id="canceled"),
+    pytest.param(200, order("CANCELED"), Outcome.CANCELED, id="canceled-upper"),
+    pytest.param(200, order("cancel  pending"), Outcome.CANCEL_PENDING, id="pending-spaced"),
+    pytest.param(200, order("Done", 300), Outcome.ALREADY_CLOSED, id="done"),
+    pytest.param(200, order("Filled", 210), Outcome.ALREADY_CLOSED, id="filled"),
+    pytest.param(200, order("", "10"), Outcome.CANCELED, id="code-only-as-string"),
+    pytest.param(200, order("Novel", 90), Outcome.CANCEL_PENDING, id="unknown-name-known-code"),
+    pytest.param(200, order("Started", 100), Outcome.REJECTED, id="started-is-still-open"),
+    pytest.param(200, order("Weird", 7), Outcome.REJECTED, id="unknown-status"),
+    pytest.param(400, b'{"error": "internal error"}', Outcome.NOT_FOUND, id="400-not-found"),
+    pytest.param(404, b'{"error": "order not found"}', Outcome.NOT_FOUND, id="404-json"),
+    pytest.param(404, b"", Outcome.NOT_FOUND, id="404-empty"),
+    pytest.param(400, b'{"error": "bad request"}', Outcome.REJECTED, id="400-other"),
+]
+
+
+class TestConfirm:
+    def test_status_request_is_a_get_with_bearer(self) -> None:
+        """VENUES.md (Confirm): GET /v1/orders/:id with the Bearer key and no body."""
+        request = status_request(VENUE, "123")
+        assert request.method == "GET"
+        assert request.path == "/v1/orders/123"
+        assert request.headers == (
+            ("Authorization", f"Bearer {CREDENTIALS['BATCHCANCEL_SFOX_API_KEY']}"),
+        )
+        assert request.body is None
+        assert status_request(VENUE, "a/b?c").path == "/v1/orders/a%2Fb%3Fc"
+
+    @pytest.mark.parametrize(("status", "body", "outcome"), STATUS_CASES)
+    def test_status_answers(self, status: int, body: bytes, outcome: Outcome) -> None:
+        """Status names case-insensitively, else status codes; Started is an open order."""
+        verdict = VENUE.classify_status(reply(status, body))
+        assert verdict.kind is VerdictKind.FINAL
+        assert verdict.outcome is outcome
+
+    def test_started_says_why(self) -> None:
+        """An order still open after its cancel is rejected with a reason, not as pending."""
+        verdict = VENUE.classify_status(reply(200, order("Started", 100)))
+        assert "still open" in verdict.reason
+
+    @pytest.mark.parametrize("status", [401, 403])
+    def test_auth_refused(self, status: int) -> None:
+        """401 and 403 stop the venue, as for cancels."""
+        verdict = VENUE.classify_status(reply(status, b'{"error": "Unauthorized"}'))
+        assert verdict.kind is VerdictKind.AUTH_REFUSED
+
+    @pytest.mark.parametrize(
+        ("status", "body"),
+        [(500, b"oops"), (503, b""), (200, b"<html>"), (200, b'{"status": "Cance'), (404, b"<h>")],
+    )
+    def test_unknown_status_is_transient(self, status: int, body: bytes) -> None:
+        """5xx and unparsable bodies are retried."""
+        assert VENUE.classify_status(reply(status, body)).kind is VerdictKind.TRANSIENT
+
+    def test_429_pauses_the_venue(self) -> None:
+        """A 429 on a status read pauses the venue like one on a cancel."""
+        verdict = VENUE.classify_status(reply(429, b'{"error": "rate limit exceeded"}'))
+        assert verdict.kind is VerdictKind.TRANSIENT and verdict.rate_limited
+
+    async def test_pending_cancel_settles(self, serve_simulators: ServeSimulators) -> None:
+        """Over HTTP: cancel pending, status Cancel Pending, then Canceled once it settles; the
+        status reads are counted apart from the one cancel."""
+        simulator = SfoxSimulator(credentials=CREDENTIALS, settle_after=0.05)
+        simulator.seed({"42": OrderState.OPEN_ASYNC})
+        cancel = VENUE.build_cancel(OrderRow("sfox", "42"), now=0.0)
+        status = status_request(VENUE, "42")
+        answers = await exchange(serve_simulators, simulator, cancel, status, 0.1, status)
+        assert VENUE.classify(answers[0]).outcome is Outcome.CANCEL_PENDING
+        assert json.loads(answers[1].body)["status"] == "Cancel Pending"
+        assert VENUE.classify_status(answers[1]).outcome is Outcome.CANCEL_PENDING
+        assert VENUE.classify_status(answers[2]).outcome is Outcome.CANCELED
+        assert simulator.requests["42"] == 1
+        assert simulator.status_requests["42"] == 2
+        assert simulator.total_requests == 3
+
+    @pytest.mark.parametrize(
+        ("state", "outcome"),
+        [
+            (OrderState.OPEN, Outcome.REJECTED),
+            (OrderState.OPEN_ASYNC, Outcome.REJECTED),
+            (OrderState.CANCELED, Outcome.CANCELED),
+            (OrderState.FILLED, Outcome.ALREADY_CLOSED),
+            (None, Outcome.NOT_FOUND),
+        ],
+    )
+    async def test_book_state_to_status(
+        self, serve_simulators: ServeSimulators, state: OrderState | None, outcome: Outcome
+    ) -> None:
+        """Each book state's status answer; a status read never cancels anything."""
+        simulator = SfoxSimulator(credentials=CREDENTIALS)
+        if state is not None:
+            simulator.seed({"42": state})
+        [answer] = await exchange(serve_simulators, simulator, status_request(VENUE, "42"))
+        assert VENUE.classify_status(answer).outcome is outcome
+        assert simulator.book.get("42") is state
+        assert simulator.requests["42"] == 0
+        assert simulator.status_requests["42"] == 1
+
+    async def test_fill_wins_the_race(self, serve_simulators: ServeSimulators) -> None:
+        """A pending cancel that ends filled reads as already_closed."""
+        simulator = SfoxSimulator(credentials=CREDENTIALS, settle_after=0.05)
+        simulator.seed({"42": OrderState.OPEN_ASYNC})
+        simulator.will_fill.add("42")
+        cancel = VENUE.build_cancel(OrderRow("sfox", "42"), now=0.0)
+        answers = await exchange(
+            serve_simulators, simulator, cancel, 0.1, status_request(VENUE, "42")
+        )
+        assert VENUE.classify_status(answers[1]).outcome is Outcome.ALREADY_CLOSED
+
+    async def test_wrong_key_is_refused(self, serve_simulators: ServeSimulators) -> None:
+        """The status route checks the key as the cancel route does."""
+        simulator = SfoxSimulator(credentials=CREDENTIALS)
+        simulator.seed({"42": OrderState.PENDING})
+        wrong = SfoxVenue({"BATCHCANCEL_SFOX_API_KEY": "wrong"})
+        [answer] = await exchange(serve_simulators, simulator, status_request(wrong, "42"))
+        assert VENUE.classify_status(answer).kind is VerdictKind.AUTH_REFUSED
+        assert simulator.requests["42"] == 0
+        assert simulator.status_requests["42"] == 1
+
+    async def test_junk_status_answer_is_transient(self, serve_simulators: ServeSimulators) -> None:
+        """A scripted junk answer to a status read is retried, not read as an outcome."""
+        simulator = SfoxSimulator(
+            credentials=CREDENTIALS, faults=FaultPlan().script("42", Fault.JUNK)
+        )
+        simulator.seed({"42": OrderState.CANCELED})
+        [answer] = await exchange(serve_simulators, simulator, status_request(VENUE, "42"))
+        assert VENUE.classify_status(answer).kind is VerdictKind.TRANSIENT

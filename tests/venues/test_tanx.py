@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -12,7 +13,7 @@ from batchcancel.outcomes import Outcome
 from batchcancel.simulators.base import Fault, FaultPlan, OrderState
 from batchcancel.simulators.tanx import TanxSimulator
 from batchcancel.transport import open_session, send
-from batchcancel.venues.base import OrderRow, Reply, VerdictKind
+from batchcancel.venues.base import CancelRequest, OrderRow, Reply, VerdictKind
 from batchcancel.venues.tanx import JWT_VAR, TanxVenue
 from tests.conftest import CREDENTIALS, ServeSimulators
 
@@ -293,3 +294,158 @@ class TestTransport:
                 )
         assert simulator.requests["42"] == 1
         assert simulator.book["42"] is OrderState.OPEN
+
+
+def status_request(venue: TanxVenue, order_id: str = "42") -> CancelRequest:
+    request = venue.build_status(row(order_id), now=0.0)
+    assert request is not None
+    return request
+
+
+async def exchange(
+    serve_simulators: ServeSimulators, simulator: TanxSimulator, *steps: CancelRequest | float
+) -> list[Reply]:
+    """Send each request in turn (a number: sleep that long first); the answers, in order."""
+    answers = []
+    async with (
+        serve_simulators({"tanx": simulator}) as server,
+        open_session(max_connections=2) as session,
+    ):
+        for step in steps:
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+            else:
+                answers.append(await send(session, server.url("tanx"), step, timeout=2.0))
+    return answers
+
+
+def order(state: object) -> bytes:
+    """A tanX get-order answer: the success envelope with the order as payload."""
+    payload = {"id": 42, "side": "buy", "ord_type": "limit", "state": state, "market": "btcusdc"}
+    return json.dumps({"status": "success", "message": "ok", "payload": payload}).encode()
+
+
+def error(message: str) -> bytes:
+    return json.dumps({"status": "error", "message": message, "payload": ""}).encode()
+
+
+STATUS_CASES = [
+    pytest.param(200, order("cancel"), Outcome.CANCELED, id="cancel"),
+    pytest.param(200, order("Cancel"), Outcome.CANCELED, id="cancel-case"),
+    pytest.param(200, order("done"), Outcome.ALREADY_CLOSED, id="done"),
+    pytest.param(200, order("wait"), Outcome.CANCEL_PENDING, id="wait"),
+    pytest.param(200, order("pending"), Outcome.CANCEL_PENDING, id="pending"),
+    pytest.param(200, order("reject"), Outcome.REJECTED, id="unknown-state"),
+    pytest.param(200, order(None), Outcome.REJECTED, id="no-state"),
+    pytest.param(404, error("Order not found"), Outcome.NOT_FOUND, id="404-not-found"),
+    pytest.param(400, error("Order does not exist"), Outcome.NOT_FOUND, id="400-not-found"),
+    pytest.param(400, error("Market is suspended"), Outcome.REJECTED, id="400-other"),
+    pytest.param(200, error("Order not found"), Outcome.REJECTED, id="200-error-envelope"),
+]
+
+
+class TestConfirm:
+    def test_status_request_is_a_get_with_jwt(self) -> None:
+        """VENUES.md (Confirm): GET /sapi/v1/orders/<order_id>/ with the JWT and no body."""
+        request = status_request(VENUE, "3")
+        assert request.method == "GET"
+        assert request.path == "/sapi/v1/orders/3/"
+        assert request.headers == (("Authorization", f"JWT {JWT}"),)
+        assert request.body is None
+        assert status_request(VENUE, "007").path == "/sapi/v1/orders/7/"
+
+    @pytest.mark.parametrize(("status", "body", "outcome"), STATUS_CASES)
+    def test_status_answers(self, status: int, body: bytes, outcome: Outcome) -> None:
+        """payload.state: cancel confirms, done closed, wait (open or queued) still pending."""
+        verdict = VENUE.classify_status(reply(status, body))
+        assert verdict.kind is VerdictKind.FINAL
+        assert verdict.outcome is outcome
+
+    @pytest.mark.parametrize(
+        ("status", "body"),
+        [
+            (401, error("Authentication credentials were not provided.")),
+            (
+                401,
+                b'{"status":"error","message":"Given token not valid for any token type",'
+                b'"payload":{"token_type":"access","code":"token_not_valid"}}',
+            ),
+            (403, error("Forbidden")),
+        ],
+    )
+    def test_auth_refused(self, status: int, body: bytes) -> None:
+        """401/403 and the SDK's token messages stop the venue, as for cancels."""
+        assert VENUE.classify_status(reply(status, body)).kind is VerdictKind.AUTH_REFUSED
+
+    @pytest.mark.parametrize(
+        ("status", "body"),
+        [(500, b"oops"), (503, b""), (429, error("throttled")), (200, b"<html>"), (404, b"")],
+    )
+    def test_unknown_status_is_transient(self, status: int, body: bytes) -> None:
+        """429, 5xx and unparsable bodies are retried."""
+        assert VENUE.classify_status(reply(status, body)).kind is VerdictKind.TRANSIENT
+
+    async def test_pending_cancel_settles(self, serve_simulators: ServeSimulators) -> None:
+        """Over HTTP: queued (wait), then cancel once it settles; status reads are counted
+        apart from the one cancel."""
+        simulator = TanxSimulator(credentials=CREDENTIALS, settle_after=0.05)
+        simulator.seed({"42": OrderState.OPEN_ASYNC})
+        status = status_request(VENUE)
+        answers = await exchange(
+            serve_simulators, simulator, VENUE.build_cancel(row(), now=0.0), status, 0.1, status
+        )
+        assert VENUE.classify(answers[0]).outcome is Outcome.CANCEL_PENDING
+        assert json.loads(answers[1].body)["payload"]["state"] == "wait"
+        assert VENUE.classify_status(answers[1]).outcome is Outcome.CANCEL_PENDING
+        assert VENUE.classify_status(answers[2]).outcome is Outcome.CANCELED
+        assert simulator.requests["42"] == 1
+        assert simulator.status_requests["42"] == 2
+        assert simulator.total_requests == 3
+
+    async def test_fill_wins_the_race(self, serve_simulators: ServeSimulators) -> None:
+        """A queued cancel that loses to a fill reads done: already_closed."""
+        simulator = TanxSimulator(credentials=CREDENTIALS, settle_after=0.05)
+        simulator.seed({"42": OrderState.OPEN_ASYNC})
+        simulator.will_fill.add("42")
+        answers = await exchange(
+            serve_simulators,
+            simulator,
+            VENUE.build_cancel(row(), now=0.0),
+            0.1,
+            status_request(VENUE),
+        )
+        assert VENUE.classify_status(answers[1]).outcome is Outcome.ALREADY_CLOSED
+
+    @pytest.mark.parametrize(
+        ("state", "outcome"),
+        [
+            (OrderState.OPEN, Outcome.CANCEL_PENDING),
+            (OrderState.CANCELED, Outcome.CANCELED),
+            (OrderState.FILLED, Outcome.ALREADY_CLOSED),
+            (None, Outcome.NOT_FOUND),
+        ],
+    )
+    async def test_book_state_to_status(
+        self, serve_simulators: ServeSimulators, state: OrderState | None, outcome: Outcome
+    ) -> None:
+        """Each book state's status answer; a status read never cancels anything."""
+        simulator = TanxSimulator(credentials=CREDENTIALS)
+        if state is not None:
+            simulator.seed({"42": state})
+        [answer] = await exchange(serve_simulators, simulator, status_request(VENUE))
+        assert VENUE.classify_status(answer).outcome is outcome
+        assert simulator.book.get("42") is state
+        assert simulator.requests["42"] == 0
+        assert simulator.status_requests["42"] == 1
+
+    async def test_wrong_jwt_is_refused(self, serve_simulators: ServeSimulators) -> None:
+        """The status route checks the JWT as the cancel route does."""
+        simulator = TanxSimulator(credentials=CREDENTIALS)
+        simulator.seed({"42": OrderState.PENDING})
+        [answer] = await exchange(
+            serve_simulators, simulator, status_request(TanxVenue({JWT_VAR: "wrong"}))
+        )
+        assert answer.status == 401
+        assert VENUE.classify_status(answer).kind is VerdictKind.AUTH_REFUSED
+        assert simulator.requests["42"] == 0
+        assert simulator.status_requests["42"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -376,3 +377,275 @@ class TestTransport:
                 )
         assert simulator.requests["c1"] == 1
         assert simulator.book["c1"] is OrderState.OPEN
+
+
+# ZebPay authentication docs: a GET signs its query string; the docs' own example, and this
+# order-status query (derived with the documented rule, secret `test-secret`).
+DOCS_GET_QUERY = b"symbol=BTCUSDT&timestamp=1712345678901"
+DOCS_GET_SIGNATURE = "4057c6ef6894e430a0cc4369699ea86bf3196777d91f8be1073de6abf170bdd7"
+STATUS_QUERY = "id=myLimitOrder456&timestamp=1712345678901"
+STATUS_SIGNATURE = "971c23aae181ef70ffc064c658ba590673ad5d9491351a4a784e8a4a8045d4f0"
+
+
+def status_request(venue: ZebpayVenue, order_id: str = "c1", now: float = 0.0) -> CancelRequest:
+    request = venue.build_status(row(order_id), now=now)
+    assert request is not None
+    return request
+
+
+async def exchange(
+    serve_simulators: ServeSimulators, simulator: ZebpaySimulator, *steps: CancelRequest | float
+) -> list[Reply]:
+    """Send each request in turn (a number: sleep that long first); the answers, in order."""
+    answers = []
+    async with (
+        serve_simulators({"zebpay": simulator}) as server,
+        open_session(max_connections=2) as session,
+    ):
+        for step in steps:
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+            else:
+                answers.append(await send(session, server.url("zebpay"), step, timeout=2.0))
+    return answers
+
+
+def pending(simulator: ZebpaySimulator, key: str = "c1") -> None:
+    """A cancel under way at the venue (ZebPay's own cancel completes at once)."""
+    simulator.seed({key: OrderState.PENDING})
+    simulator.pending_since[key] = time.monotonic()
+
+
+def order(status: object, status_code: object = 200) -> bytes:
+    data = {"clientOrderId": "c1", "symbol": "BTCUSDT", "status": status}
+    return json.dumps(
+        {
+            "statusDescription": "OK",
+            "data": data,
+            "statusCode": status_code,
+            "customMessage": ["OK"],
+        }
+    ).encode()
+
+
+STATUS_CASES = [
+    pytest.param(200, order("canceled"), Outcome.CANCELED, id="canceled"),
+    pytest.param(200, order("CANCELED"), Outcome.CANCELED, id="canceled-upper"),
+    pytest.param(200, order("filled"), Outcome.ALREADY_CLOSED, id="filled"),
+    pytest.param(200, order("new"), Outcome.CANCEL_PENDING, id="new"),
+    pytest.param(200, order("partially_filled"), Outcome.CANCEL_PENDING, id="partially-filled"),
+    pytest.param(200, order("expired"), Outcome.ALREADY_CLOSED, id="expired"),
+    pytest.param(200, order("weird"), Outcome.REJECTED, id="unknown-status"),
+    pytest.param(200, order(None), Outcome.REJECTED, id="no-status"),
+    pytest.param(200, order("canceled", 500), Outcome.REJECTED, id="statusCode-disagrees"),
+    pytest.param(404, envelope(404, "Order not found"), Outcome.NOT_FOUND, id="404-not-found"),
+    pytest.param(400, envelope(400, "order not found"), Outcome.NOT_FOUND, id="400-not-found"),
+    pytest.param(403, envelope(403, "Forbidden request"), Outcome.REJECTED, id="403-not-yours"),
+    pytest.param(400, envelope(400, "Bad request"), Outcome.REJECTED, id="400-other"),
+]
+
+
+class TestConfirm:
+    def test_documented_get_vector(self) -> None:
+        """The docs' GET example query signs to the research notes' vector."""
+        assert sign("test-secret", DOCS_GET_QUERY) == DOCS_GET_SIGNATURE
+
+    def test_signed_status_request(self) -> None:
+        """API key: `timestamp` appended to the query, that exact query string signed and sent,
+        no body."""
+        venue = ZebpayVenue({API_KEY_VAR: "my-key", API_SECRET_VAR: "test-secret"})
+        request = status_request(venue, "myLimitOrder456", now=1712345678.901)
+        assert request.method == "GET"
+        assert request.path == f"/api/v1/trade/order?{STATUS_QUERY}"
+        assert request.headers == (
+            ("x-auth-apikey", "my-key"),
+            ("x-auth-signature", STATUS_SIGNATURE),
+            ("Accept", "application/json"),
+        )
+        assert request.body is None
+        assert sign("test-secret", STATUS_QUERY.encode()) == STATUS_SIGNATURE
+
+    def test_jwt_status_request(self) -> None:
+        """JWT: the id alone, Bearer, no timestamp and no signature."""
+        request = status_request(JWT_VENUE, now=1712345678.901)
+        assert request.path == "/api/v1/trade/order?id=c1"
+        assert request.headers == (
+            ("Authorization", f"Bearer {CREDENTIALS[JWT_VAR]}"),
+            ("Accept", "application/json"),
+        )
+        assert request.body is None
+
+    def test_reserved_characters_are_encoded_then_signed(self) -> None:
+        """An id with query syntax in it stays one parameter; the encoded form is what is signed."""
+        request = status_request(HMAC_VENUE, "a/b?c&d=e+f", now=1.0)
+        query = "id=a%2Fb%3Fc%26d%3De%2Bf&timestamp=1000"
+        assert request.path == f"/api/v1/trade/order?{query}"
+        assert dict(request.headers)["x-auth-signature"] == sign(
+            CREDENTIALS[API_SECRET_VAR], query.encode()
+        )
+
+    @pytest.mark.parametrize(("status", "body", "outcome"), STATUS_CASES)
+    def test_status_answers(self, status: int, body: bytes, outcome: Outcome) -> None:
+        """data.status: canceled confirms, filled closed, new (no cancel-pending state) pending."""
+        verdict = HMAC_VENUE.classify_status(reply(status, body))
+        assert verdict.kind is VerdictKind.FINAL
+        assert verdict.outcome is outcome
+
+    @pytest.mark.parametrize(
+        ("status", "message"),
+        [
+            (401, "Unauthorized"),
+            (400, "Invalid signature"),
+            (403, "You do not have the required scope"),
+            (403, "You are not allowed API access from this ip"),
+        ],
+    )
+    def test_auth_refused(self, status: int, message: str) -> None:
+        """401, a bad signature and 403 scope / IP refusals stop the venue, as for cancels."""
+        verdict = HMAC_VENUE.classify_status(reply(status, envelope(status, message)))
+        assert verdict.kind is VerdictKind.AUTH_REFUSED
+
+    def test_expired_timestamp_is_transient_once(self) -> None:
+        """A stale timestamp is retried with a fresh one (refused if it repeats)."""
+        body = envelope(400, "Invalid or expired timestamp")
+        verdict = HMAC_VENUE.classify_status(reply(400, body))
+        assert verdict.kind is VerdictKind.TRANSIENT and verdict.escalate_on_repeat
+
+    @pytest.mark.parametrize(
+        ("status", "body"),
+        [(500, envelope(500, "Internal server error")), (503, b""), (200, b"<html>"), (404, b"")],
+    )
+    def test_unknown_status_is_transient(self, status: int, body: bytes) -> None:
+        """5xx and unparsable bodies are retried."""
+        assert HMAC_VENUE.classify_status(reply(status, body)).kind is VerdictKind.TRANSIENT
+
+    def test_429_pauses_for_retry_after(self) -> None:
+        """The documented 429 pauses the venue for Retry-After seconds."""
+        body = envelope(429, "Too many requests. Limit 180 requests per 60 seconds.")
+        verdict = HMAC_VENUE.classify_status(reply(429, body, **{"retry-after": "60"}))
+        assert verdict.rate_limited and verdict.retry_after == 60.0
+
+    async def test_cancel_then_status(self, serve_simulators: ServeSimulators) -> None:
+        """Over HTTP, signed: the cancel completes at once and the status read confirms it; the
+        status read is counted apart from the cancel, though the limit counts both."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS)
+        simulator.seed({"c1": OrderState.OPEN_ASYNC})
+        now = time.time()
+        answers = await exchange(
+            serve_simulators,
+            simulator,
+            HMAC_VENUE.build_cancel(row(), now=now),
+            status_request(HMAC_VENUE, now=now),
+        )
+        assert HMAC_VENUE.classify(answers[0]).outcome is Outcome.CANCELED
+        assert HMAC_VENUE.classify_status(answers[1]).outcome is Outcome.CANCELED
+        assert json.loads(answers[1].body)["data"]["status"] == "canceled"
+        assert simulator.requests["c1"] == 1
+        assert simulator.status_requests["c1"] == 1
+        assert simulator.total_requests == 2
+        assert [a.key for a in simulator.arrivals] == ["c1", "c1"]
+
+    @pytest.mark.parametrize("venue", [HMAC_VENUE, JWT_VENUE], ids=["hmac", "jwt"])
+    async def test_pending_cancel_settles(
+        self, serve_simulators: ServeSimulators, venue: ZebpayVenue
+    ) -> None:
+        """A cancel under way reads "new" (pending), then "canceled" once it settles."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS, settle_after=0.05)
+        pending(simulator)
+        first, second = (
+            status_request(venue, now=time.time()),
+            status_request(venue, now=time.time()),
+        )
+        answers = await exchange(serve_simulators, simulator, first, 0.1, second)
+        assert json.loads(answers[0].body)["data"]["status"] == "new"
+        assert venue.classify_status(answers[0]).outcome is Outcome.CANCEL_PENDING
+        assert venue.classify_status(answers[1]).outcome is Outcome.CANCELED
+        assert simulator.requests["c1"] == 0
+        assert simulator.status_requests["c1"] == 2
+
+    async def test_fill_wins_the_race(self, serve_simulators: ServeSimulators) -> None:
+        """A cancel under way that loses to a fill reads filled: already_closed."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS, settle_after=0.05)
+        pending(simulator)
+        simulator.will_fill.add("c1")
+        answers = await exchange(
+            serve_simulators, simulator, 0.1, status_request(HMAC_VENUE, now=time.time())
+        )
+        assert HMAC_VENUE.classify_status(answers[0]).outcome is Outcome.ALREADY_CLOSED
+
+    @pytest.mark.parametrize(
+        ("state", "outcome"),
+        [
+            (OrderState.OPEN, Outcome.CANCEL_PENDING),
+            (OrderState.CANCELED, Outcome.CANCELED),
+            (OrderState.FILLED, Outcome.ALREADY_CLOSED),
+            (None, Outcome.NOT_FOUND),
+        ],
+    )
+    async def test_book_state_to_status(
+        self, serve_simulators: ServeSimulators, state: OrderState | None, outcome: Outcome
+    ) -> None:
+        """Each book state's status answer; a status read never cancels anything."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS)
+        if state is not None:
+            simulator.seed({"c1": state})
+        [answer] = await exchange(
+            serve_simulators, simulator, status_request(HMAC_VENUE, now=time.time())
+        )
+        assert HMAC_VENUE.classify_status(answer).outcome is outcome
+        assert simulator.book.get("c1") is state
+        assert simulator.requests["c1"] == 0
+        assert simulator.status_requests["c1"] == 1
+
+    async def test_reserved_characters_round_trip(self, serve_simulators: ServeSimulators) -> None:
+        """The simulator checks the signature over the raw query and finds the decoded id."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS)
+        simulator.seed({"a/b?c&d=e+f": OrderState.CANCELED})
+        request = status_request(HMAC_VENUE, "a/b?c&d=e+f", now=time.time())
+        [answer] = await exchange(serve_simulators, simulator, request)
+        assert HMAC_VENUE.classify_status(answer).outcome is Outcome.CANCELED
+        assert simulator.status_requests["a/b?c&d=e+f"] == 1
+
+    @pytest.mark.parametrize(
+        ("credentials", "status"),
+        [
+            ({JWT_VAR: "wrong"}, 401),
+            ({API_KEY_VAR: "wrong", API_SECRET_VAR: CREDENTIALS[API_SECRET_VAR]}, 401),
+            ({API_KEY_VAR: CREDENTIALS[API_KEY_VAR], API_SECRET_VAR: "wrong"}, 400),
+        ],
+        ids=["wrong-jwt", "wrong-api-key", "wrong-hmac-secret"],
+    )
+    async def test_wrong_credentials_are_refused(
+        self, serve_simulators: ServeSimulators, credentials: dict[str, str], status: int
+    ) -> None:
+        """The status route checks the JWT, the key and the query's signature."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS)
+        simulator.seed({"c1": OrderState.CANCELED})
+        request = status_request(ZebpayVenue(credentials), now=time.time())
+        [answer] = await exchange(serve_simulators, simulator, request)
+        assert answer.status == status
+        assert HMAC_VENUE.classify_status(answer).kind is VerdictKind.AUTH_REFUSED
+        assert simulator.requests["c1"] == 0
+        assert simulator.status_requests["c1"] == 1
+
+    async def test_signature_covers_the_query(self, serve_simulators: ServeSimulators) -> None:
+        """The same parameters in another order no longer match the signature."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS)
+        simulator.seed({"c1": OrderState.CANCELED})
+        signed = status_request(HMAC_VENUE, now=time.time())
+        path, _, query = signed.path.partition("?")
+        swapped = "&".join(reversed(query.split("&")))
+        tampered = CancelRequest("GET", f"{path}?{swapped}", signed.headers)
+        [answer] = await exchange(serve_simulators, simulator, tampered)
+        assert json.loads(answer.body)["statusDescription"] == "Invalid signature"
+        assert HMAC_VENUE.classify_status(answer).kind is VerdictKind.AUTH_REFUSED
+
+    async def test_stale_timestamp(self, serve_simulators: ServeSimulators) -> None:
+        """A status query signed a minute ago is refused as expired: transient once."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS)
+        simulator.seed({"c1": OrderState.CANCELED})
+        request = status_request(HMAC_VENUE, now=time.time() - 60)
+        [answer] = await exchange(serve_simulators, simulator, request)
+        assert json.loads(answer.body)["statusDescription"] == "Invalid or expired timestamp"
+        verdict = HMAC_VENUE.classify_status(answer)
+        assert verdict.kind is VerdictKind.TRANSIENT and verdict.escalate_on_repeat
