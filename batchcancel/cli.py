@@ -186,6 +186,7 @@ def _run(
             deadline=deadline,
             lease=lease,
             claim_all=command == "kill",
+            bulk=bulk or command == "kill",  # SPEC: always on for kill
         )
         confirm_options = (
             DrainOptions(
@@ -244,7 +245,7 @@ def _run(
                             "venue": venue,
                             "max_attempts": drain_options.max_attempts,
                             "deadline": deadline,
-                            "bulk": bulk,
+                            "bulk": bulk or command == "kill",
                             "confirm": confirm,
                             "venues_config": (
                                 os.path.abspath(venues_config) if venues_config else None
@@ -363,6 +364,7 @@ def resume(
                 max_attempts=max_attempts or int(run.options.get("max_attempts") or 5),
                 deadline=deadline,
                 lease=lease,
+                bulk=bool(run.options.get("bulk")),
             )
             with Progress() as progress:
                 summary = resume_run(

@@ -20,9 +20,10 @@ from asyncio import FIRST_COMPLETED
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 
 from batchcancel.audit.store import (
+    BULK,
     CANCEL,
     CONFIRM,
     Answer,
@@ -38,7 +39,16 @@ from batchcancel.lanes import Pacer, safety_margin
 from batchcancel.outcomes import Outcome
 from batchcancel.transport import open_session, send
 from batchcancel.venues import get_venue
-from batchcancel.venues.base import OrderRow, Venue, Verdict, VerdictKind, excerpt
+from batchcancel.venues.base import (
+    BulkAnswer,
+    BulkVenue,
+    OrderRow,
+    Venue,
+    Verdict,
+    VerdictKind,
+    excerpt,
+    supports_bulk,
+)
 
 __all__ = ["DrainOptions", "LaneView", "drain"]
 
@@ -56,6 +66,7 @@ class DrainOptions:
     max_attempts: int = 5
     deadline: float | None = None  # seconds from start
     confirm: bool = False  # poll order status of cancel_pending orders instead of cancelling
+    bulk: bool = False  # use the venue's bulk-cancel endpoint for fresh orders where it has one
     poll_every: float = 1.0  # first delay between status polls of one order (doubles, max 5 s)
     handle_signals: bool = True
     lease: float = 30.0  # seconds a worker holds a venue lane without renewing it
@@ -88,6 +99,7 @@ class _Job:
     tries: int = 0  # transient answers in this session, 429s excluded
     limited: int = 0  # 429s in this session
     warned: bool = False  # an escalate-on-repeat answer was seen once
+    fresh: bool = True  # not attempted yet in this session: may go in a bulk request
 
 
 @dataclass
@@ -135,6 +147,11 @@ class _Lane:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._counter = 0
+        self._bulk_size = (
+            cast(BulkVenue, venue).bulk_size
+            if options.bulk and not options.confirm and supports_bulk(venue)
+            else 0
+        )
 
     def halt(self, reason: str) -> None:
         """Send nothing more to this venue."""
@@ -151,9 +168,15 @@ class _Lane:
                 job = await self._next_job()
                 if job is None:
                     break
+                jobs = [job]
+                if self._bulk_size and job.fresh:
+                    while len(jobs) < self._bulk_size and (order := await self._next_order()):
+                        jobs.append(_Job(order, attempt=order.attempts))
                 if not await self.pacer.acquire():
                     break
-                task = asyncio.create_task(self._attempt(job))
+                task = asyncio.create_task(
+                    self._attempt(job) if len(jobs) == 1 else self._bulk_attempt(jobs)
+                )
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
             if self._in_flight:
@@ -197,11 +220,89 @@ class _Lane:
         try:
             await self._send_and_record(job)
         finally:
-            task = asyncio.current_task()
-            if task is not None:
-                self._in_flight.discard(task)  # before waking the dispatcher, which counts them
-            self.pacer.release()
-            self._wake.set()
+            self._done()
+
+    async def _bulk_attempt(self, jobs: list[_Job]) -> None:
+        try:
+            await self._send_bulk_and_record(jobs)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        """A request task ends: free its slot and let the dispatcher look again."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.discard(task)  # before waking the dispatcher, which counts them
+        self.pacer.release()
+        self._wake.set()
+
+    async def _send_bulk_and_record(self, jobs: list[_Job]) -> None:
+        """One bulk request for fresh orders; each gets its own attempt row, written first.
+        Orders the answer does not account for are cancelled on their own next."""
+        venue = cast(BulkVenue, self.venue)
+        rows = [
+            OrderRow(j.order.venue, j.order.order_id, j.order.account_id, j.order.symbol)
+            for j in jobs
+        ]
+        request = venue.build_bulk_cancel(rows, now=time.time())
+        sent_at = utcnow()
+        for job in jobs:
+            job.attempt += 1
+            job.fresh = False
+        tag = f"bulk {self.view.venue}-{jobs[0].order.pk}.{jobs[0].attempt} of {len(jobs)}"
+        try:
+            await asyncio.gather(
+                *(self.writer.begin(Begin(j.order.pk, j.attempt, sent_at, BULK)) for j in jobs)
+            )
+        except AuditError as exc:
+            self.pacer.unused()
+            self.on_audit_failure(exc)
+            return
+        self.view.sent += len(jobs)
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            reply = await send(
+                self._session, self.settings.base_url, request, timeout=self.settings.timeout
+            )
+            status = reply.status
+            answer = venue.classify_bulk(reply)
+            detail = excerpt(reply.body)
+        except TransientVenueError as exc:
+            answer = BulkAnswer(Verdict.transient(str(exc)), {})
+            detail = str(exc)
+        self.pacer.answered()
+        latency_ms = (time.monotonic() - started) * 1000
+        answered_at = utcnow()
+        for job in jobs:
+            verdict = answer.whole or answer.per_order.get(job.order.order_id)
+            if verdict is None:
+                # Not accounted for by the bulk answer: cancel it on its own, at once.
+                outcome, reason, label = None, "", "transient"
+                note = answer.note or "not in the bulk answer"
+                job_detail = f"[{tag}] {note}: cancelling it on its own"
+                self._counter += 1
+                heapq.heappush(self._retries, (time.monotonic(), self._counter, job))
+            else:
+                outcome, reason = self._decide(job, verdict)
+                label = verdict.label
+                job_detail = f"[{tag}] {detail or verdict.reason}"
+            self.writer.answer(
+                Answer(
+                    order_pk=job.order.pk,
+                    attempt=job.attempt,
+                    answered_at=answered_at,
+                    http_status=status,
+                    verdict=label,
+                    latency_ms=latency_ms,
+                    detail=job_detail,
+                    outcome=outcome.value if outcome else None,
+                    reason=reason,
+                )
+            )
+            if outcome is not None:
+                self.view.done += 1
+                self.view.outcomes[outcome.value] += 1
 
     async def _send_and_record(self, job: _Job) -> None:
         order = job.order

@@ -29,6 +29,7 @@ from batchcancel.errors import AuditError, RunLockedError, RunNotFoundError
 from batchcancel.outcomes import FINAL, Outcome
 
 __all__ = [
+    "BULK",
     "CANCEL",
     "CONFIRM",
     "LOADING",
@@ -86,6 +87,7 @@ class OrderToSend:
 
 
 CANCEL: Final = "cancel"  # attempt kinds
+BULK: Final = "bulk"  # a cancel carried by a bulk request with other orders
 CONFIRM: Final = "confirm"
 
 
@@ -645,7 +647,7 @@ class AuditStore:
                     .where(orders.c.pk == sa.bindparam("b_pk"))
                     .values(
                         state=sa.case(
-                            (sa.bindparam("kind") == CANCEL, SENDING), else_=orders.c.state
+                            (sa.bindparam("kind") == CONFIRM, orders.c.state), else_=SENDING
                         ),
                         attempts=sa.bindparam("attempt"),
                         first_sent_at=sa.func.coalesce(

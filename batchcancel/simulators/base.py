@@ -139,6 +139,8 @@ class Simulator:
         self.status_requests: Counter[str] = Counter()  # order-status (GET) requests per key
         self.arrivals: list[Arrival] = []
         self.total_requests = 0
+        self.bulk_requests = 0  # bulk-cancel requests received
+        self.bulk_ids: Counter[str] = Counter()  # times each order was named in a bulk cancel
         self.rate_limited = 0  # 429s answered because the limit was exceeded
         self.auth_refused = 0
         self.in_flight = 0

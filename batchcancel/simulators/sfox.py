@@ -35,6 +35,7 @@ class SfoxSimulator(Simulator):
         """seed 000: DELETE /v1/orders/:order_id; sFOX docs: GET /v1/orders/:order_id."""
         return [
             web.delete("/v1/orders/{order_id}", self._cancel),
+            web.delete("/v1/orders", self._bulk_cancel),
             web.get("/v1/orders/{order_id}", self._status, allow_head=False),
         ]
 
@@ -65,6 +66,28 @@ class SfoxSimulator(Simulator):
             return web.json_response({"status": "order already finished"})  # seed 000
         # ASSUMED (VENUES.md): a repeat cancel of a canceled order
         return web.json_response({"error": "the order is already done/canceled"}, status=400)
+
+    async def _bulk_cancel(self, request: web.Request) -> web.Response:
+        """sFOX docs, Cancel Multiple Orders: lists only the orders that began or finished
+        cancelling; 400 when none did."""
+        self.bulk_requests += 1
+        listed = []
+        for order_id in filter(None, request.query.get("ids", "").split(",")):
+            self.bulk_ids[order_id] += 1
+            before = self.cancel(order_id)
+            if before is OrderState.OPEN:
+                listed.append({"id": _json_id(order_id), "status": "Canceled"})
+            elif before in (OrderState.OPEN_ASYNC, OrderState.PENDING):
+                listed.append({"id": _json_id(order_id), "status": "Cancel pending"})
+        if not listed:
+            return web.json_response(
+                {
+                    "error": "the order ids provided were invalid or the orders were already "
+                    "done/canceled"
+                },
+                status=400,
+            )
+        return web.json_response({"orders": listed})
 
     async def _status(self, request: web.Request) -> web.Response:
         """sFOX "Get Single Order": the order with its status and status_code (title case)."""
@@ -98,3 +121,8 @@ _STATUSES: Final[Mapping[OrderState, tuple[str, int]]] = {
     OrderState.CANCELED: ("Canceled", 10),
     OrderState.FILLED: ("Done", 300),
 }
+
+
+def _json_id(order_id: str) -> int | str:
+    """sFOX ids are numbers in JSON."""
+    return int(order_id) if order_id.isdigit() else order_id

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar, Final, Protocol
@@ -17,6 +17,8 @@ from batchcancel.outcomes import Outcome
 
 __all__ = [
     "EXCERPT_CHARS",
+    "BulkAnswer",
+    "BulkVenue",
     "CancelRequest",
     "OrderRow",
     "Reply",
@@ -30,6 +32,7 @@ __all__ = [
     "json_object",
     "message_of",
     "retry_after_seconds",
+    "supports_bulk",
     "unclassified",
 ]
 
@@ -156,6 +159,39 @@ class Venue(Protocol):
         ALREADY_CLOSED (it filled or finished instead), CANCEL_PENDING (not settled yet),
         NOT_FOUND; or transient / auth refused as for cancels."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class BulkAnswer:
+    """An adapter's reading of a bulk-cancel answer.
+
+    `whole` applies to every order of the request (transient, auth refused); otherwise
+    `per_order` gives the outcome of each order the answer accounts for, and every order it
+    does not account for is cancelled on its own afterwards.
+    """
+
+    whole: Verdict | None
+    per_order: Mapping[str, Verdict]
+    note: str = ""
+
+
+class BulkVenue(Venue, Protocol):
+    """A venue with a bulk-cancel endpoint for a list of order ids."""
+
+    bulk_size: ClassVar[int]  # most order ids per bulk request
+
+    def build_bulk_cancel(self, rows: Sequence[OrderRow], *, now: float) -> CancelRequest:
+        """One request cancelling every row."""
+        ...
+
+    def classify_bulk(self, reply: Reply) -> BulkAnswer:
+        """What a bulk answer says of each order."""
+        ...
+
+
+def supports_bulk(venue: Venue) -> bool:
+    """True when the adapter has a bulk-cancel endpoint for order ids."""
+    return getattr(venue, "bulk_size", 0) > 1 and hasattr(venue, "build_bulk_cancel")
 
 
 def is_integer_id(value: str) -> bool:

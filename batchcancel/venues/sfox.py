@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Final
 from urllib.parse import quote
 
 from batchcancel.outcomes import Outcome
 from batchcancel.venues.base import (
+    BulkAnswer,
     CancelRequest,
     OrderRow,
     Reply,
@@ -64,6 +65,7 @@ class SfoxVenue:
     """The sFOX adapter."""
 
     name: ClassVar[str] = "sfox"
+    bulk_size: ClassVar[int] = 50  # ids per bulk cancel; keeps the URL short
     required_columns: ClassVar[frozenset[str]] = frozenset({"order_id"})
     credential_vars: ClassVar[tuple[str, ...]] = (API_KEY_VAR,)
     # sFOX docs: production host; 250 requests per 10 s per IP; after a 429 wait 60 s.
@@ -132,6 +134,40 @@ class SfoxVenue:
         ):
             return Verdict.final(Outcome.NOT_FOUND, error or f"HTTP {reply.status}")
         return unclassified(reply)
+
+    def build_bulk_cancel(self, rows: Sequence[OrderRow], *, now: float) -> CancelRequest:
+        """sFOX docs, Cancel Multiple Orders: DELETE /v1/orders?ids=1,2,3."""
+        ids = ",".join(quote(row.order_id, safe="") for row in rows)
+        return CancelRequest(
+            method="DELETE",
+            path=f"/v1/orders?ids={ids}",
+            headers=(("Authorization", f"Bearer {self._api_key}"),),
+        )
+
+    def classify_bulk(self, reply: Reply) -> BulkAnswer:
+        """200 lists only the orders that began or finished cancelling; 400 when none did.
+        Orders not listed are cancelled one by one, which tells why (closed, unknown)."""
+        if (verdict := generic_transient(reply)) is not None:
+            return BulkAnswer(verdict, {})
+        if reply.status in (401, 403):
+            return BulkAnswer(
+                Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}"), {}
+            )
+        body = json_object(reply.body)
+        listed = body.get("orders") if body is not None else None
+        if reply.status == 200 and isinstance(listed, list):
+            per_order = {}
+            for item in listed:
+                if not isinstance(item, dict) or item.get("id") is None:
+                    continue
+                status = message_of(item, "status").strip()
+                outcome = _STATUS_OUTCOMES.get(status)
+                if outcome is not None:
+                    per_order[str(item["id"])] = Verdict.final(outcome, f"bulk: {status}")
+            return BulkAnswer(None, per_order)
+        # 400 "...invalid or ... already done/canceled": none began cancelling; anything
+        # else is unknown too. Either way each order is cancelled on its own.
+        return BulkAnswer(None, {}, note=f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
 
     def classify(self, reply: Reply) -> Verdict:
         """Map an sFOX answer to an outcome (VENUES.md, sfox table)."""
