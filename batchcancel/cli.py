@@ -13,6 +13,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import click
@@ -30,8 +31,27 @@ KILL_MAX_ATTEMPTS: Final = 3
 CONFIRM_TIMEOUT: Final = 60.0
 
 
+_log_json = False  # set by --log-format json: stderr lines become JSON objects
+
+
+def _log(event: str, message: str, *, level: str = "info", **fields: Any) -> None:
+    """One line on stderr: plain text, or a JSON object for log shippers."""
+    if _log_json:
+        record = {"ts": datetime.now(UTC).isoformat(), "level": level, "event": event}
+        click.echo(json.dumps({**record, "message": message, **fields}), err=True)
+    else:
+        prefix = "batchcancel: error: " if level == "error" else "batchcancel: "
+        click.echo(prefix + message, err=True)
+
+
+def _progress() -> Any:
+    from batchcancel.progress import Progress
+
+    return Progress(json_lines=_log_json)
+
+
 def _fail(message: str, code: int) -> None:
-    click.echo(f"batchcancel: error: {message}", err=True)
+    _log("error", message, level="error", exit_code=code)
     sys.exit(code)
 
 
@@ -80,8 +100,17 @@ db_option = click.option(
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="batchcancel")
-def cli() -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Format of the lines on stderr (json: one object per line, for log shippers).",
+)
+def cli(log_format: str) -> None:
     """Cancel trading orders in bulk across venues, with a write-ahead audit trail."""
+    global _log_json
+    _log_json = log_format == "json"
 
 
 def _run_options(func: Any) -> Any:
@@ -166,7 +195,6 @@ def _run(
 ) -> None:
     from batchcancel.commands import Plan, resume_run, start_run
     from batchcancel.engine import DrainOptions
-    from batchcancel.progress import Progress
     from batchcancel.sources import read_csv, read_query
     from batchcancel.venues import get_venue
 
@@ -198,12 +226,13 @@ def _run(
         store = _open_store(settings)
         try:
             existing = store.find_run_key(run_key) if run_key else None
-            with Progress() as progress:
+            with _progress() as progress:
                 if existing is not None and existing.status != "loading":
-                    click.echo(
-                        f"batchcancel: run key {run_key} belongs to run {existing.id}: resuming it "
+                    _log(
+                        "resuming",
+                        f"run key {run_key} belongs to run {existing.id}: resuming it "
                         "(the source is not read again)",
-                        err=True,
+                        run_id=existing.id,
                     )
                     summary = resume_run(
                         store,
@@ -224,15 +253,19 @@ def _run(
                     def announce(run_id: str, plan: Plan) -> None:
                         per_venue = ", ".join(f"{v} {n}" for v, n in sorted(plan.to_send.items()))
                         verb = "would cancel" if dry_run else "cancelling"
-                        click.echo(
-                            f"batchcancel: run {run_id}: {verb} {sum(plan.to_send.values())} "
+                        _log(
+                            "planned",
+                            f"run {run_id}: {verb} {sum(plan.to_send.values())} "
                             f"orders ({per_venue or 'none'}); {plan.invalid} invalid, "
                             f"{plan.duplicates} duplicate rows collapsed",
-                            err=True,
+                            run_id=run_id,
+                            orders=plan.to_send,
+                            invalid=plan.invalid,
+                            duplicates=plan.duplicates,
                         )
                         if dry_run:
                             for line in _estimates(settings, plan):
-                                click.echo(line, err=True)
+                                _log("estimate", line.strip())
 
                     summary = start_run(
                         store,
@@ -294,10 +327,12 @@ def _print_summary(store: Any, summary: Any, *, as_json: bool, db_url: str) -> N
 
     if summary.confirm is not None:
         before, after = summary.confirm
-        click.echo(
-            f"batchcancel: confirm: {before} orders were cancel_pending; {before - after} are "
+        _log(
+            "confirmed",
+            f"confirm: {before} orders were cancel_pending; {before - after} are "
             f"now confirmed final, {after} still pending",
-            err=True,
+            pending_before=before,
+            still_pending=after,
         )
     if as_json:
         click.echo(json.dumps(summary.as_json()))
@@ -347,7 +382,6 @@ def resume(
     """Continue RUN (a run id or run key) from where it stopped."""
     from batchcancel.commands import resume_run
     from batchcancel.engine import DrainOptions
-    from batchcancel.progress import Progress
 
     with _errors():
         settings = _settings(db, venues_config)
@@ -366,7 +400,7 @@ def resume(
                 lease=lease,
                 bulk=bool(run.options.get("bulk")),
             )
-            with Progress() as progress:
+            with _progress() as progress:
                 summary = resume_run(
                     store,
                     settings,
@@ -399,7 +433,6 @@ def confirm(
     """Poll order status for RUN's cancel_pending orders until final or --timeout passes."""
     from batchcancel.commands import confirm_run
     from batchcancel.engine import DrainOptions
-    from batchcancel.progress import Progress
 
     with _errors():
         settings = _settings(db, venues_config)
@@ -407,7 +440,7 @@ def confirm(
         try:
             run = store.find_run(run_ref)
             settings = _recorded_settings(run, settings, db, venues_config)
-            with Progress() as progress:
+            with _progress() as progress:
                 summary = confirm_run(
                     store,
                     settings,
@@ -568,7 +601,6 @@ def demo(out_dir: str) -> None:
     from pathlib import Path
 
     from batchcancel.demo import run_demo
-    from batchcancel.progress import Progress
 
     with _errors():
         click.echo(
@@ -577,9 +609,9 @@ def demo(out_dir: str) -> None:
 
         def announce(run_id: str, plan: Any) -> None:
             per_venue = ", ".join(f"{v} {n}" for v, n in sorted(plan.to_send.items()))
-            click.echo(f"batchcancel: run {run_id}: cancelling {per_venue}", err=True)
+            _log("planned", f"run {run_id}: cancelling {per_venue}", run_id=run_id)
 
-        with Progress() as progress:
+        with _progress() as progress:
             result = run_demo(Path(out_dir), views=progress, on_planned=announce)
         store = _open_store(_settings(result.db_url))
         try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final, TextIO
 
@@ -37,9 +39,12 @@ def _state(view: LaneView) -> str:
 class Progress:
     """Call with the lanes' views as often as you like; it draws at its own pace."""
 
-    def __init__(self, stream: TextIO | None = None, *, live: bool | None = None) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, *, live: bool | None = None, json_lines: bool = False
+    ) -> None:
         self._stream = stream or sys.stderr
-        self._live_mode = self._stream.isatty() if live is None else live
+        self._json = json_lines
+        self._live_mode = (self._stream.isatty() and not json_lines) if live is None else live
         self._live: Live | None = None
         self._last_plain = 0.0
 
@@ -68,6 +73,20 @@ class Progress:
             return
         self._last_plain = now
         for view in views.values():
+            if self._json:
+                record = {
+                    "ts": datetime.now(UTC).isoformat(),
+                    "level": "info",
+                    "event": "progress",
+                    "venue": view.venue,
+                    "done": view.done,
+                    "total": view.total,
+                    "rate": round(_rate(view), 1),
+                    "outcomes": dict(view.outcomes),
+                    "state": _state(view),
+                }
+                self._stream.write(json.dumps(record) + "\n")
+                continue
             self._stream.write(
                 f"progress {view.venue}: {view.done}/{view.total} done, {_rate(view):.1f}/s, "
                 f"{format_counts(dict(view.outcomes))}, {_state(view)}\n"
