@@ -252,12 +252,22 @@ def _run(
 
                     def announce(run_id: str, plan: Plan) -> None:
                         per_venue = ", ".join(f"{v} {n}" for v, n in sorted(plan.to_send.items()))
-                        verb = "would cancel" if dry_run else "cancelling"
+                        total = sum(plan.to_send.values())
+                        if plan.invalid < 0:  # said before validation, within a second
+                            message = (
+                                f"run {run_id}: about to cancel {total} orders "
+                                f"({per_venue or 'none'}); rows are validated as they load"
+                            )
+                        else:
+                            verb = "would cancel" if dry_run else "cancelling"
+                            message = (
+                                f"run {run_id}: {verb} {total} orders ({per_venue or 'none'}); "
+                                f"{plan.invalid} invalid, {plan.duplicates} duplicate rows "
+                                "collapsed"
+                            )
                         _log(
                             "planned",
-                            f"run {run_id}: {verb} {sum(plan.to_send.values())} "
-                            f"orders ({per_venue or 'none'}); {plan.invalid} invalid, "
-                            f"{plan.duplicates} duplicate rows collapsed",
+                            message,
                             run_id=run_id,
                             orders=plan.to_send,
                             invalid=plan.invalid,

@@ -76,8 +76,8 @@ class Summary:
 class Plan:
     """What a source holds, per venue: orders to send and invalid rows."""
 
-    to_send: dict[str, int]
-    invalid: int
+    to_send: dict[str, int]  # orders per venue (before validation when `invalid` is -1)
+    invalid: int  # -1: not known yet, rows are validated as they load
     duplicates: int
 
 
@@ -125,8 +125,10 @@ def start_run(
 ) -> Summary:
     """Record a new run with its orders, then (unless a dry run) send them.
 
-    Orders are sent only once every row is recorded; `loading` is a run whose loading was
-    interrupted, whose missing rows are added now (rows are numbered, so none is added twice).
+    Sending starts once the first chunk of rows is recorded, while the rest load in the
+    background: a million-row kill switch does not wait for its last row to send its first.
+    `loading` is a run whose loading was interrupted: its missing rows are added now (rows
+    are numbered, so none is added twice) and its recorded orders resume.
     """
     started = time.monotonic()
     if loading is not None:
@@ -143,8 +145,11 @@ def start_run(
         )
     loaded = store.max_seq(run_id)
     to_send: dict[str, int] = {}
-    invalid = total = 0
-    for chunk in table.chunks():
+    invalid = 0
+    chunks = table.chunks()
+
+    def load(chunk: list[NumberedRow]) -> None:
+        nonlocal invalid
         planned = [p for p in plan_rows(chunk, only_venue=only_venue) if p.seq > loaded]
         for p in planned:
             if p.invalid_reason is None:
@@ -152,13 +157,33 @@ def start_run(
             else:
                 invalid += 1
         store.add_orders(run_id, planned)
-    total = store.order_count(run_id)
-    store.set_totals(run_id, orders_total=total, duplicates=table.duplicates)
-    if on_planned is not None:
-        on_planned(run_id, Plan(to_send, invalid, table.duplicates))
+
+    def finish_loading() -> None:
+        store.set_totals(
+            run_id, orders_total=store.order_count(run_id), duplicates=table.duplicates
+        )
+
     if dry_run:
+        for chunk in chunks:
+            load(chunk)
+        finish_loading()
+        if on_planned is not None:
+            on_planned(run_id, Plan(to_send, invalid, table.duplicates))
         store.set_run_status(run_id, RunStatus.PLANNED.value)
         return summarise(store, store.find_run(run_id), elapsed=time.monotonic() - started)
+    if on_planned is not None:
+        on_planned(run_id, Plan(table.venue_counts(), -1, table.duplicates))
+    first = next(chunks, None)
+    if first is not None:
+        load(first)
+
+    def load_rest(stopping: Callable[[], bool]) -> None:
+        for chunk in chunks:
+            if stopping():
+                return  # the run stays `loading`: the same --run-key loads the rest later
+            load(chunk)
+        finish_loading()
+
     return _work(
         store,
         settings,
@@ -170,6 +195,7 @@ def start_run(
         started,
         False,
         confirm_options=confirm_options,
+        loader=load_rest,
     )
 
 
@@ -236,8 +262,11 @@ def _work(
     resumed: bool,
     *,
     confirm_options: DrainOptions | None = None,
+    loader: Callable[[Callable[[], bool]], None] | None = None,
 ) -> Summary:
-    """Lock the run, send (drain_options) and/or confirm (confirm_options), summarise."""
+    """Lock the run, send (drain_options) and/or confirm (confirm_options), summarise.
+
+    `loader` records the rest of the run's orders while sending goes on."""
     if store.dialect == "sqlite":
         store.lock_run(run_id)  # one process per SQLite run; PostgreSQL workers share lanes
     session_id = store.start_session(run_id, command=command, command_line=command_line)
@@ -246,7 +275,9 @@ def _work(
         stopped = ""
         halted: dict[str, str] = {}
         if drain_options is not None:
-            result = asyncio.run(drain(store, run_id, settings, drain_options, views=views))
+            result = asyncio.run(
+                drain(store, run_id, settings, drain_options, views=views, loader=loader)
+            )
             stopped = result.stopped
             halted = {name: v.halted for name, v in result.lanes.items() if v.halted}
         confirm = None

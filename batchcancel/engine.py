@@ -57,6 +57,7 @@ MAX_BACKOFF: Final = 30.0
 RATE_LIMIT_ROUNDS: Final = 4  # 429s an order may meet per allowed attempt before it is failed
 HEARTBEAT_EVERY: Final = 10.0
 CLAIM_EVERY: Final = 0.5  # seconds between looks for a free lane
+LOAD_POLL: Final = 0.2  # seconds between looks for newly loaded orders
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +126,10 @@ class _Lane:
         view: LaneView,
         rng: random.Random,
         on_audit_failure: Callable[[AuditError], None],
+        more_coming: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
+        self.more_coming = more_coming
         self.writer = writer
         self.run_id = run_id
         self.settings = settings
@@ -152,6 +155,10 @@ class _Lane:
             if options.bulk and not options.confirm and supports_bulk(venue)
             else 0
         )
+
+    def wake(self) -> None:
+        """Look for work again (new orders were recorded)."""
+        self._wake.set()
 
     def halt(self, reason: str) -> None:
         """Send nothing more to this venue."""
@@ -191,10 +198,14 @@ class _Lane:
             order = await self._next_order()
             if order is not None:
                 return _Job(order, attempt=order.attempts)
-            if not self._retries and not self._in_flight:
+            loading = self.more_coming()
+            if not self._retries and not self._in_flight and not loading:
                 return None
             self._wake.clear()
             timeout = self._retries[0][0] - now if self._retries else None
+            if loading:
+                self._exhausted = False  # look again: the loader is still adding orders
+                timeout = LOAD_POLL if timeout is None else min(timeout, LOAD_POLL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
         return None
@@ -428,12 +439,15 @@ async def drain(
     options: DrainOptions,
     *,
     views: Callable[[Mapping[str, LaneView]], None] | None = None,
+    loader: Callable[[Callable[[], bool]], None] | None = None,
 ) -> DrainResult:
     """Send every unsent order of the run (or confirm every pending cancel); how it ended.
 
-    Raises AuditError if the audit database fails (nothing is sent after that).
+    `loader(stopping)` records the rest of the run's orders in a worker thread meanwhile;
+    lanes keep looking for new orders until it returns. Raises AuditError if the audit
+    database fails (nothing is sent after that).
     """
-    return await _Session(store, run_id, settings, options, views).run()
+    return await _Session(store, run_id, settings, options, views, loader).run()
 
 
 class _Session:
@@ -451,8 +465,12 @@ class _Session:
         settings: Settings,
         options: DrainOptions,
         views: Callable[[Mapping[str, LaneView]], None] | None,
+        loader: Callable[[Callable[[], bool]], None] | None = None,
     ) -> None:
         self.store = store
+        self.loader = loader
+        self.loaded = asyncio.Event()
+        self.load_error: BaseException | None = None
         self.run_id = run_id
         self.settings = settings
         self.options = options
@@ -496,6 +514,7 @@ class _Session:
             else None
         )
         heartbeat = asyncio.create_task(self._heartbeat())
+        loading = asyncio.create_task(self._load())
         reporter = (
             asyncio.create_task(_report(self.views, self.result.lanes)) if self.views else None
         )
@@ -508,6 +527,7 @@ class _Session:
             if self.running:
                 await asyncio.wait(self.running.values())
                 await self._finish_lanes()
+            await loading
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
@@ -519,9 +539,31 @@ class _Session:
             await self.writer.close()  # raises the AuditError if writing failed
         if self.failures:
             raise self.failures[0]
+        if self.load_error is not None:
+            raise self.load_error
         if self.views:
             self.views(self.result.lanes)
         return self.result
+
+    async def _load(self) -> None:
+        """Run the loader in a thread; lanes wait for its orders until it is done."""
+        try:
+            if self.loader is not None:
+                stopping = lambda: bool(self.result.stopped)  # noqa: E731
+                await asyncio.to_thread(self.loader, stopping)
+        except AuditError as exc:
+            self.audit_failed(exc)
+        except Exception as exc:  # surfaced after the lanes have stopped
+            self.load_error = exc
+            self.stop_all("loading the orders failed")
+        finally:
+            self.loaded.set()
+            for lane in self.lanes.values():
+                lane.wake()
+
+    def more_coming(self) -> bool:
+        """True while orders are still being recorded."""
+        return not self.loaded.is_set()
 
     async def _take_lanes_until_done(self) -> None:
         last_claim = -1e9
@@ -548,7 +590,7 @@ class _Session:
                     last_claim = time.monotonic()
             for venue in taken:
                 await self._start_lane(venue, work[venue])
-            if not self.running and not taken:
+            if not self.running and not taken and self.loaded.is_set():
                 busy = set()
                 if remaining and not self.options.confirm:
                     busy = await asyncio.to_thread(self.store.leased_by_others, self.run_id)
@@ -606,6 +648,7 @@ class _Session:
             view=view,
             rng=self.rng,
             on_audit_failure=self.audit_failed,
+            more_coming=self.more_coming,
         )
         if not self.options.confirm and venue_settings.rate_limit > 0:
             # Requests another process sent lately still count in the venue's window.

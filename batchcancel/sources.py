@@ -47,6 +47,11 @@ class OrderTable:
     def __len__(self) -> int:
         return len(self._frame)
 
+    def venue_counts(self) -> dict[str, int]:
+        """Rows per venue, as read (before validation)."""
+        counts = self._frame["venue"].value_counts()
+        return {str(venue): int(n) for venue, n in counts.items()}
+
     def chunks(self, size: int = CHUNK_ROWS) -> Iterator[list[NumberedRow]]:
         """The rows in input order, `size` at a time."""
         frame = self._frame

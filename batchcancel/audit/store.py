@@ -229,7 +229,13 @@ class AuditStore:
         """Record where the run stands, and when the latest session ended."""
         with self._write() as conn:
             conn.execute(
-                runs.update().where(runs.c.id == run_id).values(status=status, finished_at=utcnow())
+                runs.update()
+                .where(runs.c.id == run_id)
+                .values(
+                    # a run whose loading was cut short stays `loading`: its key loads the rest
+                    status=sa.case((runs.c.status == LOADING, LOADING), else_=status),
+                    finished_at=utcnow(),
+                )
             )
 
     # -- the run lock (single-process runs) -------------------------------------------------
@@ -303,7 +309,12 @@ class AuditStore:
             conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id)
-                .values(started_at=now, sessions=runs.c.sessions + 1, status="running")
+                .values(
+                    started_at=now,
+                    sessions=runs.c.sessions + 1,
+                    # a run still loading its orders stays `loading` until every row is in
+                    status=sa.case((runs.c.status == LOADING, LOADING), else_="running"),
+                )
             )
         return int(session_id)
 
@@ -346,7 +357,11 @@ class AuditStore:
             conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id)
-                .values(orders_total=orders_total, duplicates=duplicates, status="loaded")
+                .values(
+                    orders_total=orders_total,
+                    duplicates=duplicates,
+                    status=sa.case((runs.c.status == LOADING, "running"), else_=runs.c.status),
+                )
             )
 
     def max_seq(self, run_id: str) -> int:
