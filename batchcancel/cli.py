@@ -117,7 +117,13 @@ def _run_options(func: Any) -> Any:
     options = [
         click.argument("source", required=False),
         click.option("--query", metavar="SQL", help="Read the orders with this SQL query."),
-        click.option("--source-db", metavar="URL", help="Database the --query runs against."),
+        click.option(
+            "--source-db",
+            envvar="BATCHCANCEL_SOURCE_DB",
+            metavar="URL",
+            help="Database the --query runs against [BATCHCANCEL_SOURCE_DB: keeps a password "
+            "out of the process list].",
+        ),
         click.option("--venue", metavar="NAME", help="Every row is for this venue."),
         click.option(
             "--venues-config",
