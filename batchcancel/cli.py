@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,7 +64,7 @@ def _errors() -> Iterator[None]:
     except BatchCancelError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        _fail("interrupted before sending began; nothing was sent", 3)
+        _fail("interrupted; whatever is not final is resumable (batchcancel resume RUN)", 3)
     except Exception as exc:
         if os.environ.get(DEBUG_VAR):
             raise
@@ -598,8 +599,15 @@ def venues() -> None:
         click.echo(f"{name}: columns {columns}; credentials {variables}")
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # Until the engine installs its own handlers (and after), SIGTERM stops like Ctrl-C:
+    # one line and exit 3, never a silent death.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminated)
     cli(prog_name="batchcancel")
 
 
@@ -656,7 +664,6 @@ def demo(out_dir: str) -> None:
 def simulate(host: str, port: int, orders_file: str | None) -> None:
     """Serve the five venue simulators until stopped (Ctrl-C)."""
     import secrets
-    import signal
     import threading
 
     from batchcancel.simulators import SIMULATORS

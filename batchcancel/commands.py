@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchcancel.audit.store import AuditStore, PlannedOrder, RunInfo
+from batchcancel.audit.store import LOADING, AuditStore, PlannedOrder, RunInfo
 from batchcancel.config import Settings
 from batchcancel.engine import DrainOptions, LaneView, drain
 from batchcancel.outcomes import EXIT_CODES, Outcome, RunStatus, run_status
@@ -321,6 +321,7 @@ def summarise(
 ) -> Summary:
     """Counts of a run's orders by outcome and venue, and its status."""
     counts = store.counts(run.id)
+    loading = store.find_run(run.id).status == LOADING  # rows not recorded yet are unfinished
     outcomes = {o.value: 0 for o in Outcome}
     venues: dict[str, dict[str, int]] = {}
     unfinished = orders = 0
@@ -336,7 +337,9 @@ def summarise(
     if run.dry_run and run.status == RunStatus.PLANNED.value:
         status = RunStatus.PLANNED
     else:
-        status = run_status(outcomes, unfinished=unfinished, stopped_early=bool(stopped))
+        status = run_status(
+            outcomes, unfinished=unfinished + int(loading), stopped_early=bool(stopped)
+        )
     return Summary(
         run_id=run.id,
         run_key=run.run_key,

@@ -354,6 +354,7 @@ class _Lane:
             detail = str(exc)
         self.pacer.answered()
         latency_ms = (time.monotonic() - started) * 1000
+        escalated = verdict.escalate_on_repeat and job.warned and not confirming
         outcome, reason = (
             self._decide_confirm(job, verdict) if confirming else self._decide(job, verdict)
         )
@@ -363,7 +364,7 @@ class _Lane:
                 attempt=job.attempt,
                 answered_at=utcnow(),
                 http_status=status,
-                verdict=verdict.label,
+                verdict=str(VerdictKind.AUTH_REFUSED) if escalated else verdict.label,
                 latency_ms=latency_ms,
                 detail=detail if detail else verdict.reason,
                 outcome=outcome.value if outcome else None,
@@ -385,10 +386,10 @@ class _Lane:
         if verdict.outcome is None:  # transient: the status is unknown
             job.tries += 1
             if verdict.rate_limited:
-                self.pacer.pause(verdict.retry_after or self.settings.cooldown)
+                self.pacer.pause(_or(verdict.retry_after, self.settings.cooldown))
             if job.tries >= self.options.max_attempts:
                 return pending, f"not confirmed: {verdict.reason}"
-            delay = verdict.retry_after or self._backoff(job.tries)
+            delay = _or(verdict.retry_after, self._backoff(job.tries))
         else:
             job.limited += 1  # counts polls that found the cancel still pending
             delay = min(5.0, self.options.poll_every * 2 ** (job.limited - 1))
@@ -409,12 +410,12 @@ class _Lane:
         if verdict.rate_limited:
             job.limited += 1
             self.view.rate_limited += 1
-            self.pacer.pause(verdict.retry_after or self.settings.cooldown)
+            self.pacer.pause(_or(verdict.retry_after, self.settings.cooldown))
             self.view.paused_until = self.pacer.paused_until
             delay = 0.0  # the venue pause holds it back
         else:
             job.tries += 1
-            delay = verdict.retry_after or self._backoff(job.tries)
+            delay = _or(verdict.retry_after, self._backoff(job.tries))
         if job.tries >= self.options.max_attempts or job.limited >= (
             RATE_LIMIT_ROUNDS * self.options.max_attempts
         ):
@@ -700,6 +701,11 @@ class _Session:
                 for name in set(self.running) - held:
                     # Another worker took the lane: our lease had run out. Stop sending at once.
                     self.lanes[name].halt("lost the lane lease to another worker")
+
+
+def _or(value: float | None, default: float) -> float:
+    """`value` unless it is missing; a Retry-After of 0 means "now", not "use the default"."""
+    return default if value is None else value
 
 
 def _unusable(name: str, settings: VenueSettings | None) -> str:

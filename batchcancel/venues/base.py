@@ -7,6 +7,7 @@ never does I/O: transport.py sends, engine.py retries and paces.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 EXCERPT_CHARS: Final = 200
+MAX_RETRY_AFTER: Final = 3600.0  # a venue asking for more than an hour is capped at one
 _INT_RE: Final = re.compile(r"[0-9]{1,19}")
 
 
@@ -237,7 +239,9 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         seconds = float(raw.strip())
     except ValueError:
         return None
-    return seconds if seconds >= 0 else None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None  # "inf", "nan", negative: not a delay we can honour; use the cooldown
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 def generic_transient(reply: Reply) -> Verdict | None:
