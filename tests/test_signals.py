@@ -370,20 +370,6 @@ def reached(db: Path, moment: str) -> bool:
         return False
 
 
-SIGTERM_EARLY = (
-    "SIGTERM before engine.drain installs its signal handlers (while the order list is read "
-    "and its first chunk recorded) kills the process with the default action: exit -15, no "
-    "message; cli._errors only turns KeyboardInterrupt (SIGINT) into exit 3"
-)
-
-STOPPED_LOADING = (
-    "a run stopped (signal or deadline) while the rest of its rows load in the background "
-    "leaves rows unrecorded, but commands._work -> summarise -> outcomes.run_status counts only "
-    "recorded orders as resumable: the session ends `attention`, exit 1 (or `succeeded`, exit "
-    "0, when every recorded order was canceled) although the stdout summary says `stopped early`"
-)
-
-
 class TestSignalWhileLoading:
     @pytest.mark.parametrize(
         ("signum", "moment"),
