@@ -7,6 +7,7 @@ normalised, values trimmed, exact duplicate rows collapsed. DataFrames never lea
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import sys
 import warnings
@@ -193,4 +194,8 @@ def _normalise(frame: pd.DataFrame, *, name: str, venue: str | None) -> OrderTab
         frame.loc[frame["venue"] == "", "venue"] = venue
     before = len(frame)
     frame = frame.drop_duplicates(keep="first")
+    # The id strings live until the process ends: spare every later garbage collection the
+    # walk over them (measured: 4 of the 6 s a million rows took to turn into chunks).
+    gc.collect()
+    gc.freeze()
     return OrderTable(frame, description=name, duplicates=before - len(frame))

@@ -57,6 +57,33 @@ _URL_PASSWORD: Final = re.compile(r"(://[^/\s:@]*:)[^\s@]*@")  # user:password@ 
 IN_FLIGHT_LOST: Final = "no answer recorded: the process stopped while this request was in flight"
 
 
+# The hot statements of write_batch, with :name parameters (see AuditStore._sql).
+_NAMED: Final = re.compile(r":(\w+)")
+_ANSWER_ATTEMPT: Final = (
+    "UPDATE attempts SET answered_at = :answered_at, http_status = :http_status, "
+    "verdict = :verdict, latency_ms = :latency_ms, detail = :detail "
+    "WHERE order_pk = :pk AND attempt = :attempt"
+)
+_ANSWER_ORDER: Final = (
+    "UPDATE orders SET state = :state, outcome = :outcome, reason = :reason, "
+    "last_http_status = :http_status, last_answer_at = :answered_at WHERE pk = :pk"
+)
+_BEGIN_ATTEMPT: Final = (
+    "INSERT INTO attempts (order_pk, attempt, run_id, worker, kind, sent_at, detail) "
+    "VALUES (:pk, :attempt, :run_id, :worker, :kind, :sent_at, '')"
+)
+_ADD_ORDER: Final = (
+    "INSERT INTO orders (run_id, seq, venue, order_id, account_id, symbol, state, outcome, "
+    "reason, attempts) VALUES (:run_id, :seq, :venue, :order_id, :account_id, :symbol, :state, "
+    ":outcome, :reason, 0)"
+)
+# A confirm (status) poll leaves the final order's state alone; cancels mark it in flight.
+_BEGIN_ORDER: Final = (
+    "UPDATE orders SET state = CASE WHEN :kind = 'confirm' THEN state ELSE 'sending' END, "
+    "attempts = :attempt, first_sent_at = COALESCE(first_sent_at, :sent_at) WHERE pk = :pk"
+)
+
+
 def utcnow() -> datetime:
     """Naive UTC now, with microseconds: what every audit timestamp is."""
     return datetime.now(UTC).replace(tzinfo=None)
@@ -331,6 +358,7 @@ class AuditStore:
 
     def add_orders(self, run_id: str, planned: Iterable[PlannedOrder]) -> int:
         """Insert one chunk of planned orders; invalid ones are final at once."""
+        invalid = Outcome.INVALID.value
         rows = [
             {
                 "run_id": run_id,
@@ -339,16 +367,15 @@ class AuditStore:
                 "order_id": p.order_id,
                 "account_id": p.account_id,
                 "symbol": p.symbol,
-                "state": DONE if p.invalid_reason is not None else PENDING,
-                "outcome": Outcome.INVALID.value if p.invalid_reason is not None else None,
-                "reason": self.clean(p.invalid_reason or ""),
-                "attempts": 0,
+                "state": PENDING if p.invalid_reason is None else DONE,
+                "outcome": None if p.invalid_reason is None else invalid,
+                "reason": "" if p.invalid_reason is None else self.clean(p.invalid_reason),
             }
             for p in planned
         ]
         if rows:
             with self._write() as conn:
-                conn.execute(orders.insert(), rows)
+                conn.exec_driver_sql(self._sql(_ADD_ORDER), rows)  # a million rows: plain SQL
         return len(rows)
 
     def set_totals(self, run_id: str, *, orders_total: int, duplicates: int) -> None:
@@ -590,27 +617,21 @@ class AuditStore:
         return [OrderToSend(*row) for row in rows]
 
     def write_batch(self, run_id: str, begins: Sequence[Begin], answers: Sequence[Answer]) -> None:
-        """Commit attempt rows about to be sent and answers received, in one transaction."""
+        """Commit attempt rows about to be sent and answers received, in one transaction.
+
+        The hot path of every run: plain driver statements (executemany), which cost a
+        quarter of the CPU of the same statements built by SQLAlchemy for every batch.
+        """
+        stamp = self._stamp
         with self._write() as conn:
             if answers:
-                conn.execute(
-                    attempts.update()
-                    .where(
-                        attempts.c.order_pk == sa.bindparam("b_pk"),
-                        attempts.c.attempt == sa.bindparam("b_attempt"),
-                    )
-                    .values(
-                        answered_at=sa.bindparam("answered_at"),
-                        http_status=sa.bindparam("http_status"),
-                        verdict=sa.bindparam("verdict"),
-                        latency_ms=sa.bindparam("latency_ms"),
-                        detail=sa.bindparam("detail"),
-                    ),
+                conn.exec_driver_sql(
+                    self._sql(_ANSWER_ATTEMPT),
                     [
                         {
-                            "b_pk": a.order_pk,
-                            "b_attempt": a.attempt,
-                            "answered_at": a.answered_at,
+                            "pk": a.order_pk,
+                            "attempt": a.attempt,
+                            "answered_at": stamp(a.answered_at),
                             "http_status": a.http_status,
                             "verdict": a.verdict,
                             "latency_ms": round(a.latency_ms, 3),
@@ -619,66 +640,59 @@ class AuditStore:
                         for a in answers
                     ],
                 )
-                conn.execute(
-                    orders.update()
-                    .where(orders.c.pk == sa.bindparam("b_pk"))
-                    .values(
-                        state=sa.bindparam("state"),
-                        outcome=sa.bindparam("outcome"),
-                        reason=sa.bindparam("reason"),
-                        last_http_status=sa.bindparam("http_status"),
-                        last_answer_at=sa.bindparam("answered_at"),
-                    ),
+                conn.exec_driver_sql(
+                    self._sql(_ANSWER_ORDER),
                     [
                         {
-                            "b_pk": a.order_pk,
+                            "pk": a.order_pk,
                             "state": DONE if a.outcome in FINAL else PENDING,
                             "outcome": a.outcome,
                             "reason": self.clean(a.reason),
                             "http_status": a.http_status,
-                            "answered_at": a.answered_at,
+                            "answered_at": stamp(a.answered_at),
                         }
                         for a in answers
                     ],
                 )
             if begins:
-                conn.execute(
-                    attempts.insert(),
+                conn.exec_driver_sql(
+                    self._sql(_BEGIN_ATTEMPT),
                     [
                         {
-                            "order_pk": b.order_pk,
+                            "pk": b.order_pk,
                             "attempt": b.attempt,
                             "run_id": run_id,
                             "worker": self.worker,
                             "kind": b.kind,
-                            "sent_at": b.sent_at,
-                            "detail": "",
+                            "sent_at": stamp(b.sent_at),
                         }
                         for b in begins
                     ],
                 )
-                conn.execute(
-                    orders.update()
-                    .where(orders.c.pk == sa.bindparam("b_pk"))
-                    .values(
-                        state=sa.case(
-                            (sa.bindparam("kind") == CONFIRM, orders.c.state), else_=SENDING
-                        ),
-                        attempts=sa.bindparam("attempt"),
-                        first_sent_at=sa.func.coalesce(
-                            orders.c.first_sent_at, sa.bindparam("sent_at")
-                        ),
-                    ),
+                conn.exec_driver_sql(
+                    self._sql(_BEGIN_ORDER),
                     [
                         {
-                            "b_pk": b.order_pk,
+                            "pk": b.order_pk,
                             "attempt": b.attempt,
-                            "sent_at": b.sent_at,
+                            "sent_at": stamp(b.sent_at),
                             "kind": b.kind,
                         }
                         for b in begins
                     ],
                 )
+
+    def _sql(self, statement: str) -> str:
+        """A statement written with :name parameters, in this driver's parameter style."""
+        if self.dialect == "sqlite":
+            return statement  # the sqlite3 module takes :name with dict parameters
+        return _NAMED.sub(r"%(\1)s", statement)
+
+    def _stamp(self, value: datetime) -> datetime | str:
+        """A timestamp as the driver should get it (SQLite: SQLAlchemy's text form)."""
+        if self.dialect == "sqlite":
+            return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return value
 
     def settle_unsent(self, run_id: str, venue: str | None, outcome: Outcome, reason: str) -> int:
         """Give every unsent order (of one venue, or all) a resumable outcome, e.g. skipped."""
@@ -766,7 +780,10 @@ class AuditStore:
 
     def clean(self, text: str) -> str:
         """`text` with every secret and URL password replaced: nothing secret is stored."""
-        text = _URL_PASSWORD.sub(r"\1***@", text)
+        if not text:
+            return text
+        if "://" in text:
+            text = _URL_PASSWORD.sub(r"\1***@", text)
         for secret in self._redact:
             if secret in text:
                 text = text.replace(secret, "[redacted]")

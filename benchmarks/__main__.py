@@ -1,0 +1,82 @@
+"""`python -m benchmarks [--quick] [--no-write] [--only GROUPS]`: run, print, write the docs.
+
+Exit code 1 if any correctness check failed (an order not sent exactly once, a wrong outcome,
+a process that did not behave); speed never fails the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import common, pacing, peers, report, startup, throughput
+
+GROUPS = {"throughput": throughput, "pacing": pacing, "startup": startup, "peers": peers}
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen groups; print the table; write docs/benchmarks.md unless told not to."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (for the test suite)")
+    parser.add_argument("--no-write", action="store_true", help=f"do not write {DOCS.name}")
+    parser.add_argument(
+        "--only", default=",".join(GROUPS), help=f"comma-separated groups of {', '.join(GROUPS)}"
+    )
+    args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(chosen) - set(GROUPS)
+    if unknown:
+        parser.error(f"unknown group(s): {', '.join(sorted(unknown))}")
+    sizes = common.QUICK if args.quick else common.Sizes()
+    rows: list[common.Row] = []
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="batchcancel-bench-") as tmp:
+        for name in chosen:
+            group_started = time.monotonic()
+            print(f"benchmarks: {name} ...", file=sys.stderr, flush=True)
+            rows += GROUPS[name].run(sizes, Path(tmp))
+            print(
+                f"benchmarks: {name} took {time.monotonic() - group_started:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    seconds = time.monotonic() - started
+    print(report.text_table(rows))
+    if common.FAILURES:
+        print("\nbenchmarks: correctness checks failed:", file=sys.stderr)
+        for failure in common.FAILURES:
+            print(f"  - {failure}", file=sys.stderr)
+    if not args.no_write:
+        command = "python -m benchmarks" + (" --quick" if args.quick else "")
+        if set(chosen) != set(GROUPS):
+            command += f" --only {','.join(chosen)}"
+        DOCS.parent.mkdir(parents=True, exist_ok=True)
+        DOCS.write_text(
+            report.markdown(
+                rows,
+                machine={
+                    **common.machine(),
+                    "Load average (1 min) before / after": (
+                        f"{load_before:.2f} / {os.getloadavg()[0]:.2f} "
+                        "(other work on the machine makes every figure noisier)"
+                    ),
+                },
+                command=command,
+                seconds=seconds,
+                methods=[GROUPS[name] for name in chosen],
+                notes=report.kept_notes(DOCS),
+            ),
+            encoding="utf-8",
+        )
+        print(f"benchmarks: wrote {DOCS}", file=sys.stderr)
+    return 1 if common.FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

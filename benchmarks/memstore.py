@@ -1,0 +1,258 @@
+"""MemoryStore: the AuditStore methods the engine calls, kept in dicts (audit "off").
+
+Same semantics as batchcancel.audit.store.AuditStore for what the engine calls
+(`recover_in_flight`, `venues_with_work`, `pending_page`, `write_batch`, `settle_unsent`,
+`heartbeat`, and the lane leases `claim_lanes`, `renew_lanes`, `release_lanes`,
+`leased_by_others`), plus the few set-up and read-back methods the benchmarks use. A lock
+stands in for transactions: the engine calls these from worker threads.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from batchcancel.audit.store import (
+    DONE,
+    IN_FLIGHT_LOST,
+    PENDING,
+    SENDING,
+    Answer,
+    Begin,
+    OrderToSend,
+    PlannedOrder,
+    utcnow,
+)
+from batchcancel.outcomes import FINAL, Outcome
+
+CANCEL_PENDING = Outcome.CANCEL_PENDING.value
+
+
+@dataclass
+class _Order:
+    run_id: str
+    venue: str
+    order_id: str
+    account_id: str
+    symbol: str
+    state: str
+    outcome: str | None
+    reason: str
+    attempts: int = 0
+    first_sent_at: datetime | None = None
+    last_http_status: int | None = None
+    last_answer_at: datetime | None = None
+
+
+@dataclass
+class _Attempt:
+    run_id: str
+    sent_at: datetime
+    answered_at: datetime | None = None
+    http_status: int | None = None
+    verdict: str | None = None
+    latency_ms: float | None = None
+    detail: str = ""
+
+
+class MemoryStore:
+    """An audit store that forgets everything when the process ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._orders: dict[int, _Order] = {}
+        self._by_venue: dict[tuple[str, str], list[int]] = {}  # pks in order, per run and venue
+        self._attempts: dict[tuple[int, int], _Attempt] = {}
+        self._lanes: dict[tuple[str, str], tuple[str, datetime]] = {}  # owner, lease_until
+        self._token = f"memory:{id(self)}"
+        self._next_pk = 1
+        self.heartbeats = 0
+        self.last_heartbeat: datetime | None = None
+
+    # -- set-up and read-back (not called by the engine) -------------------------------------
+
+    def add_orders(self, run_id: str, planned: Iterable[PlannedOrder]) -> int:
+        """Record planned orders as AuditStore.add_orders does."""
+        count = 0
+        with self._lock:
+            for p in planned:
+                pk, self._next_pk = self._next_pk, self._next_pk + 1
+                invalid = p.invalid_reason is not None
+                self._orders[pk] = _Order(
+                    run_id,
+                    p.venue,
+                    p.order_id,
+                    p.account_id,
+                    p.symbol,
+                    state=DONE if invalid else PENDING,
+                    outcome=Outcome.INVALID.value if invalid else None,
+                    reason=p.invalid_reason or "",
+                )
+                self._by_venue.setdefault((run_id, p.venue), []).append(pk)
+                count += 1
+        return count
+
+    def counts(self, run_id: str) -> dict[str, dict[str, int]]:
+        """Orders per venue per outcome ("" for none yet), as AuditStore.counts."""
+        result: dict[str, Counter[str]] = {}
+        for order in self._orders.values():
+            if order.run_id == run_id:
+                result.setdefault(order.venue, Counter())[order.outcome or ""] += 1
+        return {venue: dict(c) for venue, c in result.items()}
+
+    def attempt_count(self, run_id: str) -> int:
+        """How many attempts the run has."""
+        return sum(1 for a in self._attempts.values() if a.run_id == run_id)
+
+    # -- what the engine calls ----------------------------------------------------------------
+
+    @property
+    def dialect(self) -> str:
+        """One process holds every lane at once, as with SQLite."""
+        return "sqlite"
+
+    def recover_in_flight(
+        self, run_id: str, *, venue: str | None = None, reset_resumable: bool = True
+    ) -> int:
+        """Close unanswered attempts (of one venue, or all); their orders become pending; with
+        `reset_resumable`, failed and skipped orders lose that outcome."""
+        with self._lock:
+            lost = 0
+            for (pk, _), attempt in self._attempts.items():
+                if (
+                    attempt.run_id == run_id
+                    and attempt.verdict is None
+                    and (venue is None or self._orders[pk].venue == venue)
+                ):
+                    attempt.verdict, attempt.detail = "transient", IN_FLIGHT_LOST
+                    lost += 1
+            for order in self._orders.values():
+                if order.run_id != run_id or (venue is not None and order.venue != venue):
+                    continue
+                if order.state == SENDING:
+                    order.state = PENDING
+                if reset_resumable and order.state == PENDING and order.outcome is not None:
+                    order.outcome = None
+            return lost
+
+    def claim_lanes(
+        self, run_id: str, venues: Iterable[str], *, limit: int, lease: float
+    ) -> list[str]:
+        """Lease up to `limit` of these venues that nobody else holds; the ones taken."""
+        now = utcnow()
+        taken: list[str] = []
+        with self._lock:
+            for venue in sorted(set(venues)):
+                if len(taken) >= limit:
+                    break
+                owner, until = self._lanes.get((run_id, venue), (None, now))
+                if owner is None or owner == self._token or until < now:
+                    self._lanes[run_id, venue] = (self._token, now + timedelta(seconds=lease))
+                    taken.append(venue)
+        return taken
+
+    def renew_lanes(self, run_id: str, venues: Iterable[str], *, lease: float) -> set[str]:
+        """Extend this store's leases; the venues it still holds."""
+        until = utcnow() + timedelta(seconds=lease)
+        held = set()
+        with self._lock:
+            for venue in venues:
+                if self._lanes.get((run_id, venue), (None,))[0] == self._token:
+                    self._lanes[run_id, venue] = (self._token, until)
+                    held.add(venue)
+        return held
+
+    def release_lanes(self, run_id: str, venues: Iterable[str]) -> None:
+        """Give up this store's leases on these venues."""
+        with self._lock:
+            for venue in venues:
+                if self._lanes.get((run_id, venue), (None,))[0] == self._token:
+                    del self._lanes[run_id, venue]
+
+    def leased_by_others(self, run_id: str) -> set[str]:
+        """Venues another live holder leases: none, in one process."""
+        now = utcnow()
+        with self._lock:
+            return {
+                venue
+                for (run, venue), (owner, until) in self._lanes.items()
+                if run == run_id and owner != self._token and until >= now
+            }
+
+    def venues_with_work(self, run_id: str, *, to_confirm: bool = False) -> dict[str, int]:
+        """Orders still to send (or to confirm), per venue."""
+        with self._lock:
+            work: Counter[str] = Counter(
+                o.venue
+                for o in self._orders.values()
+                if o.run_id == run_id
+                and (o.outcome == CANCEL_PENDING if to_confirm else o.state != DONE)
+            )
+        return dict(work)
+
+    def pending_page(
+        self, run_id: str, venue: str, *, after_pk: int, limit: int, to_confirm: bool = False
+    ) -> list[OrderToSend]:
+        """The next orders of a venue to send (or confirm) after `after_pk`, in input order."""
+        page: list[OrderToSend] = []
+        with self._lock:
+            pks = self._by_venue.get((run_id, venue), [])
+            for pk in pks[bisect.bisect_right(pks, after_pk) :]:
+                o = self._orders[pk]
+                if (o.outcome == CANCEL_PENDING) if to_confirm else (o.state == PENDING):
+                    page.append(
+                        OrderToSend(pk, o.venue, o.order_id, o.account_id, o.symbol, o.attempts)
+                    )
+                    if len(page) >= limit:
+                        break
+        return page
+
+    def write_batch(self, run_id: str, begins: Sequence[Begin], answers: Sequence[Answer]) -> None:
+        """Apply answers, then record attempts about to be sent (one "transaction")."""
+        with self._lock:
+            for a in answers:
+                attempt = self._attempts.get((a.order_pk, a.attempt))
+                if attempt is not None:
+                    attempt.answered_at = a.answered_at
+                    attempt.http_status = a.http_status
+                    attempt.verdict = a.verdict
+                    attempt.latency_ms = round(a.latency_ms, 3)
+                    attempt.detail = a.detail
+                order = self._orders[a.order_pk]
+                order.state = DONE if a.outcome in FINAL else PENDING
+                order.outcome = a.outcome
+                order.reason = a.reason
+                order.last_http_status = a.http_status
+                order.last_answer_at = a.answered_at
+            for b in begins:
+                self._attempts[b.order_pk, b.attempt] = _Attempt(run_id, b.sent_at)
+                order = self._orders[b.order_pk]
+                if getattr(b, "kind", "cancel") == "cancel":  # a confirm leaves the state alone
+                    order.state = SENDING
+                order.attempts = b.attempt
+                if order.first_sent_at is None:
+                    order.first_sent_at = b.sent_at
+
+    def settle_unsent(self, run_id: str, venue: str | None, outcome: Outcome, reason: str) -> int:
+        """Give every unsent order (of one venue, or all) a resumable outcome."""
+        count = 0
+        with self._lock:
+            for order in self._orders.values():
+                if (
+                    order.run_id == run_id
+                    and order.state == PENDING
+                    and order.outcome in (None, Outcome.SKIPPED.value)
+                    and (venue is None or order.venue == venue)
+                ):
+                    order.outcome, order.reason = outcome.value, reason
+                    count += 1
+        return count
+
+    def heartbeat(self, run_id: str) -> None:
+        """Nothing to keep fresh: no run lock in memory."""
+        self.heartbeats += 1
+        self.last_heartbeat = utcnow()
