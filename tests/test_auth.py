@@ -9,6 +9,7 @@ contacted. ZebPay's "Invalid or expired timestamp" is a clock blip once, a refus
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ class TestRefusedCredentials:
     # HMAC secret). test_five_venues covers the first run for every venue.
     @pytest.mark.parametrize("bad", ["sfox", "etna", "zebpay"])
     async def test_refusing_venue_halts_others_finish_resume_completes(
-        self, tmp_path: Path, serve_simulators: ServeSimulators, bad: str
+        self, tmp_path: Path, serve_simulators: ServeSimulators, bad: str, audit_url: str
     ) -> None:
         """One venue of three refuses the credentials the CLI has: it receives at most
         max_in_flight requests, all its orders end `skipped` with a reason, the other two
@@ -61,7 +62,7 @@ class TestRefusedCredentials:
         counts = {bad: 300, others[0]: 40, others[1]: 40}
         venues = build_venues(counts)
         orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         wrong_env = cli_env(db, credentials={**CREDENTIALS, **WRONG[bad]})
         refusing = venues.simulators[bad]
         async with serve_simulators(venues.simulators) as server:
@@ -93,14 +94,15 @@ class TestRefusedCredentials:
                     == 40
                 )
             reasons = {
-                str(r) for (r,) in db_rows(db, "select reason from orders where venue = ?", (bad,))
+                str(r)
+                for (r,) in db_rows(db, "select reason from orders where venue = :v", {"v": bad})
             }
             assert reasons and all("credentials" in r for r in reasons), reasons
             refused_rows = db_rows(
                 db,
                 "select a.verdict from attempts a join orders o on o.pk = a.order_pk "
-                "where o.venue = ?",
-                (bad,),
+                "where o.venue = :v",
+                {"v": bad},
             )
             assert refused_rows == [("auth_refused",)] * refusing.total_requests
             sent_before = refusing.total_requests
@@ -125,14 +127,14 @@ class TestRefusedCredentials:
 
 class TestMissingCredentials:
     async def test_unset_variable_skips_venue_without_contacting_it(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """BATCHCANCEL_TANX_JWT unset and ETNA's token unset: tanX and ETNA receive nothing,
         their orders are `skipped` with a reason naming the missing variable, sFOX finishes,
         exit 1; a resume with the variables set completes the run."""
         venues = build_venues({"sfox": 30, "tanx": 20, "etna": 20})
         orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         partial = {
             k: v
             for k, v in CREDENTIALS.items()
@@ -156,11 +158,11 @@ class TestMissingCredentials:
             assert summary["venues"]["sfox"]["canceled"] == 30
             assert summary["venues"]["tanx"]["skipped"] == 20
             assert summary["venues"]["etna"]["skipped"] == 20
-            reasons = dict(
-                db_rows(
-                    db, "select venue, group_concat(distinct reason) from orders group by venue"
-                )
-            )
+            # Each venue's distinct reasons, comma-joined (SQLite's group_concat, for both).
+            distinct: dict[str, set[str]] = defaultdict(set)
+            for venue, reason in db_rows(db, "select distinct venue, reason from orders"):
+                distinct[str(venue)].add(str(reason))
+            reasons = {venue: ",".join(sorted(found)) for venue, found in distinct.items()}
             assert "BATCHCANCEL_TANX_JWT" in str(reasons["tanx"]), reasons
             assert "BATCHCANCEL_ETNA_TOKEN" in str(reasons["etna"]), reasons
             assert "BATCHCANCEL_ETNA_APP_KEY" not in str(reasons["etna"]), reasons
@@ -209,7 +211,7 @@ class SkewedZebpay(ZebpaySimulator):
 
 class TestZebpayTimestamp:
     async def test_expired_timestamp_once_is_retried(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """One order's signed timestamp is refused once: its next attempt (freshly signed)
         cancels it; the refusal is an attempt row with verdict `transient`; exit 0."""
@@ -221,7 +223,7 @@ class TestZebpayTimestamp:
             tmp_path / "orders.csv",
             [{"venue": "zebpay", **order_fields("zebpay", n)} for n in range(20)],
         )
-        db = tmp_path / "audit.db"
+        db = audit_url
         async with serve_simulators({"zebpay": simulator}) as server:
             config = write_venues_toml(tmp_path / "v.toml", server, zebpay=KEYS)
             result = await run_cli(
@@ -236,7 +238,7 @@ class TestZebpayTimestamp:
         assert outcomes_by_order(db)["zebpay", ids[5]] == "canceled"
 
     async def test_repeated_expired_timestamp_is_a_refusal(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """The same order's timestamp refused twice in a row is treated as refused
         credentials: ZebPay is halted, the order and every unsent one `skipped`, exit 1; a
@@ -249,7 +251,7 @@ class TestZebpayTimestamp:
             tmp_path / "orders.csv",
             [{"venue": "zebpay", **order_fields("zebpay", n)} for n in range(200)],
         )
-        db = tmp_path / "audit.db"
+        db = audit_url
         env = cli_env(db)
         async with serve_simulators({"zebpay": simulator}) as server:
             # 20 per 1 s: the retry (due after ~0.05 s) waits for a rate slot behind 19 others.
@@ -290,7 +292,7 @@ class TestZebpayTimestamp:
         assert_no_secrets(db, [first.stdout, first.stderr, second.stdout, second.stderr])
 
     async def test_repeated_timestamp_is_recorded_as_auth_refused(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """The attempt whose repeated timestamp refusal halted ZebPay is audited with verdict
         `auth_refused` (SPEC: the verdict column says how the answer was treated)."""
@@ -302,7 +304,7 @@ class TestZebpayTimestamp:
             tmp_path / "orders.csv",
             [{"venue": "zebpay", **order_fields("zebpay", n)} for n in range(5)],
         )
-        db = tmp_path / "audit.db"
+        db = audit_url
         async with serve_simulators({"zebpay": simulator}) as server:
             keys = {**KEYS, "max_in_flight": 1}
             config = write_venues_toml(tmp_path / "v.toml", server, zebpay=keys)

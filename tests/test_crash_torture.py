@@ -3,7 +3,7 @@
 The run (2,000 orders, each venue at a moderate limit its simulator enforces) is started as a
 real CLI process and killed at seeded pseudo-random points, counted in requests the simulators
 received; each time it is resumed and killed again at the next point, then resumed to the end.
-After every kill and at the end the audit file and the simulators must agree:
+After every kill and at the end the audit database and the simulators must agree:
 
 - every order has exactly one final outcome, or is resumable (pending, sending, failed, skipped);
 - no order that was final before a kill is sent again;
@@ -63,8 +63,8 @@ SEED = 5_2024
 RUN_KEY = "torture"
 
 
-def check_invariants(db: Path, venues: Venues, final_seen: dict[tuple[str, str], int]) -> None:
-    """The audit file against itself and the simulators, after a kill or at the end.
+def check_invariants(db: str, venues: Venues, final_seen: dict[tuple[str, str], int]) -> None:
+    """The audit database against itself and the simulators, after a kill or at the end.
 
     `final_seen` maps each order found final so far to the requests its venue had received
     for it then; it must not grow afterwards. New final orders are added to it.
@@ -102,7 +102,7 @@ def check_invariants(db: Path, venues: Venues, final_seen: dict[tuple[str, str],
     assert_arrivals_follow_attempt_rows(db, venues.simulators)
 
 
-async def cli_json(*args: str, db: Path) -> object:
+async def cli_json(*args: str, db: str) -> object:
     """A CLI command's JSON output (exit 0 expected)."""
     result = await run_cli(*args, env=cli_env(db))
     assert result.code == 0, result.stderr
@@ -112,7 +112,7 @@ async def cli_json(*args: str, db: Path) -> object:
 class TestCrashTorture:
     @pytest.mark.parametrize("kills", [3, pytest.param(20, marks=pytest.mark.slow)])
     async def test_sigkill_at_seeded_points_then_resume_until_done(
-        self, tmp_path: Path, serve_simulators: ServeSimulators, kills: int
+        self, tmp_path: Path, serve_simulators: ServeSimulators, kills: int, audit_url: str
     ) -> None:
         """2,000 orders over five venues, SIGKILLed at `kills` seeded request counts and
         resumed each time, then resumed to the end: after every kill each order is final or
@@ -128,7 +128,7 @@ class TestCrashTorture:
         rng.shuffle(venues.rows)
         points = sorted(rng.sample(range(30, int(TOTAL * 0.9)), kills))
         orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         env = cli_env(db)
         final_seen: dict[tuple[str, str], int] = {}
         outputs: list[str] = []
@@ -194,7 +194,7 @@ class TestCrashTorture:
         records = list(csv.DictReader(io.StringIO(report.stdout)))
         attempt_records = list(csv.DictReader(io.StringIO(attempts_report.stdout)))
 
-        # status, report, the run's own summary and the audit file agree.
+        # status, report, the run's own summary and the audit database agree.
         db_counts = dict(db_rows(db, "select outcome, count(*) from orders group by outcome"))
         report_counts = Counter(r["outcome"] for r in records)
         nonzero = {k: v for k, v in status["outcomes"].items() if v}

@@ -68,7 +68,7 @@ def venue_keys(**extra: object) -> dict[str, dict[str, object]]:
 class TestEachFaultKind:
     @pytest.mark.parametrize("fault", list(Fault), ids=[f.value for f in Fault])
     async def test_faulty_answers_are_retried_to_the_right_outcome(
-        self, tmp_path: Path, serve_simulators: ServeSimulators, fault: Fault
+        self, tmp_path: Path, serve_simulators: ServeSimulators, fault: Fault, audit_url: str
     ) -> None:
         """Five venues, the fault scripted once, twice and three times on three orders of each:
         every order ends with the outcome its book implies (a repeat cancel's outcome where the
@@ -83,7 +83,7 @@ class TestEachFaultKind:
             for index, times in FAULTED.items():
                 plans[name].script(ids[index], *[fault] * times)
         orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         async with serve_simulators(venues.simulators) as server:
             timeout = SLOW_TIMEOUT if fault is Fault.SLOW else TIMEOUT
             config = write_venues_toml(tmp_path / "v.toml", server, **venue_keys(timeout=timeout))
@@ -132,7 +132,7 @@ STORM = {
 
 class TestFaultStorm:
     async def test_mixed_fault_storm_over_five_venues(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """About 30 % of all requests to five venues fail in one of eight ways (5xx, dropped
         connections before and after the cancel applied, junk, truncated bodies, 429s with and
@@ -144,7 +144,7 @@ class TestFaultStorm:
         states = [OrderState.OPEN] * 3 + [OrderState.OPEN_ASYNC, OrderState.FILLED, None]
         venues = build_venues(dict.fromkeys(VENUE_NAMES, 80), states=states, faults=plans)
         orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         async with serve_simulators(venues.simulators) as server:
             config = write_venues_toml(
                 tmp_path / "v.toml", server, **venue_keys(cooldown=0.05, max_in_flight=8)
@@ -187,7 +187,7 @@ class TestRateLimitPausesTheVenue:
         "fault", [Fault.RATE_LIMIT, Fault.RATE_LIMIT_BARE], ids=["retry-after", "bare"]
     )
     async def test_429_pauses_every_request_to_the_venue(
-        self, tmp_path: Path, serve_simulators: ServeSimulators, fault: Fault
+        self, tmp_path: Path, serve_simulators: ServeSimulators, fault: Fault, audit_url: str
     ) -> None:
         """A 429 on one sFOX order (Retry-After 1 s, or no header and a 1 s cooldown) pauses
         the whole venue: besides requests already in flight, nothing reaches sFOX until the
@@ -198,7 +198,7 @@ class TestRateLimitPausesTheVenue:
         victim = venues.ids("sfox")[12]
         plan.script(victim, fault)
         orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         async with serve_simulators(venues.simulators) as server:
             config = write_venues_toml(
                 tmp_path / "v.toml",
@@ -251,6 +251,7 @@ class TestRetryAfterValues:
         self,
         tmp_path: Path,
         serve_simulators: ServeSimulators,
+        audit_url: str,
         retry_after: float,
         cooldown: float,
     ) -> None:
@@ -262,7 +263,7 @@ class TestRetryAfterValues:
         victim = venues.ids("sfox")[2]
         plan.script(victim, Fault.RATE_LIMIT)
         orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         async with serve_simulators(venues.simulators) as server:
             config = write_venues_toml(
                 tmp_path / "v.toml", server, sfox={"rate_limit": 0, "cooldown": cooldown}
@@ -286,7 +287,7 @@ class TestRetryAfterValues:
 
 class TestMaxAttempts:
     async def test_exhausted_orders_fail_then_resume_completes_them(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """Five transient answers scripted on three orders (500, a connection dropped before
         and one dropped after the cancel applied) with --max-attempts 3: each makes 3 attempts
@@ -300,7 +301,7 @@ class TestMaxAttempts:
         for order_id, fault in scripted.items():
             plan.script(order_id, *[fault] * 5)
         orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         env = cli_env(db)
         sfox = venues.simulators["sfox"]
         async with serve_simulators(venues.simulators) as server:

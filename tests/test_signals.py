@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from batchcancel.simulators.base import Fault, FaultPlan
 from tests.conftest import ServeSimulators, cli_env, run_cli, write_orders_csv, write_venues_toml
@@ -27,8 +27,10 @@ from tests.torture_support import (
     Venues,
     assert_arrivals_follow_attempt_rows,
     assert_no_secrets,
+    autocommit_connection,
     build_venues,
     db_rows,
+    is_sqlite,
     outcomes_by_order,
     start_cli,
     stderr_is_clean,
@@ -40,6 +42,12 @@ PER_VENUE = 150
 MAX_IN_FLIGHT = 6
 SLOW_SECONDS = 0.4  # every answer takes this long: a stop always finds requests in flight
 KEYS = {"rate_limit": 0, "max_in_flight": MAX_IN_FLIGHT, "timeout": 5.0, "backoff": 0.05}
+# Statements that take the audit database's write lock from another connection, until a
+# rollback: SQLite's exclusive lock; on PostgreSQL, a lock on attempts no writer can share.
+WRITE_LOCK = {
+    "sqlite": ["begin exclusive"],
+    "postgresql": ["begin", "lock table attempts in access exclusive mode"],
+}
 
 
 def slow_venues() -> tuple[Venues, dict[str, FaultPlan]]:
@@ -50,12 +58,14 @@ def slow_venues() -> tuple[Venues, dict[str, FaultPlan]]:
     return build_venues({"sfox": PER_VENUE, "tanx": PER_VENUE}, faults=plans), plans
 
 
-def assert_stopped_cleanly(db: Path, venues: Venues) -> None:
+def assert_stopped_cleanly(db: str, venues: Venues) -> None:
     """After a stop: every attempt has its answer, every request has its attempt row, every
     order is either done (canceled) or `skipped`, and no order was sent twice."""
     assert db_rows(db, "select count(*) from attempts where verdict is null") == [(0,)]
     assert db_rows(
-        db, "select count(*) from attempts where detail like ?", (IN_FLIGHT_LOST_PREFIX + "%",)
+        db,
+        "select count(*) from attempts where detail like :lost",
+        {"lost": IN_FLIGHT_LOST_PREFIX + "%"},
     ) == [(0,)]
     assert db_rows(db, "select count(*) from attempts") == [(venues.total_requests(),)]
     states = dict(db_rows(db, "select coalesce(outcome, 'NULL'), count(*) from orders group by 1"))
@@ -67,7 +77,7 @@ def assert_stopped_cleanly(db: Path, venues: Venues) -> None:
     assert_arrivals_follow_attempt_rows(db, venues.simulators)
 
 
-async def resume_and_check(db: Path, venues: Venues, plans: dict[str, FaultPlan], run: str) -> None:
+async def resume_and_check(db: str, venues: Venues, plans: dict[str, FaultPlan], run: str) -> None:
     """Resume without faults: exit 0, every order canceled, each sent exactly once overall."""
     for plan in plans.values():
         plan.shares.clear()
@@ -86,7 +96,11 @@ async def resume_and_check(db: Path, venues: Venues, plans: dict[str, FaultPlan]
 class TestSignals:
     @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
     async def test_signal_stops_sends_records_in_flight_and_resumes(
-        self, tmp_path: Path, serve_simulators: ServeSimulators, signum: signal.Signals
+        self,
+        tmp_path: Path,
+        serve_simulators: ServeSimulators,
+        signum: signal.Signals,
+        audit_url: str,
     ) -> None:
         """A signal mid-run: no request leaves after it, the requests in flight are answered
         and recorded (answers arriving after the signal, none left without a verdict), the
@@ -94,7 +108,7 @@ class TestSignals:
         each remaining order once and completes the run."""
         venues, plans = slow_venues()
         orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         async with serve_simulators(venues.simulators) as server:
             config = write_venues_toml(tmp_path / "v.toml", server, sfox=KEYS, tanx=KEYS)
             process = await start_cli(
@@ -136,14 +150,14 @@ class TestSignals:
         assert_no_secrets(db, [stdout, stderr])
 
     async def test_deadline_stops_records_in_flight_and_resumes(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """--deadline 1.5: the run stops sending after 1.5 s, records the answers of the
         requests in flight, leaves the rest `skipped`, exits 3 with status `stopped`; a resume
         completes it, each order sent exactly once overall."""
         venues, plans = slow_venues()
         orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         async with serve_simulators(venues.simulators) as server:
             config = write_venues_toml(tmp_path / "v.toml", server, sfox=KEYS, tanx=KEYS)
             result = await run_cli(
@@ -171,7 +185,7 @@ class TestSignals:
             await resume_and_check(db, venues, plans, summary["run_id"])
 
     async def test_deadline_during_a_long_429_pause_stops_promptly(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """A bare 429 pauses sFOX for its 60 s cooldown; the 1 s deadline still ends the run
         at once (no waiting out the pause): exit 3, the rate-limited order and every unsent one
@@ -181,7 +195,7 @@ class TestSignals:
         victim = venues.ids("sfox")[5]
         plan.script(victim, Fault.RATE_LIMIT_BARE)
         orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         sfox = venues.simulators["sfox"]
         keys = {**KEYS, "max_in_flight": 1, "cooldown": 60.0}
         async with serve_simulators(venues.simulators) as server:
@@ -211,8 +225,8 @@ class TestSignals:
             assert db_rows(
                 db,
                 "select a.http_status, a.verdict from attempts a join orders o "
-                "on o.pk = a.order_pk where o.order_id = ?",
-                (victim,),
+                "on o.pk = a.order_pk where o.order_id = :victim",
+                {"victim": victim},
             ) == [(429, "transient")]
 
             fast = write_venues_toml(tmp_path / "fast.toml", server, sfox=KEYS)
@@ -231,17 +245,18 @@ class TestSignals:
 
 class TestAuditFailure:
     async def test_audit_table_gone_mid_run_stops_then_resume_completes(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
-        """The attempts table is renamed away from another connection mid-run (the store's
-        busy_timeout of 30 s rules out a lock test): the run stops, exits 1 with one
-        `batchcancel: error:` line naming the audit database and no traceback, and no request
-        reached the venue without its attempt row. With the table back, a resume completes
-        the run: every order final, none lost, none final before the failure sent again."""
+        """The attempts table is renamed away from another connection mid-run (the store waits
+        out locks, 30 s on SQLite and without limit on PostgreSQL, which rules out a lock
+        test): the run stops, exits 1 with one `batchcancel: error:` line naming the audit
+        database and no traceback, and no request reached the venue without its attempt row.
+        With the table back, a resume completes the run: every order final, none lost, none
+        final before the failure sent again."""
         venues = build_venues({"sfox": 400})
         sfox = venues.simulators["sfox"]
         orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         keys = {"rate_limit": 100, "period": 1.0, "max_in_flight": 8, "backoff": 0.05}
         async with serve_simulators(venues.simulators) as server:
             config = write_venues_toml(tmp_path / "v.toml", server, sfox=keys)
@@ -255,12 +270,8 @@ class TestAuditFailure:
                 env=cli_env(db),
             )
             assert await wait_for_requests(venues, 120, process)
-            conn = sqlite3.connect(db, timeout=10)
-            try:
-                conn.execute("alter table attempts rename to attempts_away")
-                conn.commit()
-            finally:
-                conn.close()
+            with autocommit_connection(db) as conn:
+                conn.exec_driver_sql("alter table attempts rename to attempts_away")
             broken = time.time()
             out, err = await asyncio.wait_for(process.communicate(), 60)
             stdout, stderr = out.decode(), err.decode()
@@ -277,12 +288,8 @@ class TestAuditFailure:
             late = [a.at - broken for a in sfox.arrivals if a.at > broken + 0.5]
             assert not late, f"requests sent after the audit failed: {late}"
 
-            conn = sqlite3.connect(db, timeout=10)
-            try:
-                conn.execute("alter table attempts_away rename to attempts")
-                conn.commit()
-            finally:
-                conn.close()
+            with autocommit_connection(db) as conn:
+                conn.exec_driver_sql("alter table attempts_away rename to attempts")
             assert_arrivals_follow_attempt_rows(db, venues.simulators)
             final_before = {
                 str(o) for (o,) in db_rows(db, "select order_id from orders where state = 'done'")
@@ -301,8 +308,8 @@ class TestAuditFailure:
             for (o,) in db_rows(
                 db,
                 "select o.order_id from attempts a join orders o on o.pk = a.order_pk "
-                "where a.detail like ?",
-                (IN_FLIGHT_LOST_PREFIX + "%",),
+                "where a.detail like :lost",
+                {"lost": IN_FLIGHT_LOST_PREFIX + "%"},
             )
         }
         for order_id in venues.ids("sfox"):
@@ -316,16 +323,17 @@ class TestAuditFailure:
         assert_no_secrets(db, [stdout, stderr, resumed.stdout, resumed.stderr])
 
     async def test_briefly_locked_audit_holds_sends_then_run_completes(
-        self, tmp_path: Path, serve_simulators: ServeSimulators
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """Another connection holds the audit database's write lock for 2 s mid-run (shorter
-        than the store's 30 s busy_timeout): no attempt row can be committed, so no request
-        leaves meanwhile (besides those already under way); then the run carries on and
-        finishes: exit 0, every order canceled once, every request with its row."""
+        than the store's 30 s busy_timeout; on PostgreSQL an ACCESS EXCLUSIVE lock on
+        attempts, which the store waits for without limit): no attempt row can be committed,
+        so no request leaves meanwhile (besides those already under way); then the run carries
+        on and finishes: exit 0, every order canceled once, every request with its row."""
         venues = build_venues({"sfox": 300})
         sfox = venues.simulators["sfox"]
         orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         keys = {"rate_limit": 100, "period": 1.0, "max_in_flight": 8, "backoff": 0.05}
         async with serve_simulators(venues.simulators) as server:
             config = write_venues_toml(tmp_path / "v.toml", server, sfox=keys)
@@ -333,15 +341,13 @@ class TestAuditFailure:
                 "run", str(orders), "--venues-config", str(config), "--json", env=cli_env(db)
             )
             assert await wait_for_requests(venues, 80, process)
-            conn = sqlite3.connect(db, timeout=10, isolation_level=None)
-            try:
-                conn.execute("begin exclusive")
+            with autocommit_connection(db) as conn:
+                for statement in WRITE_LOCK["sqlite" if is_sqlite(db) else "postgresql"]:
+                    conn.exec_driver_sql(statement)
                 locked = time.time()
                 await asyncio.sleep(2.0)
                 during = [a.at - locked for a in sfox.arrivals if locked + 0.3 < a.at]
-                conn.execute("rollback")
-            finally:
-                conn.close()
+                conn.exec_driver_sql("rollback")
             out, err = await asyncio.wait_for(process.communicate(), 60)
         stderr_is_clean(err.decode())
         assert process.returncode == 0, err.decode()
@@ -356,7 +362,7 @@ LOADING_ROWS = 80_000  # invalid rows (unknown venue): slow to load, never sent
 CHUNK_ROWS = 20_000  # rows the CLI records per chunk (sources.CHUNK_ROWS)
 
 
-def reached(db: Path, moment: str) -> bool:
+def reached(db: str, moment: str) -> bool:
     """Whether the run got to `moment`: `reading` (the audit schema is ready, the order list
     is being read, nothing recorded and nothing sent yet) or `loading` (sending has begun
     and the rest of the rows are still being recorded in the background)."""
@@ -366,7 +372,7 @@ def reached(db: Path, moment: str) -> bool:
         status = db_rows(db, "select status from runs")
         rows = db_rows(db, "select count(*) from orders")[0][0]
         return status == [("loading",)] and CHUNK_ROWS < int(str(rows)) < LOADING_ROWS
-    except sqlite3.OperationalError:  # the schema is still being created
+    except sa.exc.DBAPIError:  # the schema is still being created
         return False
 
 
@@ -391,6 +397,7 @@ class TestSignalWhileLoading:
         self,
         tmp_path: Path,
         serve_simulators: ServeSimulators,
+        audit_url: str,
         signum: signal.Signals,
         moment: str,
     ) -> None:
@@ -404,7 +411,7 @@ class TestSignalWhileLoading:
             handle.write("venue,order_id\n")
             handle.writelines(f"nosuch,{n}\n" for n in range(LOADING_ROWS))
             handle.writelines(f"sfox,{row['order_id']}\n" for row in venues.rows)
-        db = tmp_path / "audit.db"
+        db = audit_url
         env = cli_env(db)
         async with serve_simulators(venues.simulators) as server:
             config = write_venues_toml(tmp_path / "v.toml", server, sfox=KEYS)

@@ -1,27 +1,29 @@
 """Helpers for the reliability tests (faults, auth, signals, crash torture).
 
-Orders for all five venues, audit reads over a plain sqlite3 connection, the check that every
-request a simulator received had its attempt row first, and a leak search for credentials.
-Nothing here stands in for batchcancel code: the tests drive the real CLI against the real
-simulators and read the real audit file.
+Orders for all five venues, audit reads over a connection of their own (SQLite or PostgreSQL,
+whichever URL the test has), the check that every request a simulator received had its attempt
+row first, and a leak search for credentials. Nothing here stands in for batchcancel code: the
+tests drive the real CLI against the real simulators and read the real audit database.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import sys
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
 
 from batchcancel.outcomes import FINAL, RESUMABLE
 from batchcancel.simulators import SIMULATORS
 from batchcancel.simulators.base import FaultPlan, OrderState, Simulator
-from tests.conftest import CREDENTIALS, SECRET_VALUES
+from tests.conftest import CREDENTIALS, SECRET_VALUES, db_bytes
 
 VENUE_NAMES: tuple[str, ...] = ("sfox", "etna", "crux", "tanx", "zebpay")
 FINAL_VALUES = frozenset(o.value for o in FINAL)
@@ -109,24 +111,57 @@ def repeat_outcomes(simulator: Simulator, state: OrderState | None) -> set[str]:
     return {simulator.expected_outcomes[s].value for s in after}
 
 
-def db_rows(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    """Rows of a query on the audit file, over a connection of its own."""
-    conn = sqlite3.connect(db, timeout=30)
+def is_sqlite(url: str) -> bool:
+    """Whether the audit database URL is a SQLite file (else PostgreSQL)."""
+    return url.startswith("sqlite")
+
+
+def _engine(url: str, *, lock_wait: int = 30, **kwargs: object) -> sa.Engine:
+    """An engine holding no connection between uses, whose statements wait at most
+    `lock_wait` seconds for a lock (SQLite's timeout, PostgreSQL's lock_timeout): a test
+    fails rather than hangs on one."""
+    connect_args: dict[str, object] = (
+        {"timeout": lock_wait}
+        if is_sqlite(url)
+        else {"options": f"-c lock_timeout={lock_wait * 1000}"}
+    )
+    return sa.create_engine(url, poolclass=NullPool, connect_args=connect_args, **kwargs)
+
+
+def db_rows(
+    url: str, sql: str, params: Mapping[str, object] | None = None
+) -> list[tuple[object, ...]]:
+    """Rows of a query (`:name` parameters) on the audit database, over a connection of its
+    own. Timestamps come back as text from SQLite, as datetimes from PostgreSQL: see `unix`."""
+    engine = _engine(url)
     try:
-        return conn.execute(sql, params).fetchall()
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.text(sql), dict(params or {}))]
     finally:
-        conn.close()
+        engine.dispose()
 
 
-def outcomes_by_order(db: Path) -> dict[tuple[str, str], str | None]:
-    """(venue, order_id) -> outcome for every order in the audit file."""
+@contextmanager
+def autocommit_connection(url: str) -> Iterator[sa.Connection]:
+    """A connection of its own that sends each statement as it is, outside any transaction
+    the driver would open (so a test can run DDL or BEGIN ... ROLLBACK by hand)."""
+    engine = _engine(url, lock_wait=10, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def outcomes_by_order(db: str) -> dict[tuple[str, str], str | None]:
+    """(venue, order_id) -> outcome for every order in the audit database."""
     return {
         (str(v), str(o)): (None if out is None else str(out))
         for v, o, out in db_rows(db, "select venue, order_id, outcome from orders")
     }
 
 
-def attempts_by_order(db: Path) -> dict[tuple[str, str], list[tuple[object, ...]]]:
+def attempts_by_order(db: str) -> dict[tuple[str, str], list[tuple[object, ...]]]:
     """(venue, order_id) -> its attempts (attempt, http_status, verdict, detail, sent_at,
     answered_at), in attempt order."""
     result: dict[tuple[str, str], list[tuple[object, ...]]] = defaultdict(list)
@@ -141,11 +176,13 @@ def attempts_by_order(db: Path) -> dict[tuple[str, str], list[tuple[object, ...]
 
 
 def unix(stamp: object) -> float:
-    """An audit timestamp (naive UTC text) as Unix seconds."""
-    return datetime.fromisoformat(str(stamp)).replace(tzinfo=UTC).timestamp()
+    """An audit timestamp (naive UTC: text from SQLite, a datetime from PostgreSQL) as Unix
+    seconds."""
+    moment = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(str(stamp))
+    return moment.replace(tzinfo=UTC).timestamp()
 
 
-def assert_arrivals_follow_attempt_rows(db: Path, simulators: Mapping[str, Simulator]) -> None:
+def assert_arrivals_follow_attempt_rows(db: str, simulators: Mapping[str, Simulator]) -> None:
     """Every request a simulator received had its attempt row committed before it: the k-th
     request about an order arrived after that order's k-th attempt row was stamped sent."""
     sent_at: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -169,9 +206,9 @@ def assert_arrivals_follow_attempt_rows(db: Path, simulators: Mapping[str, Simul
                 assert arrival_at >= row_at - 0.001, f"{venue} {key}: arrived before its row"
 
 
-def assert_no_secrets(db: Path, texts: Iterable[str], extra: Iterable[str] = ()) -> None:
-    """No credential value in the audit database files or in any output."""
-    blobs = [p.read_bytes() for p in db.parent.glob(db.name + "*")]
+def assert_no_secrets(db: str, texts: Iterable[str], extra: Iterable[str] = ()) -> None:
+    """No credential value in the audit database (its files, or a dump) or in any output."""
+    blobs = [db_bytes(db)]
     texts = list(texts)
     for secret in (*SECRET_VALUES, *extra):
         for blob in blobs:
