@@ -351,6 +351,16 @@ def _print_summary(store: Any, summary: Any, *, as_json: bool, db_url: str) -> N
             pending_before=before,
             still_pending=after,
         )
+        filled = store.filled_while_pending(summary.run_id)
+        for venue, order_id in filled:
+            _log(
+                "filled",
+                f"confirm: {venue} order {order_id} filled before its cancel took effect: "
+                "check the position",
+                level="warning",
+                venue=venue,
+                order_id=order_id,
+            )
     if as_json:
         click.echo(json.dumps(summary.as_json()))
         return

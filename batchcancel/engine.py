@@ -26,6 +26,7 @@ from batchcancel.audit.store import (
     BULK,
     CANCEL,
     CONFIRM,
+    CONFIRMED_PREFIX,
     Answer,
     AuditStore,
     Begin,
@@ -382,7 +383,7 @@ class _Lane:
             self.halt(f"credentials refused: {verdict.reason}")
             return pending, "not confirmed: the venue refused the credentials"
         if verdict.outcome is not None and verdict.outcome is not pending:
-            return verdict.outcome, f"confirmed by order status: {verdict.reason}"
+            return verdict.outcome, f"{CONFIRMED_PREFIX}{verdict.reason}"
         if verdict.outcome is None:  # transient: the status is unknown
             job.tries += 1
             if verdict.rate_limited:

@@ -47,6 +47,7 @@ class Progress:
         self._live_mode = (self._stream.isatty() and not json_lines) if live is None else live
         self._live: Live | None = None
         self._last_plain = 0.0
+        self._views: Mapping[str, LaneView] = {}
 
     def __enter__(self) -> Progress:
         if self._live_mode:
@@ -63,15 +64,24 @@ class Progress:
     ) -> None:
         if self._live is not None:
             self._live.stop()
+        elif self._views:
+            self._write(self._views)  # the final state, whenever the last line was
 
     def __call__(self, views: Mapping[str, LaneView]) -> None:
         if self._live is not None:
             self._live.update(self._table(views))
             return
+        if not views:
+            return  # no lane has started yet
+        self._views = views
         now = time.monotonic()
         if now - self._last_plain < PLAIN_EVERY:
             return
         self._last_plain = now
+        self._write(views)
+
+    def _write(self, views: Mapping[str, LaneView]) -> None:
+        """One plain (or JSON) line per venue."""
         for view in views.values():
             if self._json:
                 record = {

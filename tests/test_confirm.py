@@ -71,6 +71,8 @@ class TestConfirm:
         assert "40 orders were cancel_pending; 40 are now confirmed final, 0 still pending" in (
             result.stderr
         )
+        filled = [f"sfox order {1000 + n} filled before its cancel took effect" for n in range(5)]
+        assert all(line in result.stderr for line in filled)  # listed for a human
 
     async def test_confirm_command_and_timeout(
         self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str

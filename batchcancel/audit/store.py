@@ -116,6 +116,7 @@ class OrderToSend:
 CANCEL: Final = "cancel"  # attempt kinds
 BULK: Final = "bulk"  # a cancel carried by a bulk request with other orders
 CONFIRM: Final = "confirm"
+CONFIRMED_PREFIX: Final = "confirmed by order status: "  # reason of a confirm-pass outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,6 +441,21 @@ class AuditStore:
                     .values(outcome=None)
                 )
         return int(lost or 0)
+
+    def filled_while_pending(self, run_id: str, limit: int = 20) -> list[tuple[str, str]]:
+        """(venue, order_id) of orders whose pending cancel the confirm pass found filled."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(orders.c.venue, orders.c.order_id)
+                .where(
+                    orders.c.run_id == run_id,
+                    orders.c.outcome == Outcome.ALREADY_CLOSED.value,
+                    orders.c.reason.like(f"{CONFIRMED_PREFIX}%"),
+                )
+                .order_by(orders.c.pk)
+                .limit(limit)
+            ).all()
+        return [(venue, order_id) for venue, order_id in rows]
 
     def last_sent_by_others(self, run_id: str, venue: str) -> datetime | None:
         """When another process last sent a request to this venue for this run."""
