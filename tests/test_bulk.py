@@ -69,3 +69,49 @@ class TestBulk:
         assert kinds == {"bulk": 400, "cancel": 60}
         reasons = db_rows(audit_url, "select reason, command from runs")
         assert reasons == [("desk emergency", "kill")]
+
+
+class TestKillFiveVenues:
+    async def test_kill_cancels_every_open_order_at_every_venue(
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
+    ) -> None:
+        """`kill` on five venues: every open order ends canceled (or cancel_pending at Crux,
+        which completes later); sFOX needs far fewer requests than orders; one attempt row
+        per order."""
+        import random
+
+        from batchcancel.simulators import SIMULATORS
+        from tests.test_five_venues import order_fields
+
+        rng = random.Random(4)
+        simulators = {}
+        rows = []
+        for venue in ("sfox", "etna", "crux", "tanx", "zebpay"):
+            simulator = SIMULATORS[venue](credentials=CREDENTIALS, rate_limit=None)
+            for n in range(150):
+                fields = order_fields(venue, n, rng)
+                simulator.seed({fields["order_id"]: OrderState.OPEN})
+                rows.append({"venue": venue, **fields})
+            simulators[venue] = simulator
+        orders = write_orders_csv(tmp_path / "orders.csv", rows)
+        async with serve_simulators(simulators) as server:
+            config = write_venues_toml(
+                tmp_path / "v.toml", server, **{v: {"rate_limit": 0} for v in simulators}
+            )
+            result = await run_cli(
+                "kill",
+                str(orders),
+                "--venues-config",
+                str(config),
+                "--json",
+                env=cli_env(audit_url),
+            )
+        assert result.code == 0, result.stderr
+        venues = json.loads(result.stdout)["venues"]
+        for venue, counts in venues.items():
+            done = counts["canceled"] + counts["cancel_pending"]
+            assert done == 150, (venue, counts)
+        assert simulators["sfox"].total_requests == 3  # 150 orders in bulks of 50
+        assert all(simulators[v].total_requests == 150 for v in ("etna", "crux", "tanx", "zebpay"))
+        per_order = db_rows(audit_url, "select count(distinct order_pk), count(*) from attempts")
+        assert per_order == [(750, 750)]
