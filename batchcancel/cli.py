@@ -610,9 +610,18 @@ def venues() -> None:
 
 
 def _terminated(signum: int, frame: object) -> None:
-    # Until the engine installs its own handlers (and after), SIGTERM stops like Ctrl-C:
-    # one line and exit 3, never a silent death.
-    raise KeyboardInterrupt
+    # Outside the engine (which handles SIGTERM itself while sending) no request is in flight,
+    # and the audit survives a crash at any point (it is built for SIGKILL): stop now, with
+    # one line and exit 3. An exception raised from here could surface anywhere.
+    _log(
+        "error",
+        "stopped by SIGTERM with no request in flight; the audit holds everything sent and "
+        "the run is resumable (the same --run-key, or batchcancel resume RUN)",
+        level="error",
+        exit_code=3,
+    )
+    sys.stderr.flush()
+    os._exit(3)
 
 
 def main() -> None:

@@ -499,9 +499,11 @@ class _Session:
         loop = asyncio.get_running_loop()
         self.writer.start()
         installed: list[signal.Signals] = []
+        previous = {}
         if self.options.handle_signals:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    previous[signum] = signal.getsignal(signum)
                     loop.add_signal_handler(
                         signum, self.stop_all, f"stopped by {signal.Signals(signum).name}"
                     )
@@ -533,6 +535,9 @@ class _Session:
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
+                handler = previous.get(signum)
+                if callable(handler) or isinstance(handler, int):
+                    signal.signal(signum, handler)  # what the caller had before the run
             if deadline is not None:
                 deadline.cancel()
             heartbeat.cancel()
