@@ -321,7 +321,7 @@ def summarise(
 ) -> Summary:
     """Counts of a run's orders by outcome and venue, and its status."""
     counts = store.counts(run.id)
-    loading = store.find_run(run.id).status == LOADING  # rows not recorded yet are unfinished
+    loading = run.status == LOADING  # rows not recorded yet count as unfinished
     outcomes = {o.value: 0 for o in Outcome}
     venues: dict[str, dict[str, int]] = {}
     unfinished = orders = 0

@@ -20,6 +20,7 @@ from asyncio import FIRST_COMPLETED
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Final, cast
 
 from batchcancel.audit.store import (
@@ -293,28 +294,21 @@ class _Lane:
                 outcome, reason, label = None, "", "transient"
                 note = answer.note or "not in the bulk answer"
                 job_detail = f"[{tag}] {note}: cancelling it on its own"
-                self._counter += 1
-                heapq.heappush(self._retries, (time.monotonic(), self._counter, job))
+                self._retry_after(job, 0.0)
             else:
                 outcome, reason = self._decide(job, verdict)
                 label = verdict.label
                 job_detail = f"[{tag}] {detail or verdict.reason}"
-            self.writer.answer(
-                Answer(
-                    order_pk=job.order.pk,
-                    attempt=job.attempt,
-                    answered_at=answered_at,
-                    http_status=status,
-                    verdict=label,
-                    latency_ms=latency_ms,
-                    detail=job_detail,
-                    outcome=outcome.value if outcome else None,
-                    reason=reason,
-                )
+            self._record(
+                job,
+                answered_at=answered_at,
+                http_status=status,
+                verdict=label,
+                latency_ms=latency_ms,
+                detail=job_detail,
+                outcome=outcome,
+                reason=reason,
             )
-            if outcome is not None:
-                self.view.done += 1
-                self.view.outcomes[outcome.value] += 1
 
     async def _send_and_record(self, job: _Job) -> None:
         order = job.order
@@ -359,22 +353,53 @@ class _Lane:
         outcome, reason = (
             self._decide_confirm(job, verdict) if confirming else self._decide(job, verdict)
         )
+        self._record(
+            job,
+            answered_at=utcnow(),
+            http_status=status,
+            verdict=str(VerdictKind.AUTH_REFUSED) if escalated else verdict.label,
+            latency_ms=latency_ms,
+            detail=detail if detail else verdict.reason,
+            outcome=outcome,
+            reason=reason,
+        )
+
+    def _record(
+        self,
+        job: _Job,
+        *,
+        answered_at: datetime,
+        http_status: int | None,
+        verdict: str,
+        latency_ms: float,
+        detail: str,
+        outcome: Outcome | None,
+        reason: str,
+    ) -> None:
+        """Queue an attempt's answer for the audit and count it in the progress view."""
         self.writer.answer(
             Answer(
-                order_pk=order.pk,
+                order_pk=job.order.pk,
                 attempt=job.attempt,
-                answered_at=utcnow(),
-                http_status=status,
-                verdict=str(VerdictKind.AUTH_REFUSED) if escalated else verdict.label,
+                answered_at=answered_at,
+                http_status=http_status,
+                verdict=verdict,
                 latency_ms=latency_ms,
-                detail=detail if detail else verdict.reason,
+                detail=detail,
                 outcome=outcome.value if outcome else None,
                 reason=reason,
             )
         )
-        if outcome is not None and (not confirming or outcome is not Outcome.CANCEL_PENDING):
+        # A confirm poll that finds the cancel still pending has not finished the order.
+        still_polling = self.options.confirm and outcome is Outcome.CANCEL_PENDING
+        if outcome is not None and not still_polling:
             self.view.done += 1
             self.view.outcomes[outcome.value] += 1
+
+    def _retry_after(self, job: _Job, delay: float) -> None:
+        """Send this order again once `delay` seconds have passed."""
+        self._counter += 1
+        heapq.heappush(self._retries, (time.monotonic() + delay, self._counter, job))
 
     def _decide_confirm(self, job: _Job, verdict: Verdict) -> tuple[Outcome, str]:
         """After a status answer: confirmed, closed otherwise, or still pending (poll again)."""
@@ -395,8 +420,7 @@ class _Lane:
             job.limited += 1  # counts polls that found the cancel still pending
             delay = min(5.0, self.options.poll_every * 2 ** (job.limited - 1))
         if not self.pacer.halted:
-            self._counter += 1
-            heapq.heappush(self._retries, (time.monotonic() + delay, self._counter, job))
+            self._retry_after(job, delay)
         return pending, "cancel still pending at the venue"
 
     def _decide(self, job: _Job, verdict: Verdict) -> tuple[Outcome | None, str]:
@@ -424,8 +448,7 @@ class _Lane:
         if self.pacer.halted:
             return None, ""  # left for the stop to mark skipped
         self.view.retries += 1
-        self._counter += 1
-        heapq.heappush(self._retries, (time.monotonic() + delay, self._counter, job))
+        self._retry_after(job, delay)
         return None, ""
 
     def _backoff(self, tries: int) -> float:
@@ -624,22 +647,13 @@ class _Session:
         if venue is not None and self.options.confirm:
             if venue.build_status(OrderRow(venue_name, "1", "1"), now=0) is None:
                 view.halted = f"{venue_name} documents no order-status endpoint"
-                self.completed.add(venue_name)
+                await self._leave_lane(venue_name, view.halted)
                 return
         elif venue is not None:
             problem = venue.credentials_problem() or ""
         if venue is None or venue_settings is None or problem:
             view.halted = problem or f"unknown venue {venue_name!r}"
-            if not self.options.confirm:
-                await asyncio.to_thread(
-                    self.store.settle_unsent,
-                    self.run_id,
-                    venue_name,
-                    Outcome.SKIPPED,
-                    f"not sent: {view.halted}",
-                )
-                await asyncio.to_thread(self.store.release_lanes, self.run_id, [venue_name])
-            self.completed.add(venue_name)
+            await self._leave_lane(venue_name, view.halted)
             return
         if not self.options.confirm:
             # This worker now holds the lane: whatever a previous holder left in flight is
@@ -676,19 +690,20 @@ class _Session:
             if not task.done():
                 continue
             del self.running[name]
-            self.completed.add(name)
             task.result()  # a bug in a lane surfaces here, not silently
-            lane = self.lanes[name]
-            if lane.view.halted and not self.options.confirm:
-                await asyncio.to_thread(
-                    self.store.settle_unsent,
-                    self.run_id,
-                    name,
-                    Outcome.SKIPPED,
-                    f"not sent: {lane.view.halted}",
-                )
-            if not self.options.confirm:
-                await asyncio.to_thread(self.store.release_lanes, self.run_id, [name])
+            await self._leave_lane(name, self.lanes[name].view.halted)
+
+    async def _leave_lane(self, name: str, halted: str) -> None:
+        """This worker is done with a venue: what a halt left unsent becomes `skipped`, and
+        the lane is released for others."""
+        self.completed.add(name)
+        if self.options.confirm:
+            return  # the confirm pass holds no leases and leaves outcomes as they are
+        if halted:
+            await asyncio.to_thread(
+                self.store.settle_unsent, self.run_id, name, Outcome.SKIPPED, f"not sent: {halted}"
+            )
+        await asyncio.to_thread(self.store.release_lanes, self.run_id, [name])
 
     async def _heartbeat(self) -> None:
         every = min(HEARTBEAT_EVERY, self.options.lease / 3)

@@ -74,6 +74,16 @@ def postgres() -> Iterator[PostgresServer | None]:
         yield server
 
 
+def postgres_database(postgres: PostgresServer | None) -> str:
+    """A fresh PostgreSQL database URL. Without PostgreSQL: a failure under .ci/run (which
+    sets REQUIRE_PG_VAR), a skip elsewhere, since a laptop may have no server installed."""
+    if postgres is None:
+        if os.environ.get(REQUIRE_PG_VAR):
+            pytest.fail(f"PostgreSQL is not installed and {REQUIRE_PG_VAR} is set")
+        pytest.skip("PostgreSQL is not installed (initdb not found)")
+    return postgres.database()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def audit_url(
     request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresServer | None
@@ -81,11 +91,7 @@ def audit_url(
     """A fresh audit database URL: a SQLite file, then a PostgreSQL database."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'audit.db'}"
-    if postgres is None:
-        if os.environ.get(REQUIRE_PG_VAR):
-            pytest.fail(f"PostgreSQL is not installed and {REQUIRE_PG_VAR} is set")
-        pytest.skip("PostgreSQL is not installed (initdb not found)")
-    return postgres.database()
+    return postgres_database(postgres)
 
 
 def db_rows(url: str, sql: str) -> list[tuple[Any, ...]]:

@@ -317,6 +317,7 @@ class TestStopAndResume:
         """While one process works a SQLite run, `resume` from another is refused with one
         line. (PostgreSQL workers share a run instead: tests/test_workers.py.)"""
         if not audit_url.startswith("sqlite"):
+            # Not a gap: on PostgreSQL a second worker joins the run (tests/test_workers.py).
             pytest.skip("PostgreSQL workers share a run by design")
         book = {str(n): OrderState.OPEN for n in range(1, 201)}
         simulator = seeded(book, rate_limit=None)  # type: ignore[arg-type]

@@ -9,7 +9,6 @@ import random
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,13 @@ from tests.conftest import (
     ServeSimulators,
     cli_env,
     db_rows,
+    postgres_database,
     run_cli,
     write_orders_csv,
     write_venues_toml,
 )
 from tests.pg import PostgresServer
+from tests.test_five_venues import order_fields
 
 # orders per venue and the limit per PERIOD that the simulator enforces and batchcancel keeps
 PERIOD = 2.0
@@ -45,16 +46,6 @@ FULL = {
     "tanx": (4000, 100),
     "zebpay": (4000, 100),
 }
-
-
-def order_fields(venue: str, n: int, rng: random.Random) -> dict[str, str]:
-    if venue == "crux":
-        return {"order_id": str(uuid.UUID(int=rng.getrandbits(128), version=4))}
-    if venue == "etna":
-        return {"order_id": str(500000 + n), "account_id": "77"}
-    if venue == "zebpay":
-        return {"order_id": f"w-{n}", "symbol": "BTCUSDT"}
-    return {"order_id": str(300000 + n)}
 
 
 def build(plan: dict[str, tuple[int, int]]) -> tuple[dict[str, Simulator], list[dict[str, str]]]:
@@ -90,14 +81,6 @@ async def start_worker(env: dict[str, str], *args: str) -> asyncio.subprocess.Pr
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-
-
-def pg_url(postgres: PostgresServer | None) -> str:
-    if postgres is None:
-        if os.environ.get("BATCHCANCEL_TEST_REQUIRE_PG"):
-            pytest.fail("PostgreSQL is not installed")
-        pytest.skip("PostgreSQL is not installed")
-    return postgres.database()
 
 
 async def plan_run(
@@ -144,7 +127,7 @@ async def drain_with_workers(
     plan: dict[str, tuple[int, int]],
     workers: int,
 ) -> None:
-    url = pg_url(postgres)
+    url = postgres_database(postgres)
     env = cli_env(url)
     simulators, rows = build(plan)
     async with serve_simulators(simulators) as server:
@@ -202,7 +185,7 @@ class TestWorkers:
     ) -> None:
         """A worker killed with SIGKILL mid-run: the others take over its venues; nothing is
         lost and no order that was final is sent again; still no 429."""
-        url = pg_url(postgres)
+        url = postgres_database(postgres)
         env = cli_env(url)
         simulators, rows = build(SMALL)
         async with serve_simulators(simulators) as server:
