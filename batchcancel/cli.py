@@ -12,7 +12,7 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -146,6 +146,12 @@ def _run_options(func: Any) -> Any:
         click.option(
             "--bulk", is_flag=True, help="Use bulk-cancel endpoints where venues have one."
         ),
+        click.option(
+            "--all-open",
+            is_flag=True,
+            help="Also use cancel-all endpoints (ZebPay, tanX by market): they cancel EVERY "
+            "open order of the account, listed or not. Implies --bulk.",
+        ),
         click.option("--confirm", is_flag=True, help="Confirm cancel_pending orders afterwards."),
         click.option(
             "--confirm-timeout",
@@ -196,6 +202,7 @@ def _run(
     as_json: bool,
     reason: str,
     bulk: bool,
+    all_open: bool,
     confirm: bool,
     confirm_timeout: float,
     lease: float,
@@ -216,12 +223,14 @@ def _run(
         settings = _settings(db, venues_config)
         if command == "kill":
             settings = _kill_profile(settings)
+        bulk = bulk or all_open or command == "kill"  # SPEC: always on for kill
         drain_options = DrainOptions(
             max_attempts=max_attempts or 5,
             deadline=deadline,
             lease=lease,
             claim_all=command == "kill",
-            bulk=bulk or command == "kill",  # SPEC: always on for kill
+            bulk=bulk,
+            all_open=all_open,
         )
         confirm_options = (
             DrainOptions(
@@ -280,6 +289,14 @@ def _run(
                             invalid=plan.invalid,
                             duplicates=plan.duplicates,
                         )
+                        if all_open and (sweeping := _sweeping(plan.to_send)):
+                            _log(
+                                "all_open",
+                                f"--all-open: cancel-all at {', '.join(sweeping)} cancels every "
+                                "open order of the account, listed or not; each is recorded",
+                                run_id=run_id,
+                                venues=sweeping,
+                            )
                         if dry_run:
                             for line in _estimates(settings, plan):
                                 _log("estimate", line.strip())
@@ -295,7 +312,8 @@ def _run(
                             "venue": venue,
                             "max_attempts": drain_options.max_attempts,
                             "deadline": deadline,
-                            "bulk": bulk or command == "kill",
+                            "bulk": bulk,
+                            "all_open": all_open,
                             "confirm": confirm,
                             "venues_config": (
                                 os.path.abspath(venues_config) if venues_config else None
@@ -314,6 +332,13 @@ def _run(
         finally:
             store.close()
     sys.exit(summary.exit_code)
+
+
+def _sweeping(venue_names: Iterable[str]) -> list[str]:
+    """The venues among these whose adapter has a cancel-all endpoint."""
+    from batchcancel.venues import VENUES
+
+    return sorted(name for name in venue_names if hasattr(VENUES.get(name), "build_sweep"))
 
 
 def _kill_profile(settings: Settings) -> Settings:

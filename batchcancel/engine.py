@@ -32,6 +32,7 @@ from batchcancel.audit.store import (
     AuditStore,
     Begin,
     OrderToSend,
+    SweptOrder,
     utcnow,
 )
 from batchcancel.audit.writer import AuditWriter
@@ -44,12 +45,15 @@ from batchcancel.venues import get_venue
 from batchcancel.venues.base import (
     BulkAnswer,
     BulkVenue,
+    CancelRequest,
     OrderRow,
+    SweepVenue,
     Venue,
     Verdict,
     VerdictKind,
     excerpt,
     supports_bulk,
+    supports_sweep,
 )
 
 __all__ = ["DrainOptions", "LaneView", "drain"]
@@ -60,6 +64,10 @@ RATE_LIMIT_ROUNDS: Final = 4  # 429s an order may meet per allowed attempt befor
 HEARTBEAT_EVERY: Final = 10.0
 CLAIM_EVERY: Final = 0.5  # seconds between looks for a free lane
 LOAD_POLL: Final = 0.2  # seconds between looks for newly loaded orders
+# A cancel-all target is sent again while its answer is a full page, at most
+# (orders of the venue // this) + 2 times: a book far larger than the input cannot keep
+# the lane sweeping; what is left of the input is then cancelled order by order.
+SWEEP_PAGE_GUESS: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +78,9 @@ class DrainOptions:
     deadline: float | None = None  # seconds from start
     confirm: bool = False  # poll order status of cancel_pending orders instead of cancelling
     bulk: bool = False  # use the venue's bulk-cancel endpoint for fresh orders where it has one
+    # --all-open: first cancel every open order of the account with the venue's cancel-all
+    # endpoint (ZebPay, tanX), listed in the input or not; the operator must ask for it.
+    all_open: bool = False
     poll_every: float = 1.0  # first delay between status polls of one order (doubles, max 5 s)
     handle_signals: bool = True
     lease: float = 30.0  # seconds a worker holds a venue lane without renewing it
@@ -103,6 +114,27 @@ class _Job:
     limited: int = 0  # 429s in this session
     warned: bool = False  # an escalate-on-repeat answer was seen once
     fresh: bool = True  # not attempted yet in this session: may go in a bulk request
+
+
+@dataclass
+class _Heard:
+    """What came back for one request: shared by the orders it carried."""
+
+    status: int | None = None
+    detail: str = ""
+    answered_at: datetime = field(default_factory=utcnow)
+    latency_ms: float = 0.0
+
+
+@dataclass
+class _Swept:
+    """What a venue's cancel-all requests said: per order listed, its verdict, the detail
+    to record and the answer it came in; the failure that ended them early, if one did."""
+
+    listed: dict[str, tuple[Verdict, str, _Heard]] = field(default_factory=dict)
+    symbols: dict[str, str] = field(default_factory=dict)
+    failure: Verdict | None = None
+    last: _Heard = field(default_factory=_Heard)
 
 
 @dataclass
@@ -157,6 +189,7 @@ class _Lane:
             if options.bulk and not options.confirm and supports_bulk(venue)
             else 0
         )
+        self._sweeps = options.all_open and not options.confirm and supports_sweep(venue)
 
     def wake(self) -> None:
         """Look for work again (new orders were recorded)."""
@@ -173,6 +206,8 @@ class _Lane:
         """Send every unsent order of the venue, then wait for the answers."""
         async with open_session(max_connections=self.settings.max_in_flight) as session:
             self._session = session
+            if self._sweeps:
+                await self._sweep()
             while not self.pacer.halted:
                 job = await self._next_job()
                 if job is None:
@@ -309,6 +344,160 @@ class _Lane:
                 outcome=outcome,
                 reason=reason,
             )
+
+    async def _sweep(self) -> None:
+        """--all-open: cancel the venue's open orders with its cancel-all requests first.
+
+        Every unsent order of the venue gets its attempt row (kind bulk) before the first
+        request leaves, so the run must be fully loaded first. Each order an answer lists
+        takes the outcome it gives; the others are cancelled on their own next. Orders listed
+        that the input did not hold become orders of the run, so that the audit shows
+        everything the cancel-all touched.
+        """
+        venue = cast(SweepVenue, self.venue)
+        while self.more_coming() and not self.pacer.halted:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=LOAD_POLL)
+        found: list[OrderToSend] = []
+        while (order := await self._next_order()) is not None:
+            found.append(order)
+        rows = {
+            order.pk: OrderRow(order.venue, order.order_id, order.account_id, order.symbol)
+            for order in found
+        }
+        targets = venue.sweep_targets(list(rows.values()))
+        if not targets or not await self.pacer.acquire():
+            self._page = found[::-1]  # nothing to sweep with: send them one by one
+            return
+        jobs = [_Job(order, attempt=order.attempts + 1, fresh=False) for order in found]
+        sent_at = utcnow()
+        try:
+            await self.writer.begin(*(Begin(j.order.pk, j.attempt, sent_at, BULK) for j in jobs))
+        except AuditError as exc:
+            self.pacer.unused()
+            self.pacer.release()
+            self.on_audit_failure(exc)
+            return
+        self.view.sent += len(jobs)
+        swept = await self._send_sweeps(targets, pages=len(jobs) // SWEEP_PAGE_GUESS + 2)
+        failure = swept.failure
+        refused = failure is not None and failure.kind is VerdictKind.AUTH_REFUSED
+        if failure is not None and failure.rate_limited:
+            self.pacer.pause(_or(failure.retry_after, self.settings.cooldown))
+        for job in jobs:
+            key = venue.sweep_key(rows[job.order.pk])
+            if key in swept.listed:
+                verdict, detail, heard = swept.listed[key]
+            elif refused and failure is not None:
+                verdict, detail, heard = failure, swept.last.detail, swept.last
+            else:
+                # Not listed (filled, closed, unknown, another market), or the sweep failed:
+                # the order is cancelled on its own, at once.
+                why = failure.reason if failure is not None else "not in the cancel-all answers"
+                detail = f"[cancel-all] {why}: cancelling it on its own"
+                self._record_heard(job, swept.last, "transient", detail, None, "")
+                self._retry_after(job, 0.0)
+                continue
+            outcome, reason = self._decide(job, verdict)
+            self._record_heard(job, heard, verdict.label, detail, outcome, reason)
+        keys = {venue.sweep_key(row) for row in rows.values()}
+        await self._record_not_in_input(swept, keys, sent_at)
+
+    async def _send_sweeps(self, targets: list[str], *, pages: int) -> _Swept:
+        """Send each cancel-all target, again while its answer is a full page (tanX's limit)
+        but at most `pages` times; stop at the first answer that is not a list. The first
+        request's slot is already granted."""
+        venue = cast(SweepVenue, self.venue)
+        swept = _Swept()
+        granted = True
+        for number, target in enumerate(targets, 1):
+            for page in range(1, pages + 1):
+                if not granted and not await self.pacer.acquire():
+                    swept.failure = Verdict.transient(f"not sent: {self.view.halted}")
+                    return swept
+                granted = False
+                answer, swept.last = await self._send_sweep(
+                    venue.build_sweep(target, now=time.time())
+                )
+                if answer.whole is not None:
+                    swept.failure = answer.whole
+                    return swept
+                tag = f"[cancel-all {target} ({number}/{len(targets)}, page {page})]"
+                for key, verdict in answer.per_order.items():
+                    swept.listed.setdefault(
+                        key, (verdict, f"{tag} {swept.last.detail}", swept.last)
+                    )
+                swept.symbols.update(answer.symbols)
+                if not answer.more:
+                    break
+        return swept
+
+    async def _record_not_in_input(self, swept: _Swept, keys: set[str], sent_at: datetime) -> None:
+        """Orders the cancel-all listed that the input did not: recorded as orders of the run."""
+        extras = [
+            SweptOrder(
+                order_id=key,
+                symbol=swept.symbols.get(key, ""),
+                outcome=verdict.outcome.value,
+                reason=f"not in the input: {verdict.reason} (--all-open)",
+                http_status=heard.status,
+                answered_at=heard.answered_at,
+                latency_ms=heard.latency_ms,
+                detail=detail,
+            )
+            for key, (verdict, detail, heard) in swept.listed.items()
+            if key not in keys and verdict.outcome is not None
+        ]
+        if extras:
+            await asyncio.to_thread(
+                self.store.add_swept, self.run_id, self.view.venue, extras, sent_at=sent_at
+            )
+            self.view.total += len(extras)
+            self.view.done += len(extras)
+            self.view.outcomes.update(e.outcome for e in extras)
+
+    async def _send_sweep(self, request: CancelRequest) -> tuple[BulkAnswer, _Heard]:
+        """Send one cancel-all request in a granted slot and read its answer."""
+        venue = cast(SweepVenue, self.venue)
+        started = time.monotonic()
+        heard = _Heard()
+        try:
+            reply = await send(
+                self._session, self.settings.base_url, request, timeout=self.settings.timeout
+            )
+            heard.status = reply.status
+            heard.detail = excerpt(reply.body)
+            answer = venue.classify_sweep(reply)
+        except TransientVenueError as exc:
+            answer = BulkAnswer(Verdict.transient(str(exc)), {})
+            heard.detail = str(exc)
+        finally:
+            self.pacer.answered()
+            self.pacer.release()
+        heard.answered_at = utcnow()
+        heard.latency_ms = (time.monotonic() - started) * 1000
+        return answer, heard
+
+    def _record_heard(
+        self,
+        job: _Job,
+        heard: _Heard,
+        verdict: str,
+        detail: str,
+        outcome: Outcome | None,
+        reason: str,
+    ) -> None:
+        self._record(
+            job,
+            answered_at=heard.answered_at,
+            http_status=heard.status,
+            verdict=verdict,
+            latency_ms=heard.latency_ms,
+            detail=detail,
+            outcome=outcome,
+            reason=reason,
+        )
 
     async def _send_and_record(self, job: _Job) -> None:
         order = job.order

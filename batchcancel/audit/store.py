@@ -39,6 +39,7 @@ __all__ = [
     "OrderToSend",
     "PlannedOrder",
     "RunInfo",
+    "SweptOrder",
     "utcnow",
 ]
 
@@ -145,6 +146,20 @@ class Answer:
     detail: str
     outcome: str | None
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SweptOrder:
+    """An order a cancel-all cancelled although the input did not list it."""
+
+    order_id: str
+    symbol: str
+    outcome: str
+    reason: str
+    http_status: int | None
+    answered_at: datetime
+    latency_ms: float
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +393,49 @@ class AuditStore:
             with self._write() as conn:
                 conn.exec_driver_sql(self._sql(_ADD_ORDER), rows)  # a million rows: plain SQL
         return len(rows)
+
+    def add_swept(
+        self, run_id: str, venue: str, swept: Sequence[SweptOrder], *, sent_at: datetime
+    ) -> int:
+        """Record orders a cancel-all cancelled that the input did not list: each becomes an
+        order of the run (seq 0: not from the source), final at once, with its one attempt."""
+        with self._write() as conn:
+            for order in swept:
+                pk = conn.execute(
+                    orders.insert()
+                    .values(
+                        run_id=run_id,
+                        seq=0,
+                        venue=venue,
+                        order_id=self.clean(order.order_id),
+                        account_id="",
+                        symbol=self.clean(order.symbol),
+                        state=DONE,
+                        outcome=order.outcome,
+                        reason=self.clean(order.reason),
+                        attempts=1,
+                        last_http_status=order.http_status,
+                        first_sent_at=sent_at,
+                        last_answer_at=order.answered_at,
+                    )
+                    .returning(orders.c.pk)
+                ).scalar_one()
+                conn.execute(
+                    attempts.insert().values(
+                        order_pk=pk,
+                        attempt=1,
+                        run_id=run_id,
+                        worker=self.worker,
+                        kind=BULK,
+                        sent_at=sent_at,
+                        answered_at=order.answered_at,
+                        http_status=order.http_status,
+                        verdict=order.outcome,
+                        latency_ms=round(order.latency_ms, 3),
+                        detail=self.clean(order.detail),
+                    )
+                )
+        return len(swept)
 
     def set_totals(self, run_id: str, *, orders_total: int, duplicates: int) -> None:
         """Record how many orders the run holds once they are all loaded: loading is over."""

@@ -21,7 +21,7 @@ class AuditWriter:
     def __init__(self, store: AuditStore, run_id: str) -> None:
         self._store = store
         self._run_id = run_id
-        self._begins: list[tuple[Begin, asyncio.Future[None]]] = []
+        self._begins: list[tuple[tuple[Begin, ...], asyncio.Future[None]]] = []
         self._answers: list[Answer] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -33,12 +33,12 @@ class AuditWriter:
         """Start the writing task."""
         self._task = asyncio.create_task(self._loop(), name="audit-writer")
 
-    async def begin(self, begin: Begin) -> None:
-        """Record an attempt about to be sent; returns once it is committed."""
+    async def begin(self, *begins: Begin) -> None:
+        """Record attempts about to be sent (one request's); returns once they are committed."""
         if self.failure is not None:
             raise self.failure
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._begins.append((begin, future))
+        self._begins.append((begins, future))
         self._wake.set()
         await future
 
@@ -69,7 +69,10 @@ class AuditWriter:
             if self.failure is None:
                 try:
                     await asyncio.to_thread(
-                        self._store.write_batch, self._run_id, [b for b, _ in begins], answers
+                        self._store.write_batch,
+                        self._run_id,
+                        [b for group, _ in begins for b in group],
+                        answers,
                     )
                     self.commits += 1
                 except AuditError as exc:

@@ -201,6 +201,21 @@ class Simulator:
             self.pending_since[key] = time.monotonic()
         return state
 
+    def sweep(self, keys: Iterable[str], limit: int | None = None) -> list[tuple[str, OrderState]]:
+        """A cancel-all: cancel each open order among `keys` (at most `limit` of them), in
+        order. Counted as one bulk request. The orders cancelled, each with its state before."""
+        self.bulk_requests += 1
+        swept: list[tuple[str, OrderState]] = []
+        for key in keys:
+            if limit is not None and len(swept) >= limit:
+                break
+            state = self.state_of(key)
+            if state in (OrderState.OPEN, OrderState.OPEN_ASYNC):
+                self.cancel(key)
+                self.bulk_ids[key] += 1
+                swept.append((key, state))
+        return swept
+
     # -- the application --------------------------------------------------------------------
 
     def app(self) -> web.Application:

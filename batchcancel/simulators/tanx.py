@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from aiohttp import web
 
 from batchcancel.outcomes import Outcome
 from batchcancel.simulators.base import OrderState, Simulator
-from batchcancel.venues.tanx import JWT_VAR, order_id_of
+from batchcancel.venues.tanx import JWT_VAR, SWEEP_LIMIT, order_id_of
 
 __all__ = ["TanxSimulator"]
 
@@ -33,11 +33,24 @@ class TanxSimulator(Simulator):
         None: Outcome.NOT_FOUND,
     }
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # (market, side) of each order in the book, where a test sets one; else btcusdt, and
+        # buy for an even id, sell for an odd one.
+        self.markets: dict[str, tuple[str, str]] = {}
+
+    def market_of(self, key: str) -> tuple[str, str]:
+        """The order's market and side."""
+        default = ("btcusdt", "buy" if key.isdigit() and int(key) % 2 == 0 else "sell")
+        return self.markets.get(key, default)
+
     def routes(self) -> Iterable[web.RouteDef]:
         """seed 003: POST /sapi/v1/orders/cancel/ with {"order_id": <integer>}; tanX docs:
-        GET /sapi/v1/orders/<order_id>/ for one order."""
+        GET /sapi/v1/orders/<order_id>/ for one order; VENUES.md (Bulk): POST
+        /sapi/v1/user/bulkcancel/ with {"market", "side", "limit"}."""
         return [
             web.post("/sapi/v1/orders/cancel/", self._cancel),
+            web.post("/sapi/v1/user/bulkcancel/", self._bulk_cancel),
             web.get("/sapi/v1/orders/{order_id}/", self._status, allow_head=False),
         ]
 
@@ -100,6 +113,37 @@ class TanxSimulator(Simulator):
             {
                 "status": "success",
                 "message": "Order is successfully queued for cancellation",
+                "payload": payload,
+            }
+        )
+
+    async def _bulk_cancel(self, request: web.Request) -> web.Response:
+        """Cancel up to `limit` open orders of one market and side. ASSUMED (undocumented):
+        the answer lists them in `payload`, each as the single cancel's payload."""
+        body = _body(await request.read())
+        market, side, limit = body.get("market"), body.get("side"), body.get("limit")
+        if not isinstance(market, str) or not market:
+            return _error("market: This field is required.", 400)  # ASSUMED wording
+        if side not in ("buy", "sell"):
+            return _error("side: Must be buy or sell.", 400)  # ASSUMED wording
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= SWEEP_LIMIT:
+            return _error(f"limit: Must be between 1 and {SWEEP_LIMIT}.", 400)  # ASSUMED
+        keys = [k for k in self.book if self.market_of(k) == (market, side)]
+        payload = [
+            {
+                "id": int(key),
+                "side": side,
+                "ord_type": "limit",
+                "state": "cancel" if before is OrderState.OPEN else "wait",
+                "market": market,
+                "cancel_reason": "Order cancelled by user" if before is OrderState.OPEN else None,
+            }
+            for key, before in self.sweep(keys, limit)
+        ]
+        return web.json_response(
+            {
+                "status": "success",
+                "message": "Orders are successfully queued for cancellation",  # ASSUMED
                 "payload": payload,
             }
         )

@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Mapping
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from aiohttp import web
 
@@ -39,14 +39,22 @@ class ZebpaySimulator(Simulator):
         OrderState.FILLED: Outcome.ALREADY_CLOSED,
         None: Outcome.NOT_FOUND,
     }
+    # The symbol of each order in the book, where a test sets one (else BTCUSDT).
+    symbols: dict[str, str]
     # ASSUMED: the accepted clock skew of a signed timestamp (undocumented), in seconds.
     timestamp_window: float = 5.0
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.symbols = {}
+
     def routes(self) -> Iterable[web.RouteDef]:
         """seed 004: DELETE /api/v1/trade/order with {"clientOrderId", "symbol"}; ZebPay trade
-        docs: GET /api/v1/trade/order?id=<clientOrderId> for one order."""
+        docs: GET /api/v1/trade/order?id=<clientOrderId> for one order; VENUES.md (Bulk):
+        DELETE /api/v1/trade/order/all cancels every open order of the user."""
         return [
             web.delete("/api/v1/trade/order", self._cancel),
+            web.delete("/api/v1/trade/order/all", self._cancel_all),
             web.get("/api/v1/trade/order", self._status, allow_head=False),
         ]
 
@@ -120,6 +128,22 @@ class ZebpaySimulator(Simulator):
         self.book[key] = OrderState.CANCELED  # seed 004: the cancel is synchronous
         data = {"clientOrderId": key, "status": "canceled", "symbol": symbol}
         return _envelope(200, "OK", data)  # seed 004; "OK" per the current changelog
+
+    async def _cancel_all(self, request: web.Request) -> web.Response:
+        """VENUES.md (zebpay, Bulk): `data` lists each order cancelled, with its symbol.
+        ZebPay cancels synchronously, so every order listed is canceled at once."""
+        swept = self.sweep(list(self.book))
+        data = []
+        for key, _ in swept:
+            self.book[key] = OrderState.CANCELED
+            data.append(
+                {
+                    "clientOrderId": key,
+                    "status": "canceled",
+                    "symbol": self.symbols.get(key, "BTCUSDT"),
+                }
+            )
+        return _envelope(200, "OK", data)
 
     async def _status(self, request: web.Request) -> web.Response:
         """ZebPay trade docs (Get Order Details): the envelope with the Order as data."""

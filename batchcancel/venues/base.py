@@ -23,6 +23,7 @@ __all__ = [
     "CancelRequest",
     "OrderRow",
     "Reply",
+    "SweepVenue",
     "Venue",
     "VenueDefaults",
     "Verdict",
@@ -34,6 +35,7 @@ __all__ = [
     "message_of",
     "retry_after_seconds",
     "supports_bulk",
+    "supports_sweep",
     "unclassified",
 ]
 
@@ -175,6 +177,10 @@ class BulkAnswer:
     whole: Verdict | None
     per_order: Mapping[str, Verdict]
     note: str = ""
+    # A sweep answer: the symbol of each order listed (for orders not in the input), and
+    # whether the venue may have more to cancel for the same target (its limit was reached).
+    symbols: Mapping[str, str] = field(default_factory=dict)
+    more: bool = False
 
 
 class BulkVenue(Venue, Protocol):
@@ -189,6 +195,33 @@ class BulkVenue(Venue, Protocol):
     def classify_bulk(self, reply: Reply) -> BulkAnswer:
         """What a bulk answer says of each order."""
         ...
+
+
+class SweepVenue(Venue, Protocol):
+    """A venue with a cancel-all endpoint: it cancels every open order of the account (or of
+    a market and side), listed in the input or not. Used only with `--all-open`."""
+
+    def sweep_targets(self, rows: Sequence[OrderRow]) -> list[str]:
+        """The sweep requests that cover the rows (one per market and side, or one for the
+        whole account); [] when none can be built for them."""
+        ...
+
+    def sweep_key(self, row: OrderRow) -> str:
+        """The row's order id as a sweep answer names it."""
+        ...
+
+    def build_sweep(self, target: str, *, now: float) -> CancelRequest:
+        """The cancel-all request for one target of `sweep_targets`."""
+        ...
+
+    def classify_sweep(self, reply: Reply) -> BulkAnswer:
+        """What a cancel-all answer says of each order it lists (keyed as `sweep_key`)."""
+        ...
+
+
+def supports_sweep(venue: Venue) -> bool:
+    """True when the adapter has a cancel-all endpoint."""
+    return hasattr(venue, "build_sweep")
 
 
 def supports_bulk(venue: Venue) -> bool:

@@ -6,11 +6,13 @@ A success is usually "queued for cancellation" (`cancel_pending`); VENUES.md has
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Final
 
 from batchcancel.outcomes import Outcome
 from batchcancel.venues.base import (
+    BulkAnswer,
     CancelRequest,
     OrderRow,
     Reply,
@@ -24,7 +26,7 @@ from batchcancel.venues.base import (
     unclassified,
 )
 
-__all__ = ["JWT_VAR", "TanxVenue", "order_id_of"]
+__all__ = ["JWT_VAR", "SWEEP_LIMIT", "TanxVenue", "market_of", "order_id_of"]
 
 JWT_VAR: Final = "BATCHCANCEL_TANX_JWT"
 
@@ -53,6 +55,17 @@ _AUTH_WORDS: Final = ("credentials were not provided", "token not valid", "token
 # ASSUMED (VENUES.md): undocumented 4xx messages, matched by their words.
 _NOT_FOUND_WORDS: Final = ("not found", "does not exist")
 _CLOSED_WORDS: Final = ("already", "filled")
+
+
+# VENUES.md (tanx, Bulk): POST /sapi/v1/user/bulkcancel/ {"market","side","limit"}; 100 is the
+# documented example's limit, taken as the most one request cancels.
+SWEEP_LIMIT: Final = 100
+_SIDES: Final = ("buy", "sell")
+
+
+def market_of(symbol: str) -> str:
+    """A tanX market name from the symbol column: BTCUSDT, BTC-USDT or btc/usdt -> btcusdt."""
+    return re.sub(r"[^a-z0-9]", "", symbol.lower())
 
 
 def order_id_of(value: object) -> str | None:
@@ -102,6 +115,59 @@ class TanxVenue:
             ),
             body=json.dumps({"order_id": int(row.order_id)}, separators=(",", ":")).encode(),
         )
+
+    # -- bulk cancel by market and side (--all-open) -----------------------------------------
+
+    def sweep_targets(self, rows: Sequence[OrderRow]) -> list[str]:
+        """Both sides of every market the rows name (the input has no side column); rows
+        without a symbol are left to single cancels."""
+        markets = sorted({market_of(row.symbol) for row in rows} - {""})
+        return [f"{market}/{side}" for market in markets for side in _SIDES]
+
+    def sweep_key(self, row: OrderRow) -> str:
+        """Answers name orders by their integer id: 0042 is 42."""
+        return order_id_of(row.order_id) or row.order_id
+
+    def build_sweep(self, target: str, *, now: float) -> CancelRequest:
+        """VENUES.md (tanx, Bulk): POST /sapi/v1/user/bulkcancel/ with market, side, limit."""
+        market, _, side = target.partition("/")
+        body = {"market": market, "side": side, "limit": SWEEP_LIMIT}
+        return CancelRequest(
+            method="POST",
+            path="/sapi/v1/user/bulkcancel/",
+            headers=(
+                ("Authorization", f"JWT {self._jwt}"),
+                ("Content-Type", "application/json"),
+            ),
+            body=json.dumps(body, separators=(",", ":")).encode(),
+        )
+
+    def classify_sweep(self, reply: Reply) -> BulkAnswer:
+        """ASSUMED (the answer is undocumented): the success envelope with `payload` listing
+        the orders it cancelled, each as the single cancel's payload (`id`, `state`, `market`).
+        A full page (`limit` orders) may leave more to cancel: the target is sent again."""
+        if (early := _early_verdict(reply)) is not None:
+            return BulkAnswer(early, {})
+        body = json_object(reply.body) or {}
+        payload = body.get("payload")
+        if (
+            reply.status != 200
+            or message_of(body, "status") != "success"
+            or not isinstance(payload, list)
+        ):
+            return BulkAnswer(None, {}, note=f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
+        per_order: dict[str, Verdict] = {}
+        symbols: dict[str, str] = {}
+        for item in payload:
+            if not isinstance(item, dict):
+                continue
+            key = order_id_of(item.get("id", item.get("order_id")))
+            state = message_of(item, "state")
+            outcome = _STATE_OUTCOMES.get(state)
+            if key is not None and outcome is not None:
+                per_order[key] = Verdict.final(outcome, f"bulk cancel: state {state}")
+                symbols[key] = message_of(item, "market").upper()
+        return BulkAnswer(None, per_order, symbols=symbols, more=len(payload) >= SWEEP_LIMIT)
 
     def build_status(self, row: OrderRow, *, now: float) -> CancelRequest | None:
         """VENUES.md (tanx, Confirm): GET /sapi/v1/orders/<order_id>/ with the JWT, no body."""

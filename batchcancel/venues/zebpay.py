@@ -10,12 +10,13 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Final
 from urllib.parse import urlencode
 
 from batchcancel.outcomes import Outcome
 from batchcancel.venues.base import (
+    BulkAnswer,
     CancelRequest,
     OrderRow,
     Reply,
@@ -47,6 +48,7 @@ _SIGNATURE_WORDS: Final = ("signature",)  # "Invalid signature"
 _NOT_FOUND_WORDS: Final = ("not found", "does not exist")
 _CLOSED_WORDS: Final = ("already", "filled", "canceled", "cancelled", "closed")
 _ORDER_PATH: Final = "/api/v1/trade/order"
+_ALL_PATH: Final = "/api/v1/trade/order/all"  # VENUES.md (zebpay, Bulk): cancel every open order
 
 # ZebPay Order model (Get Order Details): `status` such as new, filled, canceled. ZebPay has no
 # cancel-pending status, so an order still "new" cannot be told from one whose cancel is on its
@@ -122,18 +124,64 @@ class ZebpayVenue:
         body: dict[str, object] = {"clientOrderId": row.order_id}
         if row.symbol:
             body["symbol"] = row.symbol
+        return self._delete(_ORDER_PATH, body, now)
+
+    def _delete(self, path: str, body: dict[str, object], now: float) -> CancelRequest:
+        """A DELETE with a JSON body: a JWT, or the body signed with a timestamp at its root."""
         common = (("Content-Type", "application/json"), ("Accept", "application/json"))
         if not self._signs:
             # The timestamp is for API-key auth only (ZebPay trade docs): none with a JWT.
             auth: tuple[tuple[str, str], ...] = (("Authorization", f"Bearer {self._jwt}"),)
-            return CancelRequest("DELETE", _ORDER_PATH, auth + common, compact(body))
-        body["timestamp"] = int(now * 1000)
-        data = compact(body)
+            return CancelRequest("DELETE", path, auth + common, compact(body))
+        data = compact({**body, "timestamp": int(now * 1000)})
         auth = (
             ("x-auth-apikey", self._api_key),
             ("x-auth-signature", sign(self._api_secret, data)),
         )
-        return CancelRequest("DELETE", _ORDER_PATH, auth + common, data)
+        return CancelRequest("DELETE", path, auth + common, data)
+
+    # -- cancel-all (--all-open) -------------------------------------------------------------
+
+    def sweep_targets(self, rows: Sequence[OrderRow]) -> list[str]:
+        """One cancel-all covers the whole account, whatever the rows."""
+        return ["all"] if rows else []
+
+    def sweep_key(self, row: OrderRow) -> str:
+        """Answers name orders by clientOrderId, the order_id column."""
+        return row.order_id
+
+    def build_sweep(self, target: str, *, now: float) -> CancelRequest:
+        """VENUES.md (zebpay, Bulk): DELETE /api/v1/trade/order/all. ASSUMED: the body is an
+        empty JSON object (with the timestamp alone when signed), as every signed call has."""
+        return self._delete(_ALL_PATH, {}, now)
+
+    def classify_sweep(self, reply: Reply) -> BulkAnswer:
+        """VENUES.md (zebpay, Bulk): `data` lists {"clientOrderId","status":"canceled",
+        "symbol"}. Any other answer that is not a retry or a refusal accounts for no order:
+        each is then cancelled on its own."""
+        verdict = self.classify(reply)
+        if verdict.kind is not VerdictKind.FINAL:
+            return BulkAnswer(verdict, {})
+        body = json_object(reply.body) or {}
+        data = body.get("data")
+        if (
+            reply.status != 200
+            or body.get("statusCode") not in (200, 201)
+            or not isinstance(data, list)
+        ):
+            return BulkAnswer(None, {}, note=f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
+        per_order: dict[str, Verdict] = {}
+        symbols: dict[str, str] = {}
+        for item in data:
+            key = item.get("clientOrderId") if isinstance(item, dict) else None
+            if not isinstance(key, str) or not key:
+                continue
+            status = message_of(item, "status")
+            if status in ("canceled", "cancelled"):
+                per_order[key] = Verdict.final(Outcome.CANCELED, f"cancel-all: {status}")
+                symbol = item.get("symbol")
+                symbols[key] = symbol if isinstance(symbol, str) else ""
+        return BulkAnswer(None, per_order, symbols=symbols)
 
     def build_status(self, row: OrderRow, *, now: float) -> CancelRequest | None:
         """VENUES.md (zebpay, Confirm): GET /api/v1/trade/order?id=<clientOrderId>, no body.

@@ -365,11 +365,11 @@ class TestConfirm:
     async def test_pending_cancel_settles(self, serve_simulators: ServeSimulators) -> None:
         """Over HTTP: the supplier has not confirmed (items Allocated: pending), then has
         (every item Cancelled); status reads are counted apart from the one cancel."""
-        simulator = CruxSimulator(credentials=CREDENTIALS, settle_after=0.05)
+        simulator = CruxSimulator(credentials=CREDENTIALS, settle_after=0.5)
         simulator.seed({UUID: OrderState.OPEN_ASYNC})
         status = status_request(VENUE)
         answers = await exchange(
-            serve_simulators, simulator, VENUE.build_cancel(row(), now=0.0), status, 0.1, status
+            serve_simulators, simulator, VENUE.build_cancel(row(), now=0.0), status, 0.6, status
         )
         assert VENUE.classify(answers[0]).outcome is Outcome.CANCEL_PENDING
         assert VENUE.classify_status(answers[1]).outcome is Outcome.CANCEL_PENDING
@@ -384,14 +384,14 @@ class TestConfirm:
 
     async def test_fill_wins_the_race(self, serve_simulators: ServeSimulators) -> None:
         """A supplier who ships instead of cancelling: already_closed."""
-        simulator = CruxSimulator(credentials=CREDENTIALS, settle_after=0.05)
+        simulator = CruxSimulator(credentials=CREDENTIALS, settle_after=0.5)
         simulator.seed({UUID: OrderState.OPEN_ASYNC})
         simulator.will_fill.add(UUID)
         answers = await exchange(
             serve_simulators,
             simulator,
             VENUE.build_cancel(row(), now=0.0),
-            0.1,
+            0.6,
             status_request(VENUE),
         )
         assert VENUE.classify_status(answers[1]).outcome is Outcome.ALREADY_CLOSED

@@ -320,11 +320,11 @@ class TestConfirm:
     async def test_pending_cancel_settles(self, serve_simulators: ServeSimulators) -> None:
         """Over HTTP: cancel pending, status Cancel Pending, then Canceled once it settles; the
         status reads are counted apart from the one cancel."""
-        simulator = SfoxSimulator(credentials=CREDENTIALS, settle_after=0.05)
+        simulator = SfoxSimulator(credentials=CREDENTIALS, settle_after=0.5)
         simulator.seed({"42": OrderState.OPEN_ASYNC})
         cancel = VENUE.build_cancel(OrderRow("sfox", "42"), now=0.0)
         status = status_request(VENUE, "42")
-        answers = await exchange(serve_simulators, simulator, cancel, status, 0.1, status)
+        answers = await exchange(serve_simulators, simulator, cancel, status, 0.6, status)
         assert VENUE.classify(answers[0]).outcome is Outcome.CANCEL_PENDING
         assert json.loads(answers[1].body)["status"] == "Cancel Pending"
         assert VENUE.classify_status(answers[1]).outcome is Outcome.CANCEL_PENDING
@@ -358,12 +358,12 @@ class TestConfirm:
 
     async def test_fill_wins_the_race(self, serve_simulators: ServeSimulators) -> None:
         """A pending cancel that ends filled reads as already_closed."""
-        simulator = SfoxSimulator(credentials=CREDENTIALS, settle_after=0.05)
+        simulator = SfoxSimulator(credentials=CREDENTIALS, settle_after=0.5)
         simulator.seed({"42": OrderState.OPEN_ASYNC})
         simulator.will_fill.add("42")
         cancel = VENUE.build_cancel(OrderRow("sfox", "42"), now=0.0)
         answers = await exchange(
-            serve_simulators, simulator, cancel, 0.1, status_request(VENUE, "42")
+            serve_simulators, simulator, cancel, 0.6, status_request(VENUE, "42")
         )
         assert VENUE.classify_status(answers[1]).outcome is Outcome.ALREADY_CLOSED
 

@@ -388,11 +388,11 @@ class TestConfirm:
     async def test_pending_cancel_settles(self, serve_simulators: ServeSimulators) -> None:
         """Over HTTP: queued (wait), then cancel once it settles; status reads are counted
         apart from the one cancel."""
-        simulator = TanxSimulator(credentials=CREDENTIALS, settle_after=0.05)
+        simulator = TanxSimulator(credentials=CREDENTIALS, settle_after=0.5)
         simulator.seed({"42": OrderState.OPEN_ASYNC})
         status = status_request(VENUE)
         answers = await exchange(
-            serve_simulators, simulator, VENUE.build_cancel(row(), now=0.0), status, 0.1, status
+            serve_simulators, simulator, VENUE.build_cancel(row(), now=0.0), status, 0.6, status
         )
         assert VENUE.classify(answers[0]).outcome is Outcome.CANCEL_PENDING
         assert json.loads(answers[1].body)["payload"]["state"] == "wait"
@@ -404,14 +404,14 @@ class TestConfirm:
 
     async def test_fill_wins_the_race(self, serve_simulators: ServeSimulators) -> None:
         """A queued cancel that loses to a fill reads done: already_closed."""
-        simulator = TanxSimulator(credentials=CREDENTIALS, settle_after=0.05)
+        simulator = TanxSimulator(credentials=CREDENTIALS, settle_after=0.5)
         simulator.seed({"42": OrderState.OPEN_ASYNC})
         simulator.will_fill.add("42")
         answers = await exchange(
             serve_simulators,
             simulator,
             VENUE.build_cancel(row(), now=0.0),
-            0.1,
+            0.6,
             status_request(VENUE),
         )
         assert VENUE.classify_status(answers[1]).outcome is Outcome.ALREADY_CLOSED
@@ -449,3 +449,100 @@ class TestConfirm:
         assert VENUE.classify_status(answer).kind is VerdictKind.AUTH_REFUSED
         assert simulator.requests["42"] == 0
         assert simulator.status_requests["42"] == 1
+
+
+def bulk_answer(*items: dict[str, object], status: str = "success") -> bytes:
+    """ASSUMED form of a bulk-cancel answer: the envelope listing the cancelled orders."""
+    message = "Orders are successfully queued for cancellation"
+    return json.dumps({"status": status, "message": message, "payload": list(items)}).encode()
+
+
+class TestBulkCancel:
+    """VENUES.md (tanx, Bulk): POST /sapi/v1/user/bulkcancel/ {"market","side","limit"}."""
+
+    def test_request(self) -> None:
+        request = VENUE.build_sweep("btcusdt/sell", now=0.0)
+        assert (request.method, request.path) == ("POST", "/sapi/v1/user/bulkcancel/")
+        assert request.body == b'{"market":"btcusdt","side":"sell","limit":100}'
+        assert dict(request.headers) == {
+            "Authorization": f"JWT {JWT}",
+            "Content-Type": "application/json",
+        }
+
+    def test_targets_are_both_sides_of_each_market_named(self) -> None:
+        rows = [
+            OrderRow("tanx", "1", symbol="BTCUSDT"),
+            OrderRow("tanx", "2", symbol="btc-usdt"),
+            OrderRow("tanx", "3", symbol="ETH/USDC"),
+            OrderRow("tanx", "4"),
+        ]
+        assert VENUE.sweep_targets(rows) == [
+            "btcusdt/buy",
+            "btcusdt/sell",
+            "ethusdc/buy",
+            "ethusdc/sell",
+        ]
+        assert VENUE.sweep_targets([OrderRow("tanx", "4")]) == []
+
+    def test_keys_are_integers(self) -> None:
+        assert VENUE.sweep_key(row("0042")) == "42"
+
+    def test_states_give_outcomes(self) -> None:
+        answer = VENUE.classify_sweep(
+            reply(
+                200,
+                bulk_answer(
+                    {"id": 1, "state": "cancel", "market": "btcusdt"},
+                    {"id": "2", "state": "wait", "market": "btcusdt"},
+                    {"id": 3, "state": "done", "market": "btcusdt"},  # not a cancel: left out
+                    {"state": "cancel"},
+                ),
+            )
+        )
+        assert answer.whole is None
+        assert {k: v.outcome for k, v in answer.per_order.items()} == {
+            "1": Outcome.CANCELED,
+            "2": Outcome.CANCEL_PENDING,
+        }
+        assert answer.symbols == {"1": "BTCUSDT", "2": "BTCUSDT"}
+        assert not answer.more
+
+    def test_a_full_page_asks_for_more(self) -> None:
+        items = [{"id": n, "state": "cancel", "market": "btcusdt"} for n in range(100)]
+        assert VENUE.classify_sweep(reply(200, bulk_answer(*items))).more
+
+    def test_refusals_and_retries_apply_to_the_whole_request(self) -> None:
+        refused = VENUE.classify_sweep(
+            reply(401, b'{"detail":"Authentication credentials were not provided."}')
+        )
+        assert refused.whole is not None and refused.whole.kind is VerdictKind.AUTH_REFUSED
+        limited = VENUE.classify_sweep(reply(429, b"{}", **{"retry-after": "2"}))
+        assert limited.whole is not None and limited.whole.rate_limited
+
+    def test_an_unknown_answer_accounts_for_no_order(self) -> None:
+        for answer in (
+            reply(200, json.dumps({"status": "success", "payload": {"id": 1}}).encode()),
+            reply(400, b'{"status":"error","message":"market: This field is required."}'),
+        ):
+            swept = VENUE.classify_sweep(answer)
+            assert (swept.whole, dict(swept.per_order)) == (None, {})
+
+    async def test_against_the_simulator(self, serve_simulators: ServeSimulators) -> None:
+        """Only the market and side named, at most `limit` orders, open ones only."""
+        simulator = TanxSimulator(credentials=CREDENTIALS)
+        simulator.seed({str(n): OrderState.OPEN for n in range(0, 240, 2)})  # 120 buys
+        simulator.seed({"1": OrderState.OPEN, "3": OrderState.FILLED})  # sells
+        simulator.markets["4"] = ("ethusdt", "buy")
+        request = VENUE.build_sweep("btcusdt/buy", now=0.0)
+        async with (
+            serve_simulators({"tanx": simulator}) as server,
+            open_session(max_connections=1) as session,
+        ):
+            first = await send(session, server.url("tanx"), request, timeout=2.0)
+            second = await send(session, server.url("tanx"), request, timeout=2.0)
+        one, two = VENUE.classify_sweep(first), VENUE.classify_sweep(second)
+        assert (len(one.per_order), one.more) == (100, True)
+        assert (len(two.per_order), two.more) == (19, False)  # order 4 is in ethusdt
+        assert simulator.book["4"] is OrderState.OPEN
+        assert simulator.book["1"] is OrderState.OPEN
+        assert simulator.bulk_requests == 2

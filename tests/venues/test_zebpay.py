@@ -550,13 +550,13 @@ class TestConfirm:
         self, serve_simulators: ServeSimulators, venue: ZebpayVenue
     ) -> None:
         """A cancel under way reads "new" (pending), then "canceled" once it settles."""
-        simulator = ZebpaySimulator(credentials=CREDENTIALS, settle_after=0.05)
+        simulator = ZebpaySimulator(credentials=CREDENTIALS, settle_after=0.5)
         pending(simulator)
         first, second = (
             status_request(venue, now=time.time()),
             status_request(venue, now=time.time()),
         )
-        answers = await exchange(serve_simulators, simulator, first, 0.1, second)
+        answers = await exchange(serve_simulators, simulator, first, 0.6, second)
         assert json.loads(answers[0].body)["data"]["status"] == "new"
         assert venue.classify_status(answers[0]).outcome is Outcome.CANCEL_PENDING
         assert venue.classify_status(answers[1]).outcome is Outcome.CANCELED
@@ -565,11 +565,11 @@ class TestConfirm:
 
     async def test_fill_wins_the_race(self, serve_simulators: ServeSimulators) -> None:
         """A cancel under way that loses to a fill reads filled: already_closed."""
-        simulator = ZebpaySimulator(credentials=CREDENTIALS, settle_after=0.05)
+        simulator = ZebpaySimulator(credentials=CREDENTIALS, settle_after=0.5)
         pending(simulator)
         simulator.will_fill.add("c1")
         answers = await exchange(
-            serve_simulators, simulator, 0.1, status_request(HMAC_VENUE, now=time.time())
+            serve_simulators, simulator, 0.6, status_request(HMAC_VENUE, now=time.time())
         )
         assert HMAC_VENUE.classify_status(answers[0]).outcome is Outcome.ALREADY_CLOSED
 
@@ -649,3 +649,96 @@ class TestConfirm:
         assert json.loads(answer.body)["statusDescription"] == "Invalid or expired timestamp"
         verdict = HMAC_VENUE.classify_status(answer)
         assert verdict.kind is VerdictKind.TRANSIENT and verdict.escalate_on_repeat
+
+
+class TestCancelAll:
+    """VENUES.md (zebpay, Bulk): DELETE /api/v1/trade/order/all, `data` a list of orders."""
+
+    def test_signed_request(self) -> None:
+        """The body is the timestamp alone, compact, signed and sent as signed."""
+        venue = ZebpayVenue({API_KEY_VAR: "my-key", API_SECRET_VAR: "test-secret"})
+        request = venue.build_sweep("all", now=1712345678.901)
+        assert (request.method, request.path) == ("DELETE", "/api/v1/trade/order/all")
+        assert request.body == b'{"timestamp":1712345678901}'
+        headers = dict(request.headers)
+        assert headers["x-auth-apikey"] == "my-key"
+        assert headers["x-auth-signature"] == sign("test-secret", request.body)
+        assert "Authorization" not in headers
+
+    def test_jwt_request(self) -> None:
+        request = JWT_VENUE.build_sweep("all", now=0.0)
+        assert request.body == b"{}"
+        assert dict(request.headers)["Authorization"] == f"Bearer {CREDENTIALS[JWT_VAR]}"
+
+    def test_one_target_for_any_rows(self) -> None:
+        assert JWT_VENUE.sweep_targets([row("a"), row("b", symbol="")]) == ["all"]
+        assert JWT_VENUE.sweep_targets([]) == []
+
+    def test_listed_orders_are_canceled(self) -> None:
+        data = [
+            {"clientOrderId": "a", "status": "canceled", "symbol": "BTCUSDT"},
+            {"clientOrderId": "b", "status": "canceled", "symbol": "ETHUSDT"},
+            {"clientOrderId": "c", "status": "new", "symbol": "BTCUSDT"},  # not cancelled
+            {"status": "canceled"},  # no id: ignored
+        ]
+        answer = JWT_VENUE.classify_sweep(reply(200, envelope(200, "OK", data)))
+        assert answer.whole is None
+        assert {k: v.outcome for k, v in answer.per_order.items()} == {
+            "a": Outcome.CANCELED,
+            "b": Outcome.CANCELED,
+        }
+        assert answer.symbols == {"a": "BTCUSDT", "b": "ETHUSDT"}
+        assert not answer.more
+
+    @pytest.mark.parametrize(
+        ("answer", "kind"),
+        [
+            (reply(401, envelope(401, "Unauthorized")), VerdictKind.AUTH_REFUSED),
+            (reply(400, envelope(400, "Invalid signature")), VerdictKind.AUTH_REFUSED),
+            (reply(429, envelope(429, "Too many requests"), **{"retry-after": "3"}), "429"),
+            (reply(503, b"down"), VerdictKind.TRANSIENT),
+        ],
+        ids=["401", "signature", "429", "503"],
+    )
+    def test_whole_answers(self, answer: Reply, kind: object) -> None:
+        verdict = JWT_VENUE.classify_sweep(answer).whole
+        assert verdict is not None
+        if kind == "429":
+            assert verdict.rate_limited and verdict.retry_after == 3.0
+        else:
+            assert verdict.kind is kind
+
+    def test_anything_else_accounts_for_no_order(self) -> None:
+        """A 200 whose data is not a list, or a 404: each order is then cancelled alone."""
+        for answer in (
+            reply(200, envelope(200, "OK", {"clientOrderId": "a", "status": "canceled"})),
+            reply(404, envelope(404, "Not found")),
+        ):
+            swept = JWT_VENUE.classify_sweep(answer)
+            assert (swept.whole, dict(swept.per_order)) == (None, {})
+            assert swept.note
+
+    async def test_against_the_simulator(self, serve_simulators: ServeSimulators) -> None:
+        """Signed, the simulator cancels every open order and lists each; closed ones stay."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS)
+        simulator.seed({"a": OrderState.OPEN, "b": OrderState.OPEN_ASYNC, "c": OrderState.FILLED})
+        simulator.symbols["b"] = "ETHUSDT"
+        async with (
+            serve_simulators({"zebpay": simulator}) as server,
+            open_session(max_connections=1) as session,
+        ):
+            answer = await send(
+                session,
+                server.url("zebpay"),
+                HMAC_VENUE.build_sweep("all", now=time.time()),
+                timeout=2.0,
+            )
+        swept = HMAC_VENUE.classify_sweep(answer)
+        assert sorted(swept.per_order) == ["a", "b"]
+        assert swept.symbols == {"a": "BTCUSDT", "b": "ETHUSDT"}
+        assert simulator.book == {
+            "a": OrderState.CANCELED,
+            "b": OrderState.CANCELED,
+            "c": OrderState.FILLED,
+        }
+        assert (simulator.bulk_requests, sum(simulator.requests.values())) == (1, 0)
