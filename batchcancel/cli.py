@@ -298,7 +298,7 @@ def _run(
                                 venues=sweeping,
                             )
                         if dry_run:
-                            for line in _estimates(settings, plan):
+                            for line in _estimates(settings, plan, bulk=bulk, all_open=all_open):
                                 _log("estimate", line.strip())
 
                     summary = start_run(
@@ -349,18 +349,31 @@ def _kill_profile(settings: Settings) -> Settings:
     return dataclasses.replace(settings, venues=venues)
 
 
-def _estimates(settings: Settings, plan: Any) -> list[str]:
+def _estimates(settings: Settings, plan: Any, *, bulk: bool, all_open: bool) -> list[str]:
+    """Per venue, the requests the plan needs and how long the venue's limit makes them take."""
+    from batchcancel.venues import VENUES
+
     lines = []
     for name, count in sorted(plan.to_send.items()):
         venue = settings.venues[name]
-        if venue.rate_limit:
-            seconds = count / venue.rate_limit * venue.period
+        adapter = VENUES.get(name)
+        if all_open and hasattr(adapter, "build_sweep"):
             lines.append(
-                f"  {name}: {count} orders at {venue.rate_limit} per {venue.period:g} s "
+                f"  {name}: {count} orders by cancel-all (--all-open): a few requests, then one "
+                "per order it does not list"
+            )
+            continue
+        size = getattr(adapter, "bulk_size", 0) if bulk else 0
+        requests = -(-count // size) if size > 1 else count
+        what = f"{count} orders" + (f" in {requests} bulk requests" if size > 1 else "")
+        if venue.rate_limit:
+            seconds = requests / venue.rate_limit * venue.period
+            lines.append(
+                f"  {name}: {what} at {venue.rate_limit} per {venue.period:g} s "
                 f"= about {seconds:.0f} s"
             )
         else:
-            lines.append(f"  {name}: {count} orders, unthrottled")
+            lines.append(f"  {name}: {what}, unthrottled")
     return lines
 
 

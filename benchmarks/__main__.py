@@ -13,9 +13,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import common, pacing, peers, report, startup, throughput
+from benchmarks import common, kill, pacing, peers, report, startup, throughput
 
-GROUPS = {"throughput": throughput, "pacing": pacing, "startup": startup, "peers": peers}
+GROUPS = {
+    "throughput": throughput,
+    "pacing": pacing,
+    "startup": startup,
+    "peers": peers,
+    "kill": kill,
+}
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 

@@ -49,6 +49,7 @@ class Sizes:
     scale_rows: int = 1_000_000  # figure 6
     peer_orders: int = 2_500  # figure 7
     peer_limit: int = 500  # figure 7, per 1 s
+    kill_orders: int = 2_000  # figure 8, per venue
     first_request_timeout: float = 120.0  # figures 5, 6: give up waiting after this
 
 
@@ -63,6 +64,7 @@ QUICK = Sizes(
     scale_rows=3_000,
     peer_orders=150,
     peer_limit=500,
+    kill_orders=120,
     first_request_timeout=60.0,
 )
 
@@ -187,7 +189,10 @@ def new_run(store: Store, orders: Sequence[PlannedOrder]) -> str:
 
 
 def drain_run(
-    store: Store, run_id: str, venues: Mapping[str, tuple[str, int, float]]
+    store: Store,
+    run_id: str,
+    venues: Mapping[str, tuple[str, int, float]],
+    options: DrainOptions | None = None,
 ) -> tuple[float, DrainResult]:
     """Drain the run against `venues` (name: (base_url, rate_limit, period)); wall seconds."""
     overrides = {
@@ -204,7 +209,7 @@ def drain_run(
     settings = load_settings(CREDENTIALS, db_url="sqlite://", overrides=overrides)
     started = time.perf_counter()
     result = asyncio.run(
-        drain(store, run_id, settings, DrainOptions(handle_signals=False, seed=1))  # type: ignore[arg-type]
+        drain(store, run_id, settings, options or DrainOptions(handle_signals=False, seed=1))  # type: ignore[arg-type]
     )
     return time.perf_counter() - started, result
 

@@ -252,3 +252,34 @@ class TestTanxBulkCancel:
         assert db_rows(audit_url, "select kind, count(*) from attempts group by kind") == [
             ("cancel", 30)
         ]
+
+
+class TestDryRun:
+    async def test_plan_counts_bulk_and_cancel_all_requests(
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
+    ) -> None:
+        """`kill --all-open --dry-run` sends nothing and says how each venue would be done."""
+        from batchcancel.simulators.sfox import SfoxSimulator
+
+        sfox = SfoxSimulator(credentials=CREDENTIALS, rate_limit=None)
+        zebpay = ZebpaySimulator(credentials=CREDENTIALS, rate_limit=None)
+        rows = [{"venue": "sfox", "order_id": str(n)} for n in range(120)]
+        rows += [{"venue": "zebpay", "order_id": f"d-{n}"} for n in range(30)]
+        async with serve_simulators({"sfox": sfox, "zebpay": zebpay}) as server:
+            code, summary, stderr = await kill(
+                tmp_path,
+                server,
+                rows,
+                audit_url,
+                "--all-open",
+                "--dry-run",
+                sfox={"rate_limit": 50},
+                zebpay={"rate_limit": 100},
+            )
+        assert code == 0, stderr
+        assert summary["status"] == "planned"
+        assert sfox.total_requests == zebpay.total_requests == 0
+        assert "sfox: 120 orders in 3 bulk requests at 50 per 10 s = about 1 s" in stderr
+        assert "zebpay: 30 orders by cancel-all (--all-open)" in stderr
+        options = json.loads(db_rows(audit_url, "select options from runs")[0][0])
+        assert (options["all_open"], options["bulk"]) == (True, True)
