@@ -399,6 +399,15 @@ def _print_summary(store: Any, summary: Any, *, as_json: bool, db_url: str) -> N
                 venue=venue,
                 order_id=order_id,
             )
+    for venue, count in sorted(store.not_in_input(summary.run_id).items()):
+        _log(
+            "not_in_input",
+            f"{venue}: cancel-all (--all-open) also cancelled {count} orders the input did not "
+            "list; the report shows them with reason 'not in the input'",
+            level="warning",
+            venue=venue,
+            orders=count,
+        )
     if as_json:
         click.echo(json.dumps(summary.as_json()))
         return

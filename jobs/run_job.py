@@ -81,6 +81,7 @@ _JOB_KEYS: Final = frozenset(
         "max_attempts",
         "confirm",
         "bulk",
+        "all_open",
         "connection_id",
     }
 )
@@ -133,6 +134,7 @@ class Job:
     max_attempts: int | None = None
     confirm: bool = False
     bulk: bool = False
+    all_open: bool = False  # cancel-all endpoints: every open order of the account, listed or not
     connection_id: str = "batchcancel_{venue}"
     airflow: AirflowOptions = field(
         default_factory=lambda: AirflowOptions("", None, 0, 60.0, None, (), "2025-01-01")
@@ -218,7 +220,7 @@ def load_job(path: str | Path) -> Job:
     connection_id = job.get("connection_id", "batchcancel_{venue}")
     if not isinstance(connection_id, str):
         raise JobError(f"{where}: [job] connection_id must be a string")
-    for key in ("confirm", "bulk"):
+    for key in ("confirm", "bulk", "all_open"):
         if not isinstance(job.get(key, False), bool):
             raise JobError(f"{where}: [job] {key} must be true or false")
     for key in ("reason", "description"):
@@ -240,6 +242,7 @@ def load_job(path: str | Path) -> Job:
         max_attempts=int(max_attempts) if max_attempts is not None else None,
         confirm=job.get("confirm", False),
         bulk=job.get("bulk", False),
+        all_open=job.get("all_open", False),
         connection_id=connection_id,
         airflow=_airflow_options(data.get("airflow", {}), path),
     )
@@ -378,6 +381,8 @@ def build_invocation(
         argv += ["--max-attempts", str(job.max_attempts)]
     if job.bulk:
         argv.append("--bulk")
+    if job.all_open:
+        argv.append("--all-open")
     if job.confirm:
         argv.append("--confirm")
     shown = _URL_PASSWORD.sub(r"\1***@", shlex.join(argv))

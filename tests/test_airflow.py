@@ -494,6 +494,18 @@ class TestRunner:
         with pytest.raises(rj.JobError, match="not one of"):
             rj.build_invocation(job, venue="etna", key="K", environ=environ)
 
+    def test_all_open_is_passed_on_only_when_asked(self, tmp_path: Path) -> None:
+        """`all_open = true` adds --all-open (cancel-all endpoints); off by default."""
+        environ = {"BATCHCANCEL_DB": "sqlite:///a.db", "DESK_DB_URL": "sqlite:///d.db"}
+        plain = rj.build_invocation(
+            _job(tmp_path, QUERY_JOB), venue="tanx", key="K", environ=environ
+        )
+        assert "--all-open" not in plain.argv
+        job = _job(tmp_path, QUERY_JOB + "all_open = true\n")
+        assert "--all-open" in rj.build_invocation(job, venue="tanx", key="K", environ=environ).argv
+        with pytest.raises(rj.JobError, match="all_open must be true or false"):
+            _job(tmp_path, QUERY_JOB + 'all_open = "yes"\n')
+
     def test_query_split_per_venue(self, tmp_path: Path) -> None:
         """Each task's query returns its venue's rows; rows for venues outside the job go to
         the first venue's task (where --venue records them invalid), none are lost."""

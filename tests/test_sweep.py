@@ -78,6 +78,7 @@ class TestZebpayCancelAll:
             )
         assert code == 1, stderr  # the unknown ids are not_found
         assert "--all-open: cancel-all at zebpay" in stderr
+        assert "zebpay: cancel-all (--all-open) also cancelled 15 orders" in stderr
         outcomes = summary["outcomes"]
         assert isinstance(outcomes, dict)
         assert (outcomes["canceled"], outcomes["already_closed"], outcomes["not_found"]) == (

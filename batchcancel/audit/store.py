@@ -437,6 +437,16 @@ class AuditStore:
                 )
         return len(swept)
 
+    def not_in_input(self, run_id: str) -> dict[str, int]:
+        """Per venue, the orders a cancel-all cancelled that the input did not list."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(orders.c.venue, sa.func.count())
+                .where(orders.c.run_id == run_id, orders.c.seq == 0)
+                .group_by(orders.c.venue)
+            ).all()
+        return {venue: int(n) for venue, n in rows}
+
     def set_totals(self, run_id: str, *, orders_total: int, duplicates: int) -> None:
         """Record how many orders the run holds once they are all loaded: loading is over."""
         with self._write() as conn:
