@@ -40,7 +40,7 @@ from batchcancel.config import Settings, VenueSettings
 from batchcancel.errors import AuditError, TransientVenueError
 from batchcancel.lanes import Pacer, safety_margin
 from batchcancel.outcomes import Outcome
-from batchcancel.transport import open_session, send
+from batchcancel.transport import MAX_SWEEP_BODY_BYTES, open_session, send
 from batchcancel.venues import get_venue
 from batchcancel.venues.base import (
     BulkAnswer,
@@ -464,7 +464,11 @@ class _Lane:
         heard = _Heard()
         try:
             reply = await send(
-                self._session, self.settings.base_url, request, timeout=self.settings.timeout
+                self._session,
+                self.settings.base_url,
+                request,
+                timeout=self.settings.timeout,
+                max_body=MAX_SWEEP_BODY_BYTES,
             )
             heard.status = reply.status
             heard.detail = excerpt(reply.body)

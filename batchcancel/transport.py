@@ -16,9 +16,11 @@ from yarl import URL
 from batchcancel.errors import TransientVenueError
 from batchcancel.venues.base import CancelRequest, Reply
 
-__all__ = ["MAX_BODY_BYTES", "ConnectionDropped", "open_session", "send"]
+__all__ = ["MAX_BODY_BYTES", "MAX_SWEEP_BODY_BYTES", "ConnectionDropped", "open_session", "send"]
 
 MAX_BODY_BYTES: Final = 64 * 1024  # enough for any cancel answer; bounds memory on junk
+# A cancel-all answer lists every order it cancelled (about 80 bytes each at ZebPay).
+MAX_SWEEP_BODY_BYTES: Final = 256 * 1024 * 1024
 
 
 class ConnectionDropped(aiohttp.ClientError):
@@ -47,9 +49,14 @@ def open_session(*, max_connections: int) -> aiohttp.ClientSession:
 
 
 async def send(
-    session: aiohttp.ClientSession, base_url: str, request: CancelRequest, *, timeout: float
+    session: aiohttp.ClientSession,
+    base_url: str,
+    request: CancelRequest,
+    *,
+    timeout: float,
+    max_body: int = MAX_BODY_BYTES,
 ) -> Reply:
-    """Send `request` to `base_url` + its path and read the answer (bounded)."""
+    """Send `request` to `base_url` + its path and read the answer (at most `max_body` bytes)."""
     url = URL(base_url.rstrip("/") + request.path, encoded=True)
     try:
         async with session.request(
@@ -60,13 +67,27 @@ async def send(
             timeout=aiohttp.ClientTimeout(total=timeout),
             allow_redirects=False,
         ) as response:
-            body = await response.content.read(MAX_BODY_BYTES)
+            body = await _read(response.content, max_body)
             headers = {k.lower(): v for k, v in response.headers.items()}
             return Reply(status=response.status, headers=headers, body=body)
     except TimeoutError as exc:
         raise TransientVenueError(f"no answer within {timeout:g} s") from exc
     except aiohttp.ClientError as exc:
         raise TransientVenueError(_describe(exc)) from exc
+
+
+async def _read(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to EOF or `limit` bytes. `read(n)` alone returns only what is buffered so
+    far: a body that arrives in several segments would be cut short."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _describe(exc: aiohttp.ClientError) -> str:

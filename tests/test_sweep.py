@@ -28,8 +28,9 @@ JWT_ONLY = {k: v for k, v in CREDENTIALS.items() if k not in (API_KEY_VAR, API_S
 
 
 def zebpay_book() -> tuple[dict[str, OrderState | None], dict[str, OrderState]]:
-    """The input (300 open, 20 filled, 10 unknown) and 15 open orders it does not list."""
-    listed: dict[str, OrderState | None] = {f"z-{n}": OrderState.OPEN for n in range(300)}
+    """The input (1,500 open, 20 filled, 10 unknown) and 15 open orders it does not list.
+    The cancel-all answer is then about 120 kB: it arrives in several segments."""
+    listed: dict[str, OrderState | None] = {f"z-{n}": OrderState.OPEN for n in range(1500)}
     listed.update({f"zf-{n}": OrderState.FILLED for n in range(20)})
     listed.update({f"zu-{n}": None for n in range(10)})
     unlisted = {f"manual-{n}": OrderState.OPEN for n in range(15)}
@@ -82,18 +83,18 @@ class TestZebpayCancelAll:
         outcomes = summary["outcomes"]
         assert isinstance(outcomes, dict)
         assert (outcomes["canceled"], outcomes["already_closed"], outcomes["not_found"]) == (
-            315,
+            1515,
             20,
             10,
         )
-        assert summary["orders"] == 345
+        assert summary["orders"] == 1545
         assert simulator.bulk_requests == 1
         assert all(simulator.book[k] is OrderState.CANCELED for k in unlisted)
         singles = [k for k, v in listed.items() if v is not OrderState.OPEN]
         assert dict(simulator.requests) == {k: 1 for k in singles}
         assert simulator.total_requests == 1 + len(singles)
         kinds = dict(db_rows(audit_url, "select kind, count(*) from attempts group by kind"))
-        assert kinds == {"bulk": 345, "cancel": 30}
+        assert kinds == {"bulk": 1545, "cancel": 30}
         extras = db_rows(
             audit_url,
             "select o.order_id, o.seq, o.outcome, o.reason, a.kind, a.verdict, a.http_status "
