@@ -68,6 +68,7 @@ LOAD_POLL: Final = 0.2  # seconds between looks for newly loaded orders
 # (orders of the venue // this) + 2 times: a book far larger than the input cannot keep
 # the lane sweeping; what is left of the input is then cancelled order by order.
 SWEEP_PAGE_GUESS: Final = 100
+SWEEP_TIMEOUT: Final = 30.0  # seconds, at least, for a cancel-all answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,8 +384,6 @@ class _Lane:
         swept = await self._send_sweeps(targets, pages=len(jobs) // SWEEP_PAGE_GUESS + 2)
         failure = swept.failure
         refused = failure is not None and failure.kind is VerdictKind.AUTH_REFUSED
-        if failure is not None and failure.rate_limited:
-            self.pacer.pause(_or(failure.retry_after, self.settings.cooldown))
         for job in jobs:
             key = venue.sweep_key(rows[job.order.pk])
             if key in swept.listed:
@@ -406,23 +405,37 @@ class _Lane:
 
     async def _send_sweeps(self, targets: list[str], *, pages: int) -> _Swept:
         """Send each cancel-all target, again while its answer is a full page (tanX's limit)
-        but at most `pages` times; stop at the first answer that is not a list. The first
-        request's slot is already granted."""
+        but at most `pages` times. A transient answer is retried after a pause of the venue
+        (Retry-After, else backoff), up to max_attempts in all; a refusal, or the last of
+        those, ends the sweep. The first request's slot is already granted."""
         venue = cast(SweepVenue, self.venue)
         swept = _Swept()
-        granted = True
+        granted, tries, warned = True, 0, False
         for number, target in enumerate(targets, 1):
-            for page in range(1, pages + 1):
+            page = 1
+            while page <= pages:
                 if not granted and not await self.pacer.acquire():
                     swept.failure = Verdict.transient(f"not sent: {self.view.halted}")
                     return swept
                 granted = False
-                answer, swept.last = await self._send_sweep(
-                    venue.build_sweep(target, now=time.time())
-                )
-                if answer.whole is not None:
-                    swept.failure = answer.whole
-                    return swept
+                request = venue.build_sweep(target, now=time.time())
+                answer, swept.last = await self._send_sweep(request)
+                if (whole := answer.whole) is not None:
+                    tries += 1
+                    if whole.escalate_on_repeat and warned:
+                        whole = Verdict.auth_refused(whole.reason)
+                    warned = warned or whole.escalate_on_repeat
+                    if whole.rate_limited:
+                        self.view.rate_limited += 1
+                        self.pacer.pause(_or(whole.retry_after, self.settings.cooldown))
+                        self.view.paused_until = self.pacer.paused_until
+                    if whole.kind is VerdictKind.AUTH_REFUSED or tries >= self.options.max_attempts:
+                        swept.failure = whole
+                        return swept
+                    if not whole.rate_limited:
+                        self.pacer.pause(_or(whole.retry_after, self._backoff(tries)))
+                    self.view.retries += 1
+                    continue
                 tag = f"[cancel-all {target} ({number}/{len(targets)}, page {page})]"
                 for key, verdict in answer.per_order.items():
                     swept.listed.setdefault(
@@ -431,6 +444,7 @@ class _Lane:
                 swept.symbols.update(answer.symbols)
                 if not answer.more:
                     break
+                page += 1
         return swept
 
     async def _record_not_in_input(self, swept: _Swept, keys: set[str], sent_at: datetime) -> None:
@@ -467,7 +481,8 @@ class _Lane:
                 self._session,
                 self.settings.base_url,
                 request,
-                timeout=self.settings.timeout,
+                # One request does the work of thousands: worth waiting for, even in a kill.
+                timeout=max(self.settings.timeout, SWEEP_TIMEOUT),
                 max_body=MAX_SWEEP_BODY_BYTES,
             )
             heard.status = reply.status
@@ -483,7 +498,7 @@ class _Lane:
         heard.latency_ms = (time.monotonic() - started) * 1000
         return answer, heard
 
-    def _record_heard(
+    def _record_heard(  # _record, with the answer's fields from `heard`
         self,
         job: _Job,
         heard: _Heard,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from batchcancel.simulators.base import Fault, FaultPlan, OrderState
 from batchcancel.simulators.tanx import TanxSimulator
 from batchcancel.simulators.zebpay import ZebpaySimulator
@@ -153,30 +155,46 @@ class TestZebpayCancelAll:
         assert all(simulator.book[k] is OrderState.OPEN for k in unlisted)
         assert summary["orders"] == len(listed)
 
-    async def test_a_failed_cancel_all_falls_back_to_single_cancels(
-        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
+    @pytest.mark.parametrize(
+        ("faults", "sweeps", "singles"),
+        [
+            pytest.param([Fault.SERVER_ERROR], 2, 0, id="500-then-ok"),
+            pytest.param([Fault.RATE_LIMIT], 2, 0, id="429-then-ok"),
+            pytest.param([Fault.SERVER_ERROR] * 3, 3, 50, id="500-three-times"),
+        ],
+    )
+    async def test_a_failed_cancel_all_is_retried_then_falls_back_to_single_cancels(
+        self,
+        tmp_path: Path,
+        serve_simulators: ServeSimulators,
+        audit_url: str,
+        faults: list[Fault],
+        sweeps: int,
+        singles: int,
     ) -> None:
-        """A 500 to the cancel-all: every order is cancelled on its own instead."""
-        simulator = ZebpaySimulator(
-            credentials=CREDENTIALS,
-            rate_limit=None,
-            faults=FaultPlan(by_request={1: Fault.SERVER_ERROR}),
-        )
+        """A transient answer to the cancel-all: it is sent again (kill allows 3 attempts);
+        when every attempt fails, each order is cancelled on its own instead."""
+        plan = FaultPlan(by_request=dict(enumerate(faults, 1)), retry_after=0.1)
+        simulator = ZebpaySimulator(credentials=CREDENTIALS, rate_limit=None, faults=plan)
         simulator.seed({f"f-{n}": OrderState.OPEN for n in range(50)})
         rows = [{"venue": "zebpay", "order_id": f"f-{n}"} for n in range(50)]
         async with serve_simulators({"zebpay": simulator}) as server:
             code, summary, stderr = await kill(
-                tmp_path, server, rows, audit_url, "--all-open", zebpay={"rate_limit": 0}
+                tmp_path,
+                server,
+                rows,
+                audit_url,
+                "--all-open",
+                zebpay={"rate_limit": 0, "backoff": 0.05},
             )
         assert code == 0, stderr
         assert summary["outcomes"]["canceled"] == 50  # type: ignore[index]
-        assert simulator.total_requests == 51
-        verdicts = db_rows(
-            audit_url,
-            "select kind, verdict, http_status, count(*) from attempts "
-            "group by kind, verdict, http_status order by kind",
+        assert simulator.total_requests == sweeps + singles
+        assert sum(simulator.requests.values()) == singles
+        bulk = db_rows(
+            audit_url, "select verdict, count(*) from attempts where kind = 'bulk' group by verdict"
         )
-        assert verdicts == [("bulk", "transient", 500, 50), ("cancel", "canceled", 200, 50)]
+        assert bulk == [("canceled" if not singles else "transient", 50)]
 
     async def test_refused_credentials_stop_the_venue_after_one_request(
         self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
