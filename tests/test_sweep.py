@@ -303,3 +303,58 @@ class TestDryRun:
         assert "zebpay: 30 orders by cancel-all (--all-open)" in stderr
         options = json.loads(db_rows(audit_url, "select options from runs")[0][0])
         assert (options["all_open"], options["bulk"]) == (True, True)
+
+
+class TestCrashDuringCancelAll:
+    async def test_killed_mid_cancel_all_resumes_order_by_order(
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
+    ) -> None:
+        """SIGKILL while the cancel-all is unanswered: every order has its bulk attempt row,
+        closed on resume as lost; resume never repeats the cancel-all (it would cancel orders
+        placed since) and cancels each order on its own, which finds it already closed."""
+        import asyncio
+        import os
+        import signal
+        import sys
+
+        plan = FaultPlan(by_request={1: Fault.SLOW}, slow_seconds=3.0)
+        simulator = ZebpaySimulator(credentials=CREDENTIALS, rate_limit=None, faults=plan)
+        simulator.seed({f"k-{n}": OrderState.OPEN for n in range(40)})
+        orders = write_orders_csv(
+            tmp_path / "orders.csv", [{"venue": "zebpay", "order_id": f"k-{n}"} for n in range(40)]
+        )
+        env = cli_env(audit_url)
+        async with serve_simulators({"zebpay": simulator}) as server:
+            config = write_venues_toml(tmp_path / "v.toml", server, zebpay={"rate_limit": 0})
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "batchcancel",
+                "kill",
+                str(orders),
+                "--venues-config",
+                str(config),
+                "--all-open",
+                "--run-key",
+                "crash",
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            for _ in range(2000):  # bounded: at most 20 s
+                if simulator.bulk_requests:
+                    break
+                await asyncio.sleep(0.01)
+            os.kill(process.pid, signal.SIGKILL)
+            await asyncio.wait_for(process.communicate(), 30)
+            assert all(state is OrderState.CANCELED for state in simulator.book.values())
+            resumed = await run_cli("resume", "crash", "--json", env=env)
+        assert resumed.code == 0, resumed.stderr
+        assert json.loads(resumed.stdout)["outcomes"]["already_closed"] == 40
+        assert simulator.bulk_requests == 1
+        assert sum(simulator.requests.values()) == 40
+        kinds = db_rows(
+            audit_url,
+            "select kind, verdict, count(*) from attempts group by kind, verdict order by kind",
+        )
+        assert kinds == [("bulk", "transient", 40), ("cancel", "already_closed", 40)]
