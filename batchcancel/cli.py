@@ -76,10 +76,16 @@ def _settings(db: str | None, venues_config: str | None = None) -> Settings:
     return load_settings(os.environ, db_url=db, venues_config=venues_config)
 
 
-def _open_store(settings: Settings) -> Any:
+@contextmanager
+def _open_store(settings: Settings) -> Iterator[Any]:
+    """The audit store, closed when the block ends."""
     from batchcancel.audit.store import AuditStore
 
-    return AuditStore(settings.db_url, redact=settings.secrets)
+    store = AuditStore(settings.db_url, redact=settings.secrets)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _command_line() -> str:
@@ -239,8 +245,7 @@ def _run(
             if confirm
             else None
         )
-        store = _open_store(settings)
-        try:
+        with _open_store(settings) as store:
             existing = store.find_run_key(run_key) if run_key else None
             with _progress() as progress:
                 if existing is not None and existing.status != "loading":
@@ -329,8 +334,6 @@ def _run(
                         confirm_options=confirm_options,
                     )
             _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
-        finally:
-            store.close()
     sys.exit(summary.exit_code)
 
 
@@ -459,8 +462,7 @@ def resume(
 
     with _errors():
         settings = _settings(db, venues_config)
-        store = _open_store(settings)
-        try:
+        with _open_store(settings) as store:
             run = store.find_run(run_ref)
             settings = _recorded_settings(run, settings, db, venues_config)
             if run.status == "loading":
@@ -484,8 +486,6 @@ def resume(
                     views=progress,
                 )
             _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
-        finally:
-            store.close()
     sys.exit(summary.exit_code)
 
 
@@ -510,8 +510,7 @@ def confirm(
 
     with _errors():
         settings = _settings(db, venues_config)
-        store = _open_store(settings)
-        try:
+        with _open_store(settings) as store:
             run = store.find_run(run_ref)
             settings = _recorded_settings(run, settings, db, venues_config)
             with _progress() as progress:
@@ -524,8 +523,6 @@ def confirm(
                     views=progress,
                 )
             _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
-        finally:
-            store.close()
     sys.exit(summary.exit_code)
 
 
@@ -550,8 +547,7 @@ def status(run_ref: str | None, db: str | None, as_json: bool) -> None:
 
     with _errors():
         settings = _settings(db)
-        store = _open_store(settings)
-        try:
+        with _open_store(settings) as store:
             if run_ref is None:
                 runs = store.recent_runs()
                 if as_json:
@@ -584,8 +580,6 @@ def status(run_ref: str | None, db: str | None, as_json: bool) -> None:
             click.echo("states: " + ", ".join(f"{s} {n}" for s, n in sorted(states.items())))
             for venue, counts in summary.venues.items():
                 click.echo(f"  {venue}: {format_counts(counts)}")
-        finally:
-            store.close()
 
 
 def _run_json(store: Any, run: Any) -> dict[str, Any]:
@@ -613,8 +607,7 @@ def report(run_ref: str, fmt: str, attempts: bool, output: str | None, db: str |
 
     with _errors():
         settings = _settings(db)
-        store = _open_store(settings)
-        try:
+        with _open_store(settings) as store:
             run = store.find_run(run_ref)
             if output:
                 with open(output, "w", encoding="utf-8", newline="") as out:
@@ -622,8 +615,6 @@ def report(run_ref: str, fmt: str, attempts: bool, output: str | None, db: str |
                 click.echo(f"wrote {count} records to {output}", err=True)
             else:
                 write_report(store, run.id, sys.stdout, fmt=fmt, attempts=attempts)
-        finally:
-            store.close()
 
 
 @cli.group()
@@ -637,8 +628,8 @@ def db_upgrade(db: str | None) -> None:
     """Create or upgrade the audit schema in --db."""
     with _errors():
         settings = _settings(db)
-        store = _open_store(settings)
-        store.close()
+        with _open_store(settings):
+            pass  # opening the store applies the migrations
         click.echo(f"audit database is at the newest schema: {_hide_password(settings.db_url)}")
 
 
@@ -703,11 +694,8 @@ def demo(out_dir: str) -> None:
 
         with _progress() as progress:
             result = run_demo(Path(out_dir), views=progress, on_planned=announce)
-        store = _open_store(_settings(result.db_url))
-        try:
+        with _open_store(_settings(result.db_url)) as store:
             _print_summary(store, result.summary, as_json=False, db_url=result.db_url)
-        finally:
-            store.close()
         click.echo(f"orders: {result.orders_csv}")
         click.echo(f"report: {result.report_csv}")
         if result.mismatches:

@@ -1,6 +1,7 @@
 """Simulators in a separate process: `python -m benchmarks.simserver SPEC.json`.
 
-The spec names the venues to simulate (limit, period, penalty, the ids to seed open). Besides
+The spec names the venues to simulate (limit, period, penalty, the ids to seed open; optionally
+`async_ids` seeded with a cancel that completes later and `fill_ids` of those that fill). Besides
 the simulators under /<venue> the server has a trivial handler under /trivial (the ceiling
 figure) and two bench routes: GET /_bench/stats (counters per venue) and POST /_bench/reset
 (clear the counters, seed the book again). It prints its port on stdout, then serves until
@@ -44,7 +45,11 @@ def _build(spec: Mapping[str, Any]) -> web.Application:
     def seed() -> None:
         for name, simulator in simulators.items():
             simulator.book.clear()
-            simulator.seed(dict.fromkeys(spec["venues"][name].get("ids", []), OrderState.OPEN))
+            venue = spec["venues"][name]
+            simulator.seed(dict.fromkeys(venue.get("ids", []), OrderState.OPEN))
+            # Orders whose cancel completes later, and those of them that fill instead.
+            simulator.seed(dict.fromkeys(venue.get("async_ids", []), OrderState.OPEN_ASYNC))
+            simulator.will_fill.update(venue.get("fill_ids", []))
 
     seed()
     trivial: list[float] = []
