@@ -135,6 +135,7 @@ class _Swept:
     listed: dict[str, tuple[Verdict, str, _Heard]] = field(default_factory=dict)
     symbols: dict[str, str] = field(default_factory=dict)
     failure: Verdict | None = None
+    note: str = ""  # an answer that listed nothing, and why
     last: _Heard = field(default_factory=_Heard)
 
 
@@ -394,6 +395,8 @@ class _Lane:
                 # Not listed (filled, closed, unknown, another market), or the sweep failed:
                 # the order is cancelled on its own, at once.
                 why = failure.reason if failure is not None else "not in the cancel-all answers"
+                if swept.note and failure is None:
+                    why = f"{why} ({swept.note})"
                 detail = f"[cancel-all] {why}: cancelling it on its own"
                 self._record_heard(job, swept.last, "transient", detail, None, "")
                 self._retry_after(job, 0.0)
@@ -442,6 +445,7 @@ class _Lane:
                         key, (verdict, f"{tag} {swept.last.detail}", swept.last)
                     )
                 swept.symbols.update(answer.symbols)
+                swept.note = answer.note or swept.note
                 if not answer.more:
                     break
                 page += 1
