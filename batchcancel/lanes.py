@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import Final
+from collections.abc import Coroutine
+from typing import Any, Final
 
 __all__ = ["Pacer", "RequestWindow", "safety_margin"]
 
@@ -44,17 +45,22 @@ class RequestWindow:
         self._answered: deque[float] = deque()  # time.monotonic() of each answer, oldest first
         self._open = 0  # granted and not yet answered
 
+    def try_grant(self) -> bool:
+        """Reserve a request now if one more cannot exceed the limit in any window."""
+        now = time.monotonic()
+        while self._answered and now - self._answered[0] >= self.period:
+            self._answered.popleft()
+        if len(self._answered) + self._open < self.limit:
+            self._open += 1
+            return True
+        return False
+
     async def grant(self) -> None:
-        """Wait until one more request cannot exceed the limit in any window; reserve it."""
-        while True:
-            now = time.monotonic()
-            while self._answered and now - self._answered[0] >= self.period:
-                self._answered.popleft()
-            if len(self._answered) + self._open < self.limit:
-                self._open += 1
-                return
+        """Wait until one more request cannot exceed the limit in any window; reserve it.
+        Cancelling the wait reserves nothing."""
+        while not self.try_grant():
             if self._answered:
-                await asyncio.sleep(self._answered[0] + self.period - now)
+                await asyncio.sleep(self._answered[0] + self.period - time.monotonic())
             else:
                 await asyncio.sleep(0.005)  # the whole limit is in flight: wait for answers
 
@@ -110,13 +116,29 @@ class Pacer:
                     await asyncio.wait_for(self._halted.wait(), timeout=left)
                 continue
             if self._window is not None:
-                await self._window.grant()
+                # A full window can take a whole period (60 s at ZebPay) to free a slot: a
+                # stop must not wait for it.
+                if not self._window.try_grant() and not await self._unless_halted(
+                    self._window.grant()
+                ):
+                    continue
                 if self.pause_left > 0 or self.halted:
                     self._window.returned()
                     continue
             return True
         self._slots.release()
         return False
+
+    async def _unless_halted(self, waiting: Coroutine[Any, Any, None]) -> bool:
+        """Run `waiting` to its end, or cancel it when the lane halts first; True if it ended."""
+        task = asyncio.ensure_future(waiting)
+        halted = asyncio.ensure_future(self._halted.wait())
+        await asyncio.wait({task, halted}, return_when=asyncio.FIRST_COMPLETED)
+        for pending in (task, halted):
+            pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return not task.cancelled()
 
     def answered(self) -> None:
         """The request of an acquired slot has its answer, or was given up on."""

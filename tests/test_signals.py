@@ -242,6 +242,35 @@ class TestSignals:
         assert sfox.total_requests == 41 and sfox.requests[victim] == 2
         assert_arrivals_follow_attempt_rows(db, venues.simulators)
 
+    async def test_deadline_while_the_rate_window_is_full_stops_promptly(
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
+    ) -> None:
+        """ZebPay's window is 60 s: after 5 cancels at a limit of 5 per 60 s the lane waits
+        for a slot; the 1 s deadline ends the run at once instead of a minute later."""
+        venues = build_venues({"zebpay": 20})
+        orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
+        keys = {**KEYS, "rate_limit": 5, "period": 60.0}
+        async with serve_simulators(venues.simulators) as server:
+            config = write_venues_toml(tmp_path / "v.toml", server, zebpay=keys)
+            started = time.monotonic()
+            result = await run_cli(
+                "run",
+                str(orders),
+                "--venues-config",
+                str(config),
+                "--deadline",
+                "1",
+                "--json",
+                env=cli_env(audit_url),
+            )
+            took = time.monotonic() - started
+        print(f"deadline run took {took:.2f} s")
+        assert result.code == 3, result.stderr
+        assert took < 30, f"the run waited for the rate window: {took:.1f} s"
+        summary = json.loads(result.stdout)
+        assert (summary["outcomes"]["canceled"], summary["outcomes"]["skipped"]) == (5, 15)
+        assert venues.simulators["zebpay"].total_requests == 5
+
 
 class TestAuditFailure:
     async def test_audit_table_gone_mid_run_stops_then_resume_completes(
