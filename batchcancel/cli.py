@@ -576,6 +576,10 @@ def status(run_ref: str | None, db: str | None, as_json: bool) -> None:
             )
             if run.reason:
                 click.echo(f"reason: {run.reason}")
+            if run.options.get("all_open"):
+                click.echo(
+                    "all-open: cancel-all endpoints cancelled every open order of the account"
+                )
             click.echo(f"orders {summary.orders}: {format_counts(summary.outcomes)}")
             click.echo("states: " + ", ".join(f"{s} {n}" for s, n in sorted(states.items())))
             for venue, counts in summary.venues.items():
@@ -592,6 +596,7 @@ def _run_json(store: Any, run: Any) -> dict[str, Any]:
     data["created_at"] = iso(run.created_at)
     data["finished_at"] = iso(run.finished_at)
     data["states"] = store.state_counts(run.id)
+    data["options"] = dict(run.options)  # what the run was started with (never a credential)
     return data
 
 
