@@ -31,7 +31,7 @@ JWT_ONLY = {k: v for k, v in CREDENTIALS.items() if k not in (API_KEY_VAR, API_S
 
 def zebpay_book() -> tuple[dict[str, OrderState | None], dict[str, OrderState]]:
     """The input (1,500 open, 20 filled, 10 unknown) and 15 open orders it does not list.
-    The cancel-all answer is then about 120 kB: it arrives in several segments."""
+    The cancel-all answer is then about 100 kB: it arrives in several segments."""
     listed: dict[str, OrderState | None] = {f"z-{n}": OrderState.OPEN for n in range(1500)}
     listed.update({f"zf-{n}": OrderState.FILLED for n in range(20)})
     listed.update({f"zu-{n}": None for n in range(10)})
