@@ -69,6 +69,7 @@ LOAD_POLL: Final = 0.2  # seconds between looks for newly loaded orders
 # the lane sweeping; what is left of the input is then cancelled order by order.
 SWEEP_PAGE_GUESS: Final = 100
 SWEEP_TIMEOUT: Final = 30.0  # seconds, at least, for a cancel-all answer
+SWEEP_BEGIN_SLICE: Final = 5000  # attempt rows per commit while a cancel-all is written ahead
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,7 +376,15 @@ class _Lane:
         jobs = [_Job(order, attempt=order.attempts + 1, fresh=False) for order in found]
         sent_at = utcnow()
         try:
-            await self.writer.begin(*(Begin(j.order.pk, j.attempt, sent_at, BULK) for j in jobs))
+            # In slices, so that the other lanes' attempt rows are not held up behind a
+            # whole book's (the writer commits in arrival order).
+            for start in range(0, len(jobs), SWEEP_BEGIN_SLICE):
+                await self.writer.begin(
+                    *(
+                        Begin(j.order.pk, j.attempt, sent_at, BULK)
+                        for j in jobs[start : start + SWEEP_BEGIN_SLICE]
+                    )
+                )
         except AuditError as exc:
             self.pacer.unused()
             self.pacer.release()

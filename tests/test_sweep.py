@@ -118,6 +118,25 @@ class TestZebpayCancelAll:
         )
         assert sent == [(1,)]
 
+    async def test_a_book_larger_than_one_write_ahead_slice(
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
+    ) -> None:
+        """6,000 orders: their attempt rows are committed in slices of 5,000, all before the
+        one cancel-all leaves."""
+        simulator = ZebpaySimulator(credentials=CREDENTIALS, rate_limit=None)
+        simulator.seed({f"s-{n}": OrderState.OPEN for n in range(6000)})
+        rows = [{"venue": "zebpay", "order_id": f"s-{n}"} for n in range(6000)]
+        async with serve_simulators({"zebpay": simulator}) as server:
+            code, summary, stderr = await kill(
+                tmp_path, server, rows, audit_url, "--all-open", zebpay={"rate_limit": 0}
+            )
+        assert code == 0, stderr
+        assert summary["outcomes"]["canceled"] == 6000  # type: ignore[index]
+        assert (simulator.bulk_requests, simulator.total_requests) == (1, 1)
+        assert db_rows(
+            audit_url, "select kind, count(*), count(distinct sent_at) from attempts group by kind"
+        ) == [("bulk", 6000, 1)]
+
     async def test_with_a_jwt(
         self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
