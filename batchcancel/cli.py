@@ -578,7 +578,8 @@ def status(run_ref: str | None, db: str | None, as_json: bool) -> None:
                 click.echo(f"reason: {run.reason}")
             if run.options.get("all_open"):
                 click.echo(
-                    "all-open: cancel-all endpoints cancelled every open order of the account"
+                    "all-open: cancel-all endpoints allowed (they cancel every open order of "
+                    "the account)"
                 )
             click.echo(f"orders {summary.orders}: {format_counts(summary.outcomes)}")
             click.echo("states: " + ", ".join(f"{s} {n}" for s, n in sorted(states.items())))
