@@ -40,13 +40,14 @@ from batchcancel.config import Settings, VenueSettings
 from batchcancel.errors import AuditError, TransientVenueError
 from batchcancel.lanes import Pacer, safety_margin
 from batchcancel.outcomes import Outcome
-from batchcancel.transport import MAX_SWEEP_BODY_BYTES, open_session, send
+from batchcancel.transport import MAX_BODY_BYTES, MAX_SWEEP_BODY_BYTES, open_session, send
 from batchcancel.venues import get_venue
 from batchcancel.venues.base import (
     BulkAnswer,
     BulkVenue,
     CancelRequest,
     OrderRow,
+    Reply,
     SweepVenue,
     Venue,
     Verdict,
@@ -302,29 +303,18 @@ class _Lane:
             job.fresh = False
         tag = f"bulk {self.view.venue}-{jobs[0].order.pk}.{jobs[0].attempt} of {len(jobs)}"
         try:
-            await asyncio.gather(
-                *(self.writer.begin(Begin(j.order.pk, j.attempt, sent_at, BULK)) for j in jobs)
-            )
+            await self.writer.begin(*(Begin(j.order.pk, j.attempt, sent_at, BULK) for j in jobs))
         except AuditError as exc:
             self.pacer.unused()
             self.on_audit_failure(exc)
             return
         self.view.sent += len(jobs)
-        started = time.monotonic()
-        status: int | None = None
-        try:
-            reply = await send(
-                self._session, self.settings.base_url, request, timeout=self.settings.timeout
-            )
-            status = reply.status
-            answer = venue.classify_bulk(reply)
-            detail = excerpt(reply.body)
-        except TransientVenueError as exc:
-            answer = BulkAnswer(Verdict.transient(str(exc)), {})
-            detail = str(exc)
-        self.pacer.answered()
-        latency_ms = (time.monotonic() - started) * 1000
-        answered_at = utcnow()
+        reply, heard = await self._exchange(request)
+        answer = (
+            venue.classify_bulk(reply)
+            if reply is not None
+            else BulkAnswer(Verdict.transient(heard.detail), {})
+        )
         for job in jobs:
             verdict = answer.whole or answer.per_order.get(job.order.order_id)
             if verdict is None:
@@ -336,17 +326,8 @@ class _Lane:
             else:
                 outcome, reason = self._decide(job, verdict)
                 label = verdict.label
-                job_detail = f"[{tag}] {detail or verdict.reason}"
-            self._record(
-                job,
-                answered_at=answered_at,
-                http_status=status,
-                verdict=label,
-                latency_ms=latency_ms,
-                detail=job_detail,
-                outcome=outcome,
-                reason=reason,
-            )
+                job_detail = f"[{tag}] {heard.detail or verdict.reason}"
+            self._record(job, heard, label, job_detail, outcome, reason)
 
     async def _sweep(self) -> None:
         """--all-open: cancel the venue's open orders with its cancel-all requests first.
@@ -407,11 +388,11 @@ class _Lane:
                 if swept.note and failure is None:
                     why = f"{why} ({swept.note})"
                 detail = f"[cancel-all] {why}: cancelling it on its own"
-                self._record_heard(job, swept.last, "transient", detail, None, "")
+                self._record(job, swept.last, "transient", detail, None, "")
                 self._retry_after(job, 0.0)
                 continue
             outcome, reason = self._decide(job, verdict)
-            self._record_heard(job, heard, verdict.label, detail, outcome, reason)
+            self._record(job, heard, verdict.label, detail, outcome, reason)
         keys = {venue.sweep_key(row) for row in rows.values()}
         await self._record_not_in_input(swept, keys, sent_at)
 
@@ -486,50 +467,49 @@ class _Lane:
 
     async def _send_sweep(self, request: CancelRequest) -> tuple[BulkAnswer, _Heard]:
         """Send one cancel-all request in a granted slot and read its answer."""
-        venue = cast(SweepVenue, self.venue)
-        started = time.monotonic()
-        heard = _Heard()
         try:
-            reply = await send(
-                self._session,
-                self.settings.base_url,
+            reply, heard = await self._exchange(
                 request,
                 # One request does the work of thousands: worth waiting for, even in a kill.
                 timeout=max(self.settings.timeout, SWEEP_TIMEOUT),
                 max_body=MAX_SWEEP_BODY_BYTES,
             )
-            heard.status = reply.status
-            heard.detail = excerpt(reply.body)
-            answer = venue.classify_sweep(reply)
+        finally:
+            self.pacer.release()
+        if reply is None:
+            return BulkAnswer(Verdict.transient(heard.detail), {}), heard
+        return cast(SweepVenue, self.venue).classify_sweep(reply), heard
+
+    async def _exchange(
+        self,
+        request: CancelRequest,
+        *,
+        timeout: float | None = None,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> tuple[Reply | None, _Heard]:
+        """Send a request in a granted slot; the reply (None when no answer came: timeout,
+        dropped connection) and what to record of it. The slot's window learns the answer."""
+        started = time.monotonic()
+        heard = _Heard()
+        try:
+            reply: Reply | None = await send(
+                self._session,
+                self.settings.base_url,
+                request,
+                timeout=self.settings.timeout if timeout is None else timeout,
+                max_body=max_body,
+            )
         except TransientVenueError as exc:
-            answer = BulkAnswer(Verdict.transient(str(exc)), {})
+            reply = None
             heard.detail = str(exc)
         finally:
             self.pacer.answered()
-            self.pacer.release()
+        if reply is not None:
+            heard.status = reply.status
+            heard.detail = excerpt(reply.body)
         heard.answered_at = utcnow()
         heard.latency_ms = (time.monotonic() - started) * 1000
-        return answer, heard
-
-    def _record_heard(  # _record, with the answer's fields from `heard`
-        self,
-        job: _Job,
-        heard: _Heard,
-        verdict: str,
-        detail: str,
-        outcome: Outcome | None,
-        reason: str,
-    ) -> None:
-        self._record(
-            job,
-            answered_at=heard.answered_at,
-            http_status=heard.status,
-            verdict=verdict,
-            latency_ms=heard.latency_ms,
-            detail=detail,
-            outcome=outcome,
-            reason=reason,
-        )
+        return reply, heard
 
     async def _send_and_record(self, job: _Job) -> None:
         order = job.order
@@ -554,58 +534,39 @@ class _Lane:
             self.on_audit_failure(exc)
             return
         self.view.sent += 1
-        started = time.monotonic()
-        status: int | None = None
-        try:
-            reply = await send(
-                self._session, self.settings.base_url, request, timeout=self.settings.timeout
-            )
-            status = reply.status
-            verdict = (
-                self.venue.classify_status(reply) if confirming else self.venue.classify(reply)
-            )
-            detail = excerpt(reply.body)
-        except TransientVenueError as exc:
-            verdict = Verdict.transient(str(exc))
-            detail = str(exc)
-        self.pacer.answered()
-        latency_ms = (time.monotonic() - started) * 1000
+        reply, heard = await self._exchange(request)
+        if reply is None:
+            verdict = Verdict.transient(heard.detail)
+        elif confirming:
+            verdict = self.venue.classify_status(reply)
+        else:
+            verdict = self.venue.classify(reply)
         escalated = verdict.escalate_on_repeat and job.warned and not confirming
         outcome, reason = (
             self._decide_confirm(job, verdict) if confirming else self._decide(job, verdict)
         )
-        self._record(
-            job,
-            answered_at=utcnow(),
-            http_status=status,
-            verdict=str(VerdictKind.AUTH_REFUSED) if escalated else verdict.label,
-            latency_ms=latency_ms,
-            detail=detail if detail else verdict.reason,
-            outcome=outcome,
-            reason=reason,
-        )
+        label = str(VerdictKind.AUTH_REFUSED) if escalated else verdict.label
+        self._record(job, heard, label, heard.detail or verdict.reason, outcome, reason)
 
     def _record(
         self,
         job: _Job,
-        *,
-        answered_at: datetime,
-        http_status: int | None,
+        heard: _Heard,
         verdict: str,
-        latency_ms: float,
         detail: str,
         outcome: Outcome | None,
         reason: str,
     ) -> None:
-        """Queue an attempt's answer for the audit and count it in the progress view."""
+        """Queue an attempt's answer (`heard`, read as `verdict`) for the audit and count it
+        in the progress view."""
         self.writer.answer(
             Answer(
                 order_pk=job.order.pk,
                 attempt=job.attempt,
-                answered_at=answered_at,
-                http_status=http_status,
+                answered_at=heard.answered_at,
+                http_status=heard.status,
                 verdict=verdict,
-                latency_ms=latency_ms,
+                latency_ms=heard.latency_ms,
                 detail=detail,
                 outcome=outcome.value if outcome else None,
                 reason=reason,
