@@ -340,8 +340,9 @@ def _run(
 def _sweeping(venue_names: Iterable[str]) -> list[str]:
     """The venues among these whose adapter has a cancel-all endpoint."""
     from batchcancel.venues import VENUES
+    from batchcancel.venues.base import supports_sweep
 
-    return sorted(name for name in venue_names if hasattr(VENUES.get(name), "build_sweep"))
+    return sorted(name for name in venue_names if supports_sweep(VENUES.get(name)))
 
 
 def _kill_profile(settings: Settings) -> Settings:
@@ -355,12 +356,13 @@ def _kill_profile(settings: Settings) -> Settings:
 def _estimates(settings: Settings, plan: Any, *, bulk: bool, all_open: bool) -> list[str]:
     """Per venue, the requests the plan needs and how long the venue's limit makes them take."""
     from batchcancel.venues import VENUES
+    from batchcancel.venues.base import supports_sweep
 
     lines = []
     for name, count in sorted(plan.to_send.items()):
         venue = settings.venues[name]
         adapter = VENUES.get(name)
-        if all_open and hasattr(adapter, "build_sweep"):
+        if all_open and supports_sweep(adapter):
             lines.append(
                 f"  {name}: {count} orders by cancel-all (--all-open): a few requests, then one "
                 "per order it does not list"

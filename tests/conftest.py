@@ -80,6 +80,7 @@ def postgres_database(postgres: PostgresServer | None) -> str:
     if postgres is None:
         if os.environ.get(REQUIRE_PG_VAR):
             pytest.fail(f"PostgreSQL is not installed and {REQUIRE_PG_VAR} is set")
+        # Skipped only outside CI: .ci/run installs PostgreSQL and sets REQUIRE_PG_VAR.
         pytest.skip("PostgreSQL is not installed (initdb not found)")
     return postgres.database()
 

@@ -126,6 +126,8 @@ class TestAuthRefusal:
             )
         assert result.code == 1, result.stderr
         summary = json.loads(result.stdout)
+        # A range: the requests in flight when the refusal came back (at most max_in_flight,
+        # 4) reach the venue too; more would mean sending went on after the halt.
         assert 1 <= refusing.total_requests <= 4
         assert refusing.auth_refused == refusing.total_requests
         assert summary["venues"][venue]["skipped"] == 60

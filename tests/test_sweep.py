@@ -7,12 +7,17 @@ before the request leaves, and orders the input did not list are recorded too.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import sys
 from pathlib import Path
 
 import pytest
 
 from batchcancel.simulators.base import Fault, FaultPlan, OrderState
+from batchcancel.simulators.sfox import SfoxSimulator
 from batchcancel.simulators.tanx import TanxSimulator
 from batchcancel.simulators.zebpay import ZebpaySimulator
 from batchcancel.venues.zebpay import API_KEY_VAR, API_SECRET_VAR
@@ -300,8 +305,6 @@ class TestDryRun:
         self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
     ) -> None:
         """`kill --all-open --dry-run` sends nothing and says how each venue would be done."""
-        from batchcancel.simulators.sfox import SfoxSimulator
-
         sfox = SfoxSimulator(credentials=CREDENTIALS, rate_limit=None)
         zebpay = ZebpaySimulator(credentials=CREDENTIALS, rate_limit=None)
         rows = [{"venue": "sfox", "order_id": str(n)} for n in range(120)]
@@ -333,11 +336,6 @@ class TestCrashDuringCancelAll:
         """SIGKILL while the cancel-all is unanswered: every order has its bulk attempt row,
         closed on resume as lost; resume never repeats the cancel-all (it would cancel orders
         placed since) and cancels each order on its own, which finds it already closed."""
-        import asyncio
-        import os
-        import signal
-        import sys
-
         plan = FaultPlan(by_request={1: Fault.SLOW}, slow_seconds=3.0)
         simulator = ZebpaySimulator(credentials=CREDENTIALS, rate_limit=None, faults=plan)
         simulator.seed({f"k-{n}": OrderState.OPEN for n in range(40)})

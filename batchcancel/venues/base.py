@@ -219,8 +219,8 @@ class SweepVenue(Venue, Protocol):
         ...
 
 
-def supports_sweep(venue: Venue) -> bool:
-    """True when the adapter has a cancel-all endpoint."""
+def supports_sweep(venue: Venue | type[Venue] | None) -> bool:
+    """True when the adapter (or its class) has a cancel-all endpoint."""
     return hasattr(venue, "build_sweep")
 
 
