@@ -656,12 +656,15 @@ def venues() -> None:
 
 
 def _terminated(signum: int, frame: object) -> None:
-    # Outside the engine (which handles SIGTERM itself while sending) no request is in flight,
-    # and the audit survives a crash at any point (it is built for SIGKILL): stop now, with
-    # one line and exit 3. An exception raised from here could surface anywhere.
+    # Outside the engine (which handles SIGINT and SIGTERM itself while sending) no request is
+    # in flight, and the audit survives a crash at any point (it is built for SIGKILL): stop
+    # now, with one line and exit 3. An exception raised from here (KeyboardInterrupt among
+    # them) could surface anywhere, and one that escapes makes Python exit by the signal (-2)
+    # instead of with SPEC's 3.
+    name = signal.Signals(signum).name
     _log(
         "error",
-        "stopped by SIGTERM with no request in flight; the audit holds everything sent and "
+        f"stopped by {name} with no request in flight; the audit holds everything sent and "
         "the run is resumable (the same --run-key, or batchcancel resume RUN)",
         level="error",
         exit_code=3,
@@ -672,7 +675,8 @@ def _terminated(signum: int, frame: object) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    signal.signal(signal.SIGTERM, _terminated)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _terminated)
     cli(prog_name="batchcancel")
 
 
