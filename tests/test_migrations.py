@@ -11,8 +11,15 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
-from batchcancel.audit.migrate import MIGRATIONS_DIR, is_at_head, upgrade_to_head
+from batchcancel.audit.migrate import (
+    HEAD,
+    MIGRATIONS_DIR,
+    alembic_config,
+    is_at_head,
+    upgrade_to_head,
+)
 from batchcancel.audit.tables import metadata
 
 AUDIT_TABLES = {"runs", "sessions", "orders", "attempts"}
@@ -43,6 +50,15 @@ class TestUpgrade:
         assert not is_at_head(engine)
         upgrade_to_head(engine)
         assert is_at_head(engine)
+
+    def test_head_constant_is_alembics_head(self, engine: sa.Engine) -> None:
+        """HEAD (what is_at_head compares with, without importing Alembic) is the newest
+        migration, and an older revision in the database is not at head."""
+        assert HEAD == ScriptDirectory.from_config(alembic_config()).get_current_head()
+        upgrade_to_head(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = '0002'"))
+        assert not is_at_head(engine)
 
     def test_second_upgrade_is_a_no_op(self, engine: sa.Engine) -> None:
         """Upgrading twice keeps the revision and the data: nothing is re-created or dropped."""

@@ -6,6 +6,8 @@ variables, so its exit code, stderr and audit database are exactly what an opera
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import sqlite3
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from batchcancel import sources
 from batchcancel.audit.store import PlannedOrder
 from batchcancel.commands import plan_rows
 from batchcancel.errors import SourceError
@@ -389,6 +392,58 @@ class TestValues:
         first, second = planned(table)
         assert first.invalid_reason is not None and "sfox order_id" in first.invalid_reason
         assert second.invalid_reason is None
+
+
+class TestBothParsers:
+    """Arrow's parser reads big lists fast; it must read every file it accepts exactly as the
+    C parser does, and hand every other file to the C parser."""
+
+    @pytest.mark.parametrize(
+        ("data", "arrow_reads_it"),
+        [
+            pytest.param("venue,order_id\nsfox,1\nsfox,2\n", True, id="plain"),
+            pytest.param("venue,order_id\r\nsfox,1\r\nsfox,2", True, id="crlf-no-last-eol"),
+            pytest.param("venue,order_id\rsfox,1\rsfox,2\r", True, id="cr"),
+            pytest.param("venue,order_id\n\nsfox,1\n\n\nsfox,2\n\n", True, id="blank-lines"),
+            pytest.param("\ufeffVenue , ORDER_ID\n SFOX\t, 007 \n", True, id="bom-case-spaces"),
+            pytest.param(
+                "venue,order_id,account_id,symbol\netna,5,100,BTC-USDT\nETNA,5,100,BTC-USDT\n",
+                True,
+                id="duplicates",
+            ),
+            pytest.param(
+                "venue,order_id\nsfox,NA\nsfox,null\nsfox,\nsfox,nan\n,N/A\nsfox,1e5\n",
+                True,
+                id="na-like",
+            ),
+            pytest.param(
+                "venue,order_id\nsfox,\u00a0x\u00a0\nsfox,\u00e9\u4e2d\n", True, id="unicode"
+            ),
+            pytest.param("order_id,venue,extra\n1,sfox,a\n2,crux,b\n", True, id="extra-column"),
+            pytest.param("venue,order_id\n", True, id="header-only"),
+            pytest.param("venue,order_id\nsfox,1\nsfox\n", False, id="short-row"),
+            pytest.param("venue,order_id\nsfox,1\n  \nsfox,2\n", False, id="whitespace-line"),
+            pytest.param('venue,order_id\nsfox,"1,2"\n', False, id="quoted"),
+            pytest.param("order_id\n1\n  \n2\n", False, id="one-column"),
+        ],
+    )
+    def test_same_rows_from_either_parser(
+        self, tmp_path: Path, data: str, arrow_reads_it: bool
+    ) -> None:
+        path = write(tmp_path / "orders.csv", data)
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
+        header = next(csv.reader(io.StringIO(text, newline=None)))
+        took_arrow = sources._fast_parse_fits(raw, header) and (
+            sources._parse_fast(raw, header) is not None
+        )
+        assert took_arrow == arrow_reads_it
+        exact = sources._normalise(
+            sources._parse_exact(text, header, name="x"), name="x", venue="sfox"
+        )
+        table = read_csv(str(path), venue="sfox")
+        assert rows(table) == rows(exact)
+        assert (table.duplicates, table.venue_counts()) == (exact.duplicates, exact.venue_counts())
 
 
 class TestDuplicates:
