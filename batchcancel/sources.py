@@ -130,7 +130,7 @@ def _parse_fast(raw: bytes, header: list[str]) -> pd.DataFrame | None:
             keep_default_na=False,
             engine="pyarrow",
         )
-    except Exception:  # noqa: BLE001 - any failure means: let the C parser judge the file
+    except Exception:  # any failure means: let the C parser judge the file
         return None
 
 

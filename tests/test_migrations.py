@@ -54,7 +54,7 @@ class TestUpgrade:
     def test_head_constant_is_alembics_head(self, engine: sa.Engine) -> None:
         """HEAD (what is_at_head compares with, without importing Alembic) is the newest
         migration, and an older revision in the database is not at head."""
-        assert HEAD == ScriptDirectory.from_config(alembic_config()).get_current_head()
+        assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD
         upgrade_to_head(engine)
         with engine.begin() as conn:
             conn.execute(sa.text("UPDATE alembic_version SET version_num = '0002'"))
