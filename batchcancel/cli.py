@@ -214,7 +214,7 @@ def _run(
     lease: float,
 ) -> None:
     from batchcancel.commands import Plan, resume_run, start_run
-    from batchcancel.engine import DrainOptions
+    from batchcancel.drain_types import DrainOptions
     from batchcancel.sources import read_csv, read_query
     from batchcancel.venues import get_venue
 
@@ -460,7 +460,7 @@ def resume(
 ) -> None:
     """Continue RUN (a run id or run key) from where it stopped."""
     from batchcancel.commands import resume_run
-    from batchcancel.engine import DrainOptions
+    from batchcancel.drain_types import DrainOptions
 
     with _errors():
         settings = _settings(db, venues_config)
@@ -508,7 +508,7 @@ def confirm(
 ) -> None:
     """Poll order status for RUN's cancel_pending orders until final or --timeout passes."""
     from batchcancel.commands import confirm_run
-    from batchcancel.engine import DrainOptions
+    from batchcancel.drain_types import DrainOptions
 
     with _errors():
         settings = _settings(db, venues_config)

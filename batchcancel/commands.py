@@ -15,7 +15,7 @@ from typing import Any
 
 from batchcancel.audit.store import LOADING, AuditStore, PlannedOrder, RunInfo
 from batchcancel.config import Settings
-from batchcancel.engine import DrainOptions, LaneView, drain
+from batchcancel.drain_types import DrainOptions, LaneView
 from batchcancel.outcomes import EXIT_CODES, Outcome, RunStatus, run_status
 from batchcancel.sources import NumberedRow, OrderTable
 from batchcancel.venues import VENUES
@@ -271,6 +271,9 @@ def _work(
         store.lock_run(run_id)  # one process per SQLite run; PostgreSQL workers share lanes
     session_id = store.start_session(run_id, command=command, command_line=command_line)
     status = RunStatus.ATTENTION
+    # Imported here, not at the top: the network stack is not needed to plan and announce.
+    from batchcancel.engine import drain
+
     try:
         stopped = ""
         halted: dict[str, str] = {}

@@ -19,7 +19,7 @@ from typing import Final
 from batchcancel.audit.store import AuditStore
 from batchcancel.commands import Plan, Summary, ViewCallback, start_run
 from batchcancel.config import load_settings
-from batchcancel.engine import DrainOptions
+from batchcancel.drain_types import DrainOptions
 from batchcancel.outcomes import Outcome
 from batchcancel.report import write_report
 from batchcancel.simulators import SIMULATORS

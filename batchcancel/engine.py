@@ -17,7 +17,6 @@ import random
 import signal
 import time
 from asyncio import FIRST_COMPLETED
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +36,7 @@ from batchcancel.audit.store import (
 )
 from batchcancel.audit.writer import AuditWriter
 from batchcancel.config import Settings, VenueSettings
+from batchcancel.drain_types import DrainOptions, LaneView
 from batchcancel.errors import AuditError, TransientVenueError
 from batchcancel.lanes import Pacer, safety_margin
 from batchcancel.outcomes import Outcome
@@ -71,40 +71,6 @@ LOAD_POLL: Final = 0.2  # seconds between looks for newly loaded orders
 SWEEP_PAGE_GUESS: Final = 100
 SWEEP_TIMEOUT: Final = 30.0  # seconds, at least, for a cancel-all answer
 SWEEP_BEGIN_SLICE: Final = 5000  # attempt rows per commit while a cancel-all is written ahead
-
-
-@dataclass(frozen=True, slots=True)
-class DrainOptions:
-    """How one session drains a run."""
-
-    max_attempts: int = 5
-    deadline: float | None = None  # seconds from start
-    confirm: bool = False  # poll order status of cancel_pending orders instead of cancelling
-    bulk: bool = False  # use the venue's bulk-cancel endpoint for fresh orders where it has one
-    # --all-open: first cancel every open order of the account with the venue's cancel-all
-    # endpoint (ZebPay, tanX), listed in the input or not; the operator must ask for it.
-    all_open: bool = False
-    poll_every: float = 1.0  # first delay between status polls of one order (doubles, max 5 s)
-    handle_signals: bool = True
-    lease: float = 30.0  # seconds a worker holds a venue lane without renewing it
-    claim_all: bool = False  # take every free lane at once (kill), not one at a time
-    seed: int | None = None  # for reproducible jitter in tests
-
-
-@dataclass
-class LaneView:
-    """What the progress display shows of one venue."""
-
-    venue: str
-    total: int
-    done: int = 0
-    sent: int = 0
-    retries: int = 0
-    rate_limited: int = 0
-    outcomes: Counter[str] = field(default_factory=Counter)
-    paused_until: float = 0.0  # time.monotonic()
-    halted: str = ""  # why the lane stopped early, if it did
-    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from batchcancel.engine import LaneView
+from batchcancel.drain_types import LaneView
 from batchcancel.report import format_counts
 
 __all__ = ["Progress"]

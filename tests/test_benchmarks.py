@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("1", "1b", "2", "3", "3b", "4", "4b", "5", "6", "7", "8", "8b")
+FIGURES = ("1", "1b", "2", "3", "3b", "4", "4b", "5", "5b", "6", "7", "8", "8b")
 
 
 def test_quick_benchmarks_are_correct_and_print_every_figure() -> None:
