@@ -68,13 +68,7 @@ def first_request(args: Sequence[str], sim: SimProcess, timeout: float) -> float
             time.sleep(0.01)
         first = first if first is not None else sim.stats()["sfox"]["first"]
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
     return None if first is None else first - started
 
 
@@ -100,13 +94,19 @@ def until_stderr(args: Sequence[str], needle: str, timeout: float) -> float | No
             if time.time() - started > timeout:
                 break
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
     return seen
+
+
+def _stop(process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the CLI records what it sent and exits 3), then SIGKILL after 300 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def until_exit(args: Sequence[str]) -> tuple[float, int, str]:
