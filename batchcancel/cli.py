@@ -255,6 +255,7 @@ def _run(
                         "(the source is not read again)",
                         run_id=existing.id,
                     )
+                    _warn_shared_venues(store, existing.id, store.venues_with_work(existing.id))
                     summary = resume_run(
                         store,
                         settings,
@@ -302,6 +303,8 @@ def _run(
                                 run_id=run_id,
                                 venues=sweeping,
                             )
+                        if not dry_run:
+                            _warn_shared_venues(store, run_id, plan.to_send)
                         if dry_run:
                             for line in _estimates(settings, plan, bulk=bulk, all_open=all_open):
                                 _log("estimate", line.strip())
@@ -335,6 +338,22 @@ def _run(
                     )
             _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
     sys.exit(summary.exit_code)
+
+
+def _warn_shared_venues(store: Any, run_id: str, venue_names: Iterable[str]) -> None:
+    """Say which venues another live run of this audit database is sending to: each run keeps
+    the venue's limit on its own, so together they exceed it and 429s slow both."""
+    for venue, others in store.venues_held_by_other_runs(run_id, venue_names).items():
+        named = ", ".join(f"{other} ({command})" for other, command in others)
+        _log(
+            "shared_venue",
+            f"{venue}: run {named} is sending there too; the runs share its rate limit, so "
+            "both go slower and 429s may pause both",
+            level="warning",
+            run_id=run_id,
+            venue=venue,
+            other_runs=[other for other, _ in others],
+        )
 
 
 def _sweeping(venue_names: Iterable[str]) -> list[str]:

@@ -654,6 +654,32 @@ class AuditStore:
                 ).scalars()
             )
 
+    def venues_held_by_other_runs(
+        self, run_id: str, venues: Iterable[str]
+    ) -> dict[str, list[tuple[str, str]]]:
+        """Of these venues, the ones a live process of another run holds now: venue -> that
+        run's (id, command). Each run paces itself, so such runs share the venue's limit."""
+        wanted = sorted(set(venues))
+        if not wanted:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(lanes.c.venue, lanes.c.run_id, lanes.c.owner, runs.c.command)
+                .select_from(lanes.join(runs, runs.c.id == lanes.c.run_id))
+                .where(
+                    lanes.c.run_id != run_id,
+                    lanes.c.venue.in_(wanted),
+                    lanes.c.owner.is_not(None),
+                    lanes.c.lease_until >= utcnow(),
+                )
+                .order_by(lanes.c.venue, lanes.c.run_id)
+            ).all()
+        held: dict[str, list[tuple[str, str]]] = {}
+        for row in rows:
+            if not _owner_is_dead(row.owner):
+                held.setdefault(row.venue, []).append((row.run_id, row.command))
+        return held
+
     def venues_with_work(self, run_id: str, *, to_confirm: bool = False) -> dict[str, int]:
         """Orders still to send (or to confirm), per venue."""
         condition = (
