@@ -303,11 +303,11 @@ def _run(
                                 run_id=run_id,
                                 venues=sweeping,
                             )
-                        if not dry_run:
-                            _warn_shared_venues(store, run_id, plan.to_send)
                         if dry_run:
                             for line in _estimates(settings, plan, bulk=bulk, all_open=all_open):
                                 _log("estimate", line.strip())
+                        else:
+                            _warn_shared_venues(store, run_id, plan.to_send)
 
                     summary = start_run(
                         store,
