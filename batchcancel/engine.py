@@ -202,10 +202,12 @@ class _Lane:
             now = time.monotonic()
             if self._retries and self._retries[0][0] <= now:
                 return heapq.heappop(self._retries)[2]
+            # Whether loading is over is read before the look: rows recorded while the look
+            # runs (the loader's last ones) are then found by the next look, not missed.
+            loading = self.more_coming()
             order = await self._next_order()
             if order is not None:
                 return _Job(order, attempt=order.attempts)
-            loading = self.more_coming()
             if not self._retries and not self._in_flight and not loading:
                 return None
             self._wake.clear()
@@ -746,6 +748,9 @@ class _Session:
     async def _take_lanes_until_done(self) -> None:
         last_claim = -1e9
         while not self.result.stopped:
+            # Read before the look, as in _Lane._next_job: a venue whose first orders are
+            # recorded while the look runs is then found next time round, not left unsent.
+            loaded = self.loaded.is_set()
             work = await asyncio.to_thread(
                 self.store.venues_with_work, self.run_id, to_confirm=self.options.confirm
             )
@@ -768,7 +773,7 @@ class _Session:
                     last_claim = time.monotonic()
             for venue in taken:
                 await self._start_lane(venue, work[venue])
-            if not self.running and not taken and self.loaded.is_set():
+            if not self.running and not taken and loaded:
                 busy = set()
                 if remaining and not self.options.confirm:
                     busy = await asyncio.to_thread(self.store.leased_by_others, self.run_id)

@@ -476,7 +476,7 @@ class TestSignalWhileLoading:
         summary = json.loads(again.stdout)
         assert summary["orders"] == LOADING_ROWS + 20
         assert summary["outcomes"]["invalid"] == LOADING_ROWS
-        assert summary["outcomes"]["canceled"] == 20
+        assert summary["outcomes"]["canceled"] == 20, (summary, again.stderr)
         assert db_rows(db, "select count(distinct seq), count(*) from orders") == [
             (LOADING_ROWS + 20, LOADING_ROWS + 20)
         ]
