@@ -12,7 +12,7 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -255,7 +255,9 @@ def _run(
                         "(the source is not read again)",
                         run_id=existing.id,
                     )
-                    _warn_shared_venues(store, existing.id, store.venues_with_work(existing.id))
+                    _warn_shared_venues(
+                        store, existing.id, lambda: store.venues_with_work(existing.id)
+                    )
                     summary = resume_run(
                         store,
                         settings,
@@ -307,7 +309,7 @@ def _run(
                             for line in _estimates(settings, plan, bulk=bulk, all_open=all_open):
                                 _log("estimate", line.strip())
                         else:
-                            _warn_shared_venues(store, run_id, plan.to_send)
+                            _warn_shared_venues(store, run_id, lambda: plan.to_send)
 
                     summary = start_run(
                         store,
@@ -340,10 +342,17 @@ def _run(
     sys.exit(summary.exit_code)
 
 
-def _warn_shared_venues(store: Any, run_id: str, venue_names: Iterable[str]) -> None:
-    """Say which venues another live run of this audit database is sending to: each run keeps
-    the venue's limit on its own, so together they exceed it and 429s slow both."""
-    for venue, others in store.venues_held_by_other_runs(run_id, venue_names).items():
+def _warn_shared_venues(store: Any, run_id: str, needed: Callable[[], Iterable[str]]) -> None:
+    """Say which venues this run needs (`needed`, asked only when another live run of this
+    audit database holds some venue: on resume it scans the run) that such a run is
+    sending to: each run keeps the venue's limit on its own, so 429s slow both."""
+    held = store.venues_held_by_other_runs(run_id)
+    if not held:
+        return
+    wanted = set(needed())
+    for venue, others in held.items():
+        if venue not in wanted:
+            continue
         named = ", ".join(f"{other} ({command})" for other, command in others)
         _log(
             "shared_venue",

@@ -654,21 +654,15 @@ class AuditStore:
                 ).scalars()
             )
 
-    def venues_held_by_other_runs(
-        self, run_id: str, venues: Iterable[str]
-    ) -> dict[str, list[tuple[str, str]]]:
-        """Of these venues, the ones a live process of another run holds now: venue -> that
-        run's (id, command). Each run paces itself, so such runs share the venue's limit."""
-        wanted = sorted(set(venues))
-        if not wanted:
-            return {}
+    def venues_held_by_other_runs(self, run_id: str) -> dict[str, list[tuple[str, str]]]:
+        """The venues a live process of another run holds now: venue -> those runs' (id,
+        command). Each run paces itself, so runs at one venue share its limit."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(lanes.c.venue, lanes.c.run_id, lanes.c.owner, runs.c.command)
                 .select_from(lanes.join(runs, runs.c.id == lanes.c.run_id))
                 .where(
                     lanes.c.run_id != run_id,
-                    lanes.c.venue.in_(wanted),
                     lanes.c.owner.is_not(None),
                     lanes.c.lease_until >= utcnow(),
                 )
