@@ -103,26 +103,23 @@ def read_csv(path: str, *, venue: str | None) -> OrderTable:
     except csv.Error as exc:
         raise SourceError(f"{name} has an unreadable header: {exc}") from None
     _check_header(header, name=name)
-    frame = _parse_fast(raw) if _fast_parse_fits(raw, header) else None
+    frame = _parse_fast(raw, header)
     if frame is None:
         frame = _parse_exact(text, header, name=name)
     return _normalise(frame, name=name, venue=venue)
 
 
-def _fast_parse_fits(raw: bytes, header: list[str]) -> bool:
-    """Whether Arrow's parser reads this file exactly as the C parser would.
-
-    Arrow may misread a quoted field that holds a line break, and in a one-column file it
-    keeps a whitespace-only line that the C parser skips; such files take the C parser.
-    """
-    return len(header) > 1 and b'"' not in raw
-
-
-def _parse_fast(raw: bytes) -> pd.DataFrame | None:
+def _parse_fast(raw: bytes, header: list[str]) -> pd.DataFrame | None:
     """Arrow's multi-threaded parser: a million rows in about 0.1 s instead of 0.4-0.9 s, which
-    is what lets a kill say what it is about to cancel within its first second. None when it
-    cannot read the file (a row with too few or too many fields, say): the C parser then
-    reads it again and words the error."""
+    is what lets a kill say what it is about to cancel within its first second.
+
+    None, and the C parser reads the file instead (wording any error), when Arrow could read
+    it differently: a quoted field may hold a line break Arrow misreads, and in a one-column
+    file Arrow keeps a whitespace-only line that the C parser skips. None too when Arrow
+    cannot read it (a row with too few or too many fields, say).
+    """
+    if len(header) < 2 or b'"' in raw:
+        return None
     try:
         return pd.read_csv(
             io.BytesIO(raw[len(codecs.BOM_UTF8) :] if raw.startswith(codecs.BOM_UTF8) else raw),
