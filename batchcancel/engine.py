@@ -57,7 +57,7 @@ from batchcancel.venues.base import (
     supports_sweep,
 )
 
-__all__ = ["DrainOptions", "LaneView", "drain"]
+__all__ = ["DrainResult", "drain"]
 
 PAGE_SIZE: Final = 2000
 MAX_BACKOFF: Final = 30.0

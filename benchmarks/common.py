@@ -18,7 +18,8 @@ import aiohttp
 
 from batchcancel.audit.store import AuditStore, PlannedOrder
 from batchcancel.config import load_settings
-from batchcancel.engine import DrainOptions, DrainResult, drain
+from batchcancel.drain_types import DrainOptions
+from batchcancel.engine import DrainResult, drain
 from benchmarks.memstore import MemoryStore
 
 # Distinctive fake credentials; the simulators are given the same ones.

@@ -21,7 +21,7 @@ from typing import Any
 
 from batchcancel.audit.store import AuditStore
 from batchcancel.demo import DEMO_PLAN
-from batchcancel.engine import DrainOptions
+from batchcancel.drain_types import DrainOptions
 from batchcancel.simulators import SIMULATORS
 from batchcancel.simulators.base import OrderState
 from benchmarks.common import (
