@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 
 __all__ = ["HEAD", "MIGRATIONS_DIR", "alembic_config", "is_at_head", "upgrade_to_head"]
 
-MIGRATIONS_DIR: Final = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parents[1] / "migrations"
 # The newest migration's revision (tests/test_migrations.py checks it against Alembic's).
-HEAD: Final = "0003"
+HEAD: Final = "0004"
 
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:
@@ -47,7 +47,7 @@ def upgrade_to_head(engine: sa.Engine) -> None:
     """Apply every missing migration; MigrationError with one line if that fails."""
     if not MIGRATIONS_DIR.is_dir():
         raise MigrationError(
-            f"migrations folder {MIGRATIONS_DIR} is missing; reinstall with pip install -e ."
+            f"migrations folder {MIGRATIONS_DIR} is missing; reinstall batchcancel"
         )
     try:
         if is_at_head(engine):

@@ -1,6 +1,6 @@
 """The audit schema: runs, orders (one row each, current state) and attempts (one row each).
 
-Alembic migrations in migrations/ create these tables; nothing calls create_all outside tests
+Alembic migrations in batchcancel/migrations/ create these tables; nothing calls create_all outside tests
 of the migrations themselves. Times are naive UTC with microseconds.
 """
 
@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Attempt", "Base", "Lane", "Order", "Run", "Session", "metadata"]
+__all__ = ["Attempt", "Base", "Lane", "Order", "Request", "Run", "Session", "metadata"]
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -117,6 +117,31 @@ class Lane(Base):
     venue: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str | None] = mapped_column(String(255))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    # Fencing: raised on every takeover; a write-ahead record commits only while it is ours.
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The holder's request timeout: a new holder waits it out before re-sending in-flight work.
+    request_timeout: Mapped[float | None] = mapped_column(Float)
+
+
+class Request(Base):
+    """A request that carries no order of its own (a cancel-all page or its retry), written
+    before it leaves like every attempt; its answer filled in after."""
+
+    __tablename__ = "requests"
+    __table_args__ = (Index("ix_requests_run_venue", "run_id", "venue"),)
+
+    pk: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    venue: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(8))  # sweep
+    target: Mapped[str] = mapped_column(Text, default="", server_default="")
+    worker: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    sent_at: Mapped[datetime] = mapped_column(DateTime)
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    detail: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 metadata = Base.metadata
