@@ -213,7 +213,7 @@ def _run(
     confirm_timeout: float,
     lease: float,
 ) -> None:
-    from batchcancel.commands import Plan, resume_run, start_run
+    from batchcancel.commands import Plan, start_run
     from batchcancel.drain_types import DrainOptions
     from batchcancel.sources import read_csv, read_query
     from batchcancel.venues import get_venue
@@ -247,97 +247,103 @@ def _run(
         )
         with _open_store(settings) as store:
             existing = store.find_run_key(run_key) if run_key else None
+            if existing is not None and dry_run:
+                # SPEC: a dry run sends nothing and changes nothing, an existing run included.
+                summary = _would_resume(store, existing)
+                _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
+                sys.exit(summary.exit_code)
+            if existing is not None and existing.status != "loading":
+                # SPEC: a re-run with a key is a resume in every respect, with the run's
+                # recorded options (a cancel-all already sent is never sent again).
+                _log(
+                    "resuming",
+                    f"run key {run_key} belongs to run {existing.id}: resuming it with its "
+                    "recorded options (the source is not read again)",
+                    run_id=existing.id,
+                )
+                summary = _resume(
+                    store,
+                    existing,
+                    db=db,
+                    venues_config=venues_config,
+                    deadline=deadline,
+                    max_attempts=max_attempts,
+                    lease=lease,
+                )
+                _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
+                sys.exit(summary.exit_code)
             with _progress() as progress:
-                if existing is not None and existing.status != "loading":
-                    _log(
-                        "resuming",
-                        f"run key {run_key} belongs to run {existing.id}: resuming it "
-                        "(the source is not read again)",
-                        run_id=existing.id,
-                    )
-                    _warn_shared_venues(
-                        store, existing.id, lambda: store.venues_with_work(existing.id)
-                    )
-                    summary = resume_run(
-                        store,
-                        settings,
-                        existing,
-                        command_line=_command_line(),
-                        drain_options=drain_options,
-                        views=progress,
-                        confirm_options=confirm_options,
-                    )
-                else:
-                    table = (
-                        read_csv(source, venue=venue)
-                        if source is not None
-                        else read_query(query or "", source_db or "", venue=venue)
-                    )
+                table = (
+                    read_csv(source, venue=venue)
+                    if source is not None
+                    else read_query(query or "", source_db or "", venue=venue)
+                )
 
-                    def announce(run_id: str, plan: Plan) -> None:
-                        per_venue = ", ".join(f"{v} {n}" for v, n in sorted(plan.to_send.items()))
-                        total = sum(plan.to_send.values())
-                        if plan.invalid < 0:  # said before validation, within a second
-                            message = (
-                                f"run {run_id}: about to cancel {total} orders "
-                                f"({per_venue or 'none'}); rows are validated as they load"
-                            )
-                        else:
-                            verb = "would cancel" if dry_run else "cancelling"
-                            message = (
-                                f"run {run_id}: {verb} {total} orders ({per_venue or 'none'}); "
-                                f"{plan.invalid} invalid, {plan.duplicates} duplicate rows "
-                                "collapsed"
-                            )
-                        _log(
-                            "planned",
-                            message,
-                            run_id=run_id,
-                            orders=plan.to_send,
-                            invalid=plan.invalid,
-                            duplicates=plan.duplicates,
+                def announce(run_id: str, plan: Plan) -> None:
+                    per_venue = ", ".join(f"{v} {n}" for v, n in sorted(plan.to_send.items()))
+                    total = sum(plan.to_send.values())
+                    if plan.invalid < 0:  # said before validation, within a second
+                        message = (
+                            f"run {run_id}: about to cancel {total} orders "
+                            f"({per_venue or 'none'}); rows are validated as they load"
                         )
-                        if all_open and (sweeping := _sweeping(plan.to_send)):
-                            _log(
-                                "all_open",
-                                f"--all-open: cancel-all at {', '.join(sweeping)} cancels every "
-                                "open order of the account, listed or not; each is recorded",
-                                run_id=run_id,
-                                venues=sweeping,
-                            )
-                        if dry_run:
-                            for line in _estimates(settings, plan, bulk=bulk, all_open=all_open):
-                                _log("estimate", line.strip())
-                        else:
-                            _warn_shared_venues(store, run_id, lambda: plan.to_send)
-
-                    summary = start_run(
-                        store,
-                        settings,
-                        table,
-                        command=command,
-                        run_key=run_key,
-                        only_venue=venue,
-                        options={
-                            "venue": venue,
-                            "max_attempts": drain_options.max_attempts,
-                            "deadline": deadline,
-                            "bulk": bulk,
-                            "all_open": all_open,
-                            "confirm": confirm,
-                            "venues_config": (
-                                os.path.abspath(venues_config) if venues_config else None
-                            ),
-                        },
-                        reason=reason,
-                        command_line=_command_line(),
-                        dry_run=dry_run,
-                        drain_options=drain_options,
-                        views=progress,
-                        on_planned=announce,
-                        loading=existing,
-                        confirm_options=confirm_options,
+                    else:
+                        verb = "would cancel" if dry_run else "cancelling"
+                        message = (
+                            f"run {run_id}: {verb} {total} orders ({per_venue or 'none'}); "
+                            f"{plan.invalid} invalid, {plan.duplicates} duplicate rows "
+                            "collapsed"
+                        )
+                    _log(
+                        "planned",
+                        message,
+                        run_id=run_id,
+                        orders=plan.to_send,
+                        invalid=plan.invalid,
+                        duplicates=plan.duplicates,
                     )
+                    if all_open and (sweeping := _sweeping(plan.to_send)):
+                        _log(
+                            "all_open",
+                            f"--all-open: cancel-all at {', '.join(sweeping)} cancels every "
+                            "open order of the account, listed or not; each is recorded",
+                            run_id=run_id,
+                            venues=sweeping,
+                        )
+                    if dry_run:
+                        for line in _estimates(settings, plan, bulk=bulk, all_open=all_open):
+                            _log("estimate", line.strip())
+                    else:
+                        _warn_shared_venues(store, run_id, lambda: plan.to_send)
+
+                summary = start_run(
+                    store,
+                    settings,
+                    table,
+                    command=command,
+                    run_key=run_key,
+                    only_venue=venue,
+                    options={
+                        "venue": venue,
+                        "max_attempts": drain_options.max_attempts,
+                        "deadline": deadline,
+                        "bulk": bulk,
+                        "all_open": all_open,
+                        "confirm": confirm,
+                        "confirm_timeout": confirm_timeout,
+                        "venues_config": (
+                            os.path.abspath(venues_config) if venues_config else None
+                        ),
+                    },
+                    reason=reason,
+                    command_line=_command_line(),
+                    dry_run=dry_run,
+                    drain_options=drain_options,
+                    views=progress,
+                    on_planned=announce,
+                    loading=existing,
+                    confirm_options=confirm_options,
+                )
             _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
     sys.exit(summary.exit_code)
 
@@ -487,36 +493,82 @@ def resume(
     lease: float,
 ) -> None:
     """Continue RUN (a run id or run key) from where it stopped."""
-    from batchcancel.commands import resume_run
-    from batchcancel.drain_types import DrainOptions
 
     with _errors():
         settings = _settings(db, venues_config)
         with _open_store(settings) as store:
             run = store.find_run(run_ref)
-            settings = _recorded_settings(run, settings, db, venues_config)
             if run.status == "loading":
                 raise RunNotFoundError(
                     f"run {run.id} was interrupted while its orders were loading; run it again "
                     "with the same --run-key and source to finish loading"
                 )
-            options = DrainOptions(
-                max_attempts=max_attempts or int(run.options.get("max_attempts") or 5),
+            summary = _resume(
+                store,
+                run,
+                db=db,
+                venues_config=venues_config,
                 deadline=deadline,
+                max_attempts=max_attempts,
                 lease=lease,
-                bulk=bool(run.options.get("bulk")),
             )
-            with _progress() as progress:
-                summary = resume_run(
-                    store,
-                    settings,
-                    run,
-                    command_line=_command_line(),
-                    drain_options=options,
-                    views=progress,
-                )
             _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
     sys.exit(summary.exit_code)
+
+
+def _resume(
+    store: Any,
+    run: Any,
+    *,
+    db: str | None,
+    venues_config: str | None,
+    deadline: float | None,
+    max_attempts: int | None,
+    lease: float,
+) -> Any:
+    """Resume `run` with the options it was recorded with: `resume RUN` and a re-run with
+    its --run-key both come here, so the two cannot differ."""
+    from batchcancel.commands import recorded_drain_options, resume_run
+
+    settings = _recorded_settings(run, _settings(db, venues_config), db, venues_config)
+    if run.command == "kill":
+        settings = _kill_profile(settings)
+    drain_options, confirm_options = recorded_drain_options(
+        run, deadline=deadline, max_attempts=max_attempts, lease=lease
+    )
+    _warn_shared_venues(store, run.id, lambda: store.venues_with_work(run.id))
+    with _progress() as progress:
+        return resume_run(
+            store,
+            settings,
+            run,
+            command_line=_command_line(),
+            drain_options=drain_options,
+            views=progress,
+            confirm_options=confirm_options,
+        )
+
+
+def _would_resume(store: Any, run: Any) -> Any:
+    """A dry run on an existing run: say what a resume would send, per venue; change nothing."""
+    from batchcancel.commands import would_resume
+
+    summary, to_send = would_resume(store, run)
+    per_venue = ", ".join(f"{v} {n}" for v, n in sorted(to_send.items()))
+    loading = (
+        "; its loading was interrupted, so a re-run also records the source's remaining rows"
+        if run.status == "loading"
+        else ""
+    )
+    _log(
+        "planned",
+        f"run key {run.run_key} belongs to run {run.id}: a resume would send "
+        f"{sum(to_send.values())} orders ({per_venue or 'none'}){loading}; dry run: nothing "
+        "sent, nothing changed",
+        run_id=run.id,
+        orders=to_send,
+    )
+    return summary
 
 
 @cli.command()

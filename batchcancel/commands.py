@@ -26,13 +26,16 @@ __all__ = [
     "Summary",
     "confirm_run",
     "plan_rows",
+    "recorded_drain_options",
     "resume_run",
     "start_run",
     "summarise",
+    "would_resume",
 ]
 
 ViewCallback = Callable[[Mapping[str, LaneView]], None]
 MAX_REASON = 300
+DEFAULT_CONFIRM_TIMEOUT = 60.0  # seconds, when a run recorded none
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +226,42 @@ def resume_run(
         True,
         confirm_options=confirm_options,
     )
+
+
+def recorded_drain_options(
+    run: RunInfo, *, deadline: float | None, max_attempts: int | None, lease: float
+) -> tuple[DrainOptions, DrainOptions | None]:
+    """How a resume drains `run` (and confirms, if the run asked for it): with the options
+    the run was started with. Only the deadline, the attempts and the lease may be given anew.
+    A cancel-all stays allowed if it was, but the lane sends none where one already went."""
+    recorded = run.options
+    attempts = max_attempts or int(recorded.get("max_attempts") or 5)
+    drain_options = DrainOptions(
+        max_attempts=attempts,
+        deadline=deadline,
+        lease=lease,
+        claim_all=run.command == "kill",
+        bulk=bool(recorded.get("bulk")),
+        all_open=bool(recorded.get("all_open")),
+    )
+    confirm_options = (
+        DrainOptions(
+            confirm=True,
+            deadline=float(recorded.get("confirm_timeout") or DEFAULT_CONFIRM_TIMEOUT),
+            max_attempts=attempts,
+        )
+        if recorded.get("confirm")
+        else None
+    )
+    return drain_options, confirm_options
+
+
+def would_resume(store: AuditStore, run: RunInfo) -> tuple[Summary, dict[str, int]]:
+    """What a resume of `run` would send, per venue, read without changing anything; and
+    the run's summary as a dry run reports it (status planned)."""
+    to_send = store.venues_with_work(run.id)
+    summary = dataclasses.replace(summarise(store, run), status=RunStatus.PLANNED)
+    return summary, to_send
 
 
 def confirm_run(

@@ -27,6 +27,7 @@ from batchcancel.audit.store import (
     CANCEL,
     CONFIRM,
     CONFIRMED_PREFIX,
+    SWEEP,
     Answer,
     AuditStore,
     Begin,
@@ -307,6 +308,8 @@ class _Lane:
         everything the cancel-all touched.
         """
         venue = cast(SweepVenue, self.venue)
+        if self.view.venue in await asyncio.to_thread(self.store.swept_venues, self.run_id):
+            return  # a cancel-all went out in an earlier session: it is never sent again
         while self.more_coming() and not self.pacer.halted:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -361,7 +364,9 @@ class _Lane:
                 continue
             outcome, reason = self._decide(job, verdict)
             self._record(job, heard, verdict.label, detail, outcome, reason)
-        keys = {venue.sweep_key(row) for row in rows.values()}
+        # Every order of the venue in the run, final ones included, is "in the input".
+        known = await asyncio.to_thread(self.store.venue_order_ids, self.run_id, self.view.venue)
+        keys = {venue.sweep_key(OrderRow(self.view.venue, order_id)) for order_id in known}
         await self._record_not_in_input(swept, keys, sent_at)
 
     async def _send_sweeps(self, targets: list[str], *, pages: int) -> _Swept:
@@ -380,7 +385,23 @@ class _Lane:
                     return swept
                 granted = False
                 request = venue.build_sweep(target, now=time.time())
+                try:
+                    # Its own write-ahead record, before it leaves: it may cancel a book.
+                    record = await asyncio.to_thread(
+                        self.store.begin_request,
+                        self.run_id,
+                        self.view.venue,
+                        kind=SWEEP,
+                        target=f"{target} page {page}",
+                    )
+                except AuditError as exc:
+                    self.pacer.unused()
+                    self.pacer.release()
+                    self.on_audit_failure(exc)
+                    swept.failure = Verdict.transient("not sent: the audit database failed")
+                    return swept
                 answer, swept.last = await self._send_sweep(request)
+                await self._answer_request(record, answer, swept.last)
                 if (whole := answer.whole) is not None:
                     tries += 1
                     if whole.escalate_on_repeat and warned:
@@ -408,6 +429,23 @@ class _Lane:
                     break
                 page += 1
         return swept
+
+    async def _answer_request(self, record: int, answer: BulkAnswer, heard: _Heard) -> None:
+        """Record what a cancel-all request heard (a failure to record stops the run)."""
+        label = answer.whole.label if answer.whole is not None else "answered"
+        detail = heard.detail or (answer.whole.reason if answer.whole is not None else "")
+        try:
+            await asyncio.to_thread(
+                self.store.answer_request,
+                record,
+                answered_at=heard.answered_at,
+                http_status=heard.status,
+                verdict=label,
+                latency_ms=heard.latency_ms,
+                detail=detail if answer.whole else f"listed {len(answer.per_order)}: {detail}",
+            )
+        except AuditError as exc:
+            self.on_audit_failure(exc)
 
     async def _record_not_in_input(self, swept: _Swept, keys: set[str], sent_at: datetime) -> None:
         """Orders the cancel-all listed that the input did not: recorded as orders of the run."""

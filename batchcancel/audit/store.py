@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from batchcancel import __version__
 from batchcancel.audit.migrate import upgrade_to_head
-from batchcancel.audit.tables import Attempt, Lane, Order, Run, Session
+from batchcancel.audit.tables import Attempt, Lane, Order, Request, Run, Session
 from batchcancel.errors import AuditError, RunLockedError, RunNotFoundError
 from batchcancel.outcomes import FINAL, Outcome
 
@@ -33,6 +33,7 @@ __all__ = [
     "CANCEL",
     "CONFIRM",
     "LOADING",
+    "SWEEP",
     "Answer",
     "AuditStore",
     "Begin",
@@ -48,6 +49,7 @@ sessions: Final = cast(sa.Table, Session.__table__)
 orders: Final = cast(sa.Table, Order.__table__)
 attempts: Final = cast(sa.Table, Attempt.__table__)
 lanes: Final = cast(sa.Table, Lane.__table__)
+requests: Final = cast(sa.Table, Request.__table__)
 
 PENDING: Final = "pending"  # never sent, or resumable (failed/skipped, or between retries)
 SENDING: Final = "sending"  # an attempt is in flight
@@ -117,6 +119,7 @@ class OrderToSend:
 CANCEL: Final = "cancel"  # attempt kinds
 BULK: Final = "bulk"  # a cancel carried by a bulk request with other orders
 CONFIRM: Final = "confirm"
+SWEEP: Final = "sweep"  # a cancel-all request (requests table): it names no order
 CONFIRMED_PREFIX: Final = "confirmed by order status: "  # reason of a confirm-pass outcome
 
 
@@ -814,6 +817,92 @@ class AuditStore:
                 .values(outcome=outcome.value, reason=self.clean(reason))
             ).rowcount
         return int(count or 0)
+
+    # -- requests that carry no order (cancel-all pages and their retries) ----------------
+
+    def begin_request(self, run_id: str, venue: str, *, kind: str, target: str) -> int:
+        """Record a request about to leave (write-ahead); its key for `answer_request`."""
+        with self._write() as conn:
+            pk = conn.execute(
+                requests.insert()
+                .values(
+                    run_id=run_id,
+                    venue=venue,
+                    kind=kind,
+                    target=self.clean(target),
+                    worker=self.worker,
+                    sent_at=utcnow(),
+                    detail="",
+                )
+                .returning(requests.c.pk)
+            ).scalar_one()
+        return int(pk)
+
+    def answer_request(
+        self,
+        pk: int,
+        *,
+        answered_at: datetime,
+        http_status: int | None,
+        verdict: str,
+        latency_ms: float,
+        detail: str,
+    ) -> None:
+        """Record what came back for a request of `begin_request`."""
+        with self._write() as conn:
+            conn.execute(
+                requests.update()
+                .where(requests.c.pk == pk)
+                .values(
+                    answered_at=answered_at,
+                    http_status=http_status,
+                    verdict=verdict,
+                    latency_ms=round(latency_ms, 3),
+                    detail=self.clean(detail),
+                )
+            )
+
+    def swept_venues(self, run_id: str) -> set[str]:
+        """Venues of the run to which a cancel-all was ever sent (or was about to be): no
+        later session sends one there again."""
+        with self.engine.connect() as conn:
+            return set(
+                conn.execute(
+                    sa.select(requests.c.venue)
+                    .where(requests.c.run_id == run_id, requests.c.kind == SWEEP)
+                    .distinct()
+                ).scalars()
+            )
+
+    def venue_order_ids(self, run_id: str, venue: str) -> list[str]:
+        """Every order id of a venue in the run, whatever its state."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(orders.c.order_id).where(
+                        orders.c.run_id == run_id, orders.c.venue == venue
+                    )
+                ).scalars()
+            )
+
+    def request_rows(self, run_id: str) -> Iterator[sa.Row[Any]]:
+        """Every order-less request of a run, in the order they were sent, streamed."""
+        query = (
+            sa.select(
+                requests.c.venue,
+                requests.c.kind,
+                requests.c.target,
+                requests.c.sent_at,
+                requests.c.answered_at,
+                requests.c.http_status,
+                requests.c.verdict,
+                requests.c.latency_ms,
+                requests.c.detail,
+            )
+            .where(requests.c.run_id == run_id)
+            .order_by(requests.c.pk)
+        )
+        yield from self._stream(query)
 
     # -- reading back -----------------------------------------------------------------------
 
