@@ -6,7 +6,9 @@ of every repr, so that no log line or traceback can print them.
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,7 +35,12 @@ DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_BACKOFF: Final = 0.5  # first retry delay in seconds; doubles per attempt, with jitter
 _FLOAT_KEYS: Final = frozenset({"period", "timeout", "cooldown", "backoff"})
 _INT_KEYS: Final = frozenset({"rate_limit", "max_in_flight"})
-_KNOWN_KEYS: Final = _FLOAT_KEYS | _INT_KEYS | {"base_url"}
+_KNOWN_KEYS: Final = _FLOAT_KEYS | _INT_KEYS | {"base_url", "allow_insecure"}
+# SPEC: http(s)://host[:port][/path]. Only RFC 3986 characters; `?` and `#` are refused apart.
+_URL_CHARS: Final = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
+_BAD_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_SCHEME_AUTHORITY: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/]*)")
+_HOST_PORT: Final = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(.*))?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +56,7 @@ class VenueSettings:
     cooldown: float
     backoff: float
     credentials: Mapping[str, str] = field(repr=False, default_factory=dict)
+    allow_insecure: bool = False  # plain http:// to a host that is not loopback
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +148,16 @@ def _venue_settings(
             raise ConfigError(f"[venues.{name}] {key} must be positive, got {value!r}")
         return float(value)
 
+    allow_insecure = values.get("allow_insecure", False)
+    if not isinstance(allow_insecure, bool):
+        raise ConfigError(f"[venues.{name}] allow_insecure must be true or false")
     base_url = values["base_url"]
     if not isinstance(base_url, str):
         raise ConfigError(f"[venues.{name}] base_url must be a string, got {base_url!r}")
-    if base_url and not base_url.startswith(("http://", "https://")):
-        raise ConfigError(
-            f"[venues.{name}] base_url must start with http:// or https://, got {base_url!r}"
-        )
+    if base_url:  # empty: not configured (ETNA has no public host); the engine says so
+        problem = _base_url_problem(base_url, allow_insecure=allow_insecure)
+        if problem:
+            raise ConfigError(f"[venues.{name}] base_url {problem}")
     return VenueSettings(
         name=name,
         base_url=base_url,
@@ -157,4 +168,66 @@ def _venue_settings(
         cooldown=number("cooldown"),
         backoff=number("backoff"),
         credentials=credentials,
+        allow_insecure=allow_insecure,
     )
+
+
+def _base_url_problem(url: str, *, allow_insecure: bool) -> str:
+    """What breaks SPEC's base_url rule, or "". Never quotes the URL: user info and a
+    query may hold secrets."""
+    bad = next((ch for ch in url if not _URL_CHARS.fullmatch(ch)), None)
+    if bad is not None:
+        return (
+            f"has a character a URL cannot hold (U+{ord(bad):04X}): no whitespace or control "
+            "characters; percent-encode anything else"
+        )
+    if _BAD_PERCENT.search(url):
+        return "has a % character not followed by two hex digits"
+    parts = _SCHEME_AUTHORITY.match(url)
+    if parts is None or parts[1].lower() not in ("http", "https"):
+        scheme = f", not {parts[1]}://" if parts else ""
+        return f"must start with http:// or https://{scheme}"
+    scheme, authority = parts[1].lower(), parts[2]
+    if "@" in authority:
+        return "has user info (user:password@): user info is not allowed"
+    if "?" in url:
+        return "has a query ('?'): no query is allowed, the order's path would land in it"
+    if "#" in url:
+        return "has a fragment ('#'): no fragment is allowed, the order's path would be cut off"
+    if not authority or authority.startswith(":"):
+        return "has no host: it must be http(s)://host[:port][/path]"
+    host_port = _HOST_PORT.fullmatch(authority)
+    if host_port is None or not _valid_host(host_port[1]):
+        return "has no valid host: a name, an IPv4 address or an [IPv6] address"
+    port = host_port[2]
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return "has a bad port: it must be a number from 1 to 65535"
+    host = host_port[1].strip("[]").lower()
+    if scheme == "http" and not allow_insecure and not _loopback(host):
+        return (
+            f"uses plain http:// to {host}, which is not loopback: use https://, "
+            "or set allow_insecure = true in this venue's section to send credentials in clear"
+        )
+    return ""
+
+
+def _valid_host(host: str) -> bool:
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+    return True
+
+
+def _loopback(host: str) -> bool:
+    """SPEC's loopback hosts: 127.0.0.0/8, ::1 and localhost (nothing else, not ::ffff:127.x)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if address.version == 4:
+        return address in ipaddress.IPv4Network("127.0.0.0/8")
+    return address == ipaddress.IPv6Address("::1")
