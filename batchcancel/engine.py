@@ -222,14 +222,18 @@ class _Lane:
 
     async def _next_order(self) -> OrderToSend | None:
         if not self._page and not self._exhausted:
-            self._page = await asyncio.to_thread(
-                self.store.pending_page,
-                self.run_id,
-                self.view.venue,
-                after_pk=self._after_pk,
-                limit=PAGE_SIZE,
-                to_confirm=self.options.confirm,
-            )
+            try:
+                self._page = await asyncio.to_thread(
+                    self.store.pending_page,
+                    self.run_id,
+                    self.view.venue,
+                    after_pk=self._after_pk,
+                    limit=PAGE_SIZE,
+                    to_confirm=self.options.confirm,
+                )
+            except AuditError as exc:
+                self.on_audit_failure(exc)  # stops every lane; the run ends in order
+                return None
             self._page.reverse()
             if self._page:
                 self._after_pk = self._page[0].pk

@@ -15,6 +15,7 @@ import re
 import secrets
 import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
@@ -249,7 +250,7 @@ class AuditStore:
 
     def find_run(self, run: str) -> RunInfo:
         """A run by id or run key; RunNotFoundError if neither matches."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 sa.select(runs).where(sa.or_(runs.c.id == run, runs.c.run_key == run))
             ).first()
@@ -259,13 +260,13 @@ class AuditStore:
 
     def find_run_key(self, run_key: str) -> RunInfo | None:
         """The run with this key, if any."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.run_key == run_key)).first()
         return None if row is None else _run_info(row)
 
     def recent_runs(self, limit: int = 20) -> list[RunInfo]:
         """The newest runs first."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(runs).order_by(runs.c.created_at.desc()).limit(limit)
             ).all()
@@ -442,7 +443,7 @@ class AuditStore:
 
     def not_in_input(self, run_id: str) -> dict[str, int]:
         """Per venue, the orders a cancel-all cancelled that the input did not list."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(orders.c.venue, sa.func.count())
                 .where(orders.c.run_id == run_id, orders.c.seq == 0)
@@ -465,7 +466,7 @@ class AuditStore:
 
     def max_seq(self, run_id: str) -> int:
         """The highest source row number recorded for the run (0 if none)."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             value = conn.execute(
                 sa.select(sa.func.max(orders.c.seq)).where(orders.c.run_id == run_id)
             ).scalar()
@@ -473,7 +474,7 @@ class AuditStore:
 
     def order_count(self, run_id: str) -> int:
         """How many orders the run holds."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             value = conn.execute(
                 sa.select(sa.func.count()).select_from(orders).where(orders.c.run_id == run_id)
             ).scalar()
@@ -515,7 +516,7 @@ class AuditStore:
 
     def filled_while_pending(self, run_id: str, limit: int = 20) -> list[tuple[str, str]]:
         """(venue, order_id) of orders whose pending cancel the confirm pass found filled."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(orders.c.venue, orders.c.order_id)
                 .where(
@@ -530,7 +531,7 @@ class AuditStore:
 
     def last_sent_by_others(self, run_id: str, venue: str) -> datetime | None:
         """When another process last sent a request to this venue for this run."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             value = conn.execute(
                 sa.select(sa.func.max(attempts.c.sent_at))
                 .select_from(attempts.join(orders, orders.c.pk == attempts.c.order_pk))
@@ -557,7 +558,7 @@ class AuditStore:
             return []
         now = utcnow()
         until = now + timedelta(seconds=lease)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             owners = set(
                 conn.execute(
                     sa.select(lanes.c.owner).where(
@@ -645,7 +646,7 @@ class AuditStore:
     def leased_by_others(self, run_id: str) -> set[str]:
         """Venues of the run that another live worker holds."""
         now = utcnow()
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return set(
                 conn.execute(
                     sa.select(lanes.c.venue).where(
@@ -660,7 +661,7 @@ class AuditStore:
     def venues_held_by_other_runs(self, run_id: str) -> dict[str, list[tuple[str, str]]]:
         """The venues a live process of another run holds now: venue -> those runs' (id,
         command). Each run paces itself, so runs at one venue share its limit."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(lanes.c.venue, lanes.c.run_id, lanes.c.owner, runs.c.command)
                 .select_from(lanes.join(runs, runs.c.id == lanes.c.run_id))
@@ -684,7 +685,7 @@ class AuditStore:
             if to_confirm
             else orders.c.state != DONE
         )
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(orders.c.venue, sa.func.count())
                 .where(orders.c.run_id == run_id, condition)
@@ -702,7 +703,7 @@ class AuditStore:
             if to_confirm
             else orders.c.state == PENDING
         )
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(
                     orders.c.pk,
@@ -865,7 +866,7 @@ class AuditStore:
     def swept_venues(self, run_id: str) -> set[str]:
         """Venues of the run to which a cancel-all was ever sent (or was about to be): no
         later session sends one there again."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return set(
                 conn.execute(
                     sa.select(requests.c.venue)
@@ -876,7 +877,7 @@ class AuditStore:
 
     def venue_order_ids(self, run_id: str, venue: str) -> list[str]:
         """Every order id of a venue in the run, whatever its state."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return list(
                 conn.execute(
                     sa.select(orders.c.order_id).where(
@@ -908,7 +909,7 @@ class AuditStore:
 
     def counts(self, run_id: str) -> dict[str, dict[str, int]]:
         """Orders per venue per outcome ("" for orders without one yet)."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(orders.c.venue, orders.c.outcome, sa.func.count())
                 .where(orders.c.run_id == run_id)
@@ -921,7 +922,7 @@ class AuditStore:
 
     def state_counts(self, run_id: str) -> dict[str, int]:
         """Orders per state (pending / sending / done)."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(orders.c.state, sa.func.count())
                 .where(orders.c.run_id == run_id)
@@ -983,9 +984,19 @@ class AuditStore:
         return text
 
     def _stream(self, query: sa.Select[Any]) -> Iterator[sa.Row[Any]]:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             result = conn.execution_options(stream_results=True, yield_per=5000).execute(query)
             yield from result
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        """A connection for reading; a database error is an AuditError, as for writes, so a
+        failing read stops the run in order instead of surfacing as an internal error."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise _audit_error(exc, "read") from None
 
     def _write(self) -> _WriteTransaction:
         return _WriteTransaction(self.engine)
@@ -1014,9 +1025,9 @@ class _WriteTransaction:
             raise _audit_error(exc_info[1]) from None
 
 
-def _audit_error(exc: sa.exc.SQLAlchemyError) -> AuditError:
+def _audit_error(exc: sa.exc.SQLAlchemyError, action: str = "write") -> AuditError:
     detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-    return AuditError(f"audit database write failed: {detail}")
+    return AuditError(f"audit database {action} failed: {detail}")
 
 
 def _create_engine(url: str) -> sa.Engine:
