@@ -10,6 +10,7 @@ import ipaddress
 import math
 import re
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,8 @@ def load_settings(
         values.update(tables.get(name, {}))
         values.update((overrides or {}).get(name, {}))
         credentials = {var: environ[var] for var in venue_class.credential_vars if environ.get(var)}
+        for var, value in credentials.items():
+            _check_credential(var, value)
         venues[name] = _venue_settings(name, values, credentials)
     return Settings(db_url=db_url or environ.get(DB_VAR) or DEFAULT_DB_URL, venues=venues)
 
@@ -153,7 +156,9 @@ def _venue_settings(
         raise ConfigError(f"[venues.{name}] allow_insecure must be true or false")
     base_url = values["base_url"]
     if not isinstance(base_url, str):
-        raise ConfigError(f"[venues.{name}] base_url must be a string, got {base_url!r}")
+        raise ConfigError(
+            f"[venues.{name}] base_url must be a string, got {type(base_url).__name__}"
+        )
     if base_url:  # empty: not configured (ETNA has no public host); the engine says so
         problem = _base_url_problem(base_url, allow_insecure=allow_insecure)
         if problem:
@@ -231,3 +236,13 @@ def _loopback(host: str) -> bool:
     if address.version == 4:
         return address in ipaddress.IPv4Network("127.0.0.0/8")
     return address == ipaddress.IPv6Address("::1")
+
+
+def _check_credential(var: str, value: str) -> None:
+    """A credential must fit in an HTTP header: no CR, LF, NUL or other control character.
+    The message names the variable, never the value."""
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise ConfigError(
+            f"{var} holds a control character (CR, LF, NUL, tab or another): "
+            "a credential must fit in an HTTP header; check for a stray newline"
+        )

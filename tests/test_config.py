@@ -24,8 +24,18 @@ from batchcancel.config import (
     load_settings,
 )
 from batchcancel.errors import ConfigError, InputError
+from batchcancel.simulators.base import OrderState
+from batchcancel.simulators.sfox import SfoxSimulator
 from batchcancel.venues import VENUES
-from tests.conftest import CREDENTIALS, SECRET_VALUES
+from tests.conftest import (
+    CREDENTIALS,
+    SECRET_VALUES,
+    ServeSimulators,
+    cli_env,
+    run_cli,
+    write_orders_csv,
+    write_venues_toml,
+)
 
 FULL_SFOX = """\
 [venues.sfox]
@@ -334,6 +344,46 @@ class TestCredentials:
                 assert secret not in text
         assert "sfox" in repr(settings) and "x.db" in repr(settings)
 
+    @pytest.mark.parametrize(
+        ("var", "tail"),
+        [
+            ("BATCHCANCEL_SFOX_API_KEY", "\r\nX-Injected: 1"),
+            ("BATCHCANCEL_SFOX_API_KEY", "\n"),
+            ("BATCHCANCEL_ETNA_APP_KEY", "\r"),
+            ("BATCHCANCEL_ETNA_TOKEN", "\x00"),
+            ("BATCHCANCEL_CRUX_TOKEN", "\t"),
+            ("BATCHCANCEL_TANX_JWT", "\x1b[2J"),
+            ("BATCHCANCEL_ZEBPAY_JWT", "\x7f"),
+            ("BATCHCANCEL_ZEBPAY_API_KEY", "\x85"),
+            ("BATCHCANCEL_ZEBPAY_API_SECRET", "\n"),
+        ],
+    )
+    def test_control_characters_refused(self, var: str, tail: str) -> None:
+        """A credential that cannot travel in an HTTP header (CR, LF, NUL, any control
+        character) is a ConfigError naming the variable, in one line, without its value."""
+        value = CREDENTIALS[var] + tail
+        with pytest.raises(ConfigError) as exc:
+            load_settings({**CREDENTIALS, var: value})
+        message = str(exc.value)
+        assert var in message
+        assert "\n" not in message and "\r" not in message
+        assert CREDENTIALS[var] not in message and tail not in message
+
+    def test_every_set_variable_is_checked(self) -> None:
+        """A bad value in a set variable is an error even if only other venues are used:
+        settings are built before the order list says which venues a run needs."""
+        environ = {
+            "BATCHCANCEL_SFOX_API_KEY": CREDENTIALS["BATCHCANCEL_SFOX_API_KEY"],
+            "BATCHCANCEL_TANX_JWT": "tanx-SECRET\n",
+        }
+        with pytest.raises(ConfigError, match="BATCHCANCEL_TANX_JWT"):
+            load_settings(environ)
+
+    def test_printable_values_are_kept(self) -> None:
+        """Spaces and non-ASCII letters are no control characters: kept exactly."""
+        settings = load_settings({"BATCHCANCEL_CRUX_TOKEN": " tok en-é "})
+        assert dict(settings.venues["crux"].credentials) == {"BATCHCANCEL_CRUX_TOKEN": " tok en-é "}
+
     def test_settings_are_frozen(self) -> None:
         """Settings cannot be changed after they were built."""
         settings = load_settings({})
@@ -357,6 +407,38 @@ def _cli(tmp_path: Path, *args: str, env: dict[str, str]) -> subprocess.Complete
 
 
 class TestCli:
+    @pytest.mark.parametrize(
+        "var", ["BATCHCANCEL_SFOX_API_KEY", "BATCHCANCEL_TANX_JWT"], ids=["used", "other-venue"]
+    )
+    async def test_credential_with_newline_exits_2(
+        self, tmp_path: Path, serve_simulators: ServeSimulators, var: str
+    ) -> None:
+        """A CR/LF in a credential: exit 2, one line naming the variable, its value nowhere
+        in stdout or stderr, and the simulator received nothing."""
+        simulator = SfoxSimulator(credentials=CREDENTIALS, rate_limit=None)
+        simulator.seed({str(n): OrderState.OPEN for n in range(1, 6)})
+        orders = write_orders_csv(
+            tmp_path / "orders.csv", [{"venue": "sfox", "order_id": str(n)} for n in range(1, 6)]
+        )
+        bad = {**CREDENTIALS, var: CREDENTIALS[var] + "\r\nX-Injected: 1"}
+        async with serve_simulators({"sfox": simulator}) as server:
+            config = write_venues_toml(tmp_path / "v.toml", server, sfox={"rate_limit": 0})
+            result = await run_cli(
+                "run",
+                str(orders),
+                "--venues-config",
+                str(config),
+                env=cli_env(tmp_path / "a.db", credentials=bad),
+            )
+        assert result.code == 2, result.stderr
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("batchcancel: error:"), result.stderr
+        assert var in lines[0]
+        assert CREDENTIALS[var] not in result.stdout + result.stderr
+        assert "X-Injected" not in result.stdout + result.stderr
+        assert simulator.total_requests == 0
+        assert not (tmp_path / "a.db").exists()
+
     def test_bad_env_config_exits_2(self, tmp_path: Path) -> None:
         """A broken TOML named by BATCHCANCEL_VENUES: exit 2, one line, no audit database."""
         orders = tmp_path / "orders.csv"
