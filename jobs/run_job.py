@@ -13,9 +13,13 @@ with a bound), and says what its exit code means for a scheduler:
     other (crash, signal, no JSON summary)                           -> JobFailed(retryable)
 
 A retry passes the same run key, so batchcancel resumes the same run: orders that already have
-a final outcome are never sent again. The module uses the standard library only, so it runs in
-the Airflow worker's Python whether or not batchcancel is installed there (BATCHCANCEL_COMMAND
-names another installation), and it is a command of its own for cron or a shell:
+a final outcome are never sent again. Database URLs reach batchcancel through its environment
+(BATCHCANCEL_DB, BATCHCANCEL_SOURCE_DB), never its command line, which `ps` shows to anyone.
+
+The module uses the standard library only, so it runs in the Airflow worker's Python whether or
+not batchcancel is installed there (BATCHCANCEL_COMMAND names another installation); only
+checking an Airflow connection's credential names imports batchcancel's venue registry. It is
+a command of its own for cron or a shell:
 
     python jobs/run_job.py jobs/eod_cleanup.toml --venue sfox --run-key eod:2025-01-02:sfox
 """
@@ -49,14 +53,17 @@ __all__ = [
     "JobResult",
     "build_invocation",
     "classify",
+    "connection_credentials",
     "load_job",
     "load_jobs",
     "run_job",
     "run_key",
+    "trigger_source",
 ]
 
 COMMAND_VAR: Final = "BATCHCANCEL_COMMAND"  # how to start batchcancel; default: this Python
 DB_VAR: Final = "BATCHCANCEL_DB"
+SOURCE_DB_VAR: Final = "BATCHCANCEL_SOURCE_DB"  # batchcancel's --source-db, from the environment
 VENUES_VAR: Final = "BATCHCANCEL_VENUES"
 KNOWN_VENUES: Final = ("sfox", "etna", "crux", "tanx", "zebpay")
 RESUMABLE: Final = ("failed", "skipped")
@@ -75,6 +82,7 @@ _JOB_KEYS: Final = frozenset(
         "query",
         "source_db_env",
         "source",
+        "source_dir",
         "venues_config",
         "reason",
         "deadline",
@@ -128,6 +136,7 @@ class Job:
     query: str | None = None
     source_db_env: str | None = None
     source: Path | None = None  # a CSV file, instead of query
+    source_dir: Path | None = None  # where a trigger-time CSV must be; None: none is taken
     venues_config: Path | None = None
     reason: str = ""
     deadline: float | None = None
@@ -148,11 +157,13 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class Invocation:
-    """A batchcancel command line, its standard input, and what may be logged of it."""
+    """A batchcancel command line, its standard input and environment, and what may be logged
+    of it."""
 
     argv: tuple[str, ...]
     stdin: bytes | None
     shown: str  # the command line with passwords in URLs hidden
+    env: Mapping[str, str] = field(repr=False)  # the child's whole environment: secrets
     warnings: tuple[str, ...] = ()
 
 
@@ -212,6 +223,9 @@ def load_job(path: str | Path) -> Job:
             )
     if source is not None and not isinstance(source, str):
         raise JobError(f"{where}: [job] source must be a CSV path")
+    source_dir = job.get("source_dir")
+    if source_dir is not None and not isinstance(source_dir, str):
+        raise JobError(f"{where}: [job] source_dir must be a path (a folder)")
     venues_config = job.get("venues_config")
     if venues_config is not None and not isinstance(venues_config, str):
         raise JobError(f"{where}: [job] venues_config must be a path")
@@ -236,6 +250,7 @@ def load_job(path: str | Path) -> Job:
         query=query,
         source_db_env=source_db_env if query is not None else None,
         source=(here / source) if source is not None else None,
+        source_dir=(here / source_dir) if source_dir is not None else None,
         venues_config=(here / venues_config) if venues_config is not None else None,
         reason=job.get("reason", ""),
         deadline=deadline,
@@ -342,8 +357,10 @@ def build_invocation(
     source: str | Path | None = None,
     reason: str | None = None,
 ) -> Invocation:
-    """The batchcancel command for one venue of `job`. `source` (a CSV path) and `reason`
-    override the job file's for this run, e.g. from a manually triggered kill switch."""
+    """The batchcancel command for one venue of `job`. `source` (a CSV path inside the job's
+    source_dir) and `reason` override the job file's for this run, e.g. from a manually
+    triggered kill switch. `environ` is the worker's environment; the child gets it, plus the
+    source database URL, which never goes on its command line."""
     if venue not in job.venues:
         raise JobError(f"venue {venue!r} is not one of job {job.name}'s venues {list(job.venues)}")
     if not environ.get(DB_VAR):
@@ -351,12 +368,16 @@ def build_invocation(
             f"{DB_VAR} is not set: a scheduled job needs a durable audit database that every "
             "retry reaches (PostgreSQL for workers on several machines), so that a retry resumes"
         )
+    if reason is not None and not isinstance(reason, str):
+        raise JobError(f"the reason must be text, got {type(reason).__name__}")
     warnings: list[str] = []
+    env = dict(environ)
+    env.pop(SOURCE_DB_VAR, None)  # set below when the job reads a database, from its own variable
     base = shlex.split(environ[COMMAND_VAR]) if environ.get(COMMAND_VAR) else None
     argv: list[str] = base or [sys.executable, "-m", "batchcancel"]
     argv.append(job.command)
     stdin: bytes | None = None
-    csv_path = Path(source) if source is not None else job.source
+    csv_path = trigger_source(job, source) if source is not None else job.source
     if csv_path is not None:
         argv.append("-")
         stdin, blank = split_csv(csv_path, venue=venue, venues=job.venues)
@@ -368,7 +389,7 @@ def build_invocation(
         if not url:
             raise JobError(f"{job.source_db_env} is not set: job {job.name} reads its orders there")
         argv += ["--query", venue_query(job.query, venue=venue, venues=job.venues)]
-        argv += ["--source-db", url]
+        env[SOURCE_DB_VAR] = url  # not --source-db: argv is world-readable (ps, /proc)
     argv += ["--venue", venue, "--run-key", key, "--json"]
     if job.venues_config is not None and not environ.get(VENUES_VAR):
         argv += ["--venues-config", str(job.venues_config)]
@@ -386,7 +407,66 @@ def build_invocation(
     if job.confirm:
         argv.append("--confirm")
     shown = _URL_PASSWORD.sub(r"\1***@", shlex.join(argv))
-    return Invocation(tuple(argv), stdin, shown, tuple(warnings))
+    return Invocation(tuple(argv), stdin, shown, env, tuple(warnings))
+
+
+def trigger_source(job: Job, source: object) -> Path:
+    """A trigger-time order list, resolved (symlinks, `..`); it must lie inside the job's
+    source_dir, where a relative path is taken from. Anything else is refused: a trigger's
+    conf must not make a worker read whichever file it can."""
+    if job.source_dir is None:
+        raise JobError(
+            f"job {job.name} takes no order list when triggered: its job file sets no "
+            "[job] source_dir, the folder such lists must be in"
+        )
+    if not isinstance(source, str | Path) or not str(source).strip():
+        raise JobError(f"the order list must be a path, got {source!r}")
+    try:
+        folder = job.source_dir.resolve(strict=True)
+        path = (folder / source).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise JobError(f"order list {str(source)!r} cannot be resolved: {exc}") from None
+    if not folder.is_dir() or path == folder or not path.is_relative_to(folder):
+        raise JobError(
+            f"order list {str(source)!r} is outside the job's source_dir {folder}: refused, "
+            "nothing was run"
+        )
+    return path
+
+
+def connection_credentials(
+    extra: object, *, venue: str, where: str = "the Airflow connection"
+) -> dict[str, str]:
+    """The variables an Airflow connection's extra gives one venue's batchcancel process.
+
+    Only that venue's credential variables may come from a connection. Everything else in the
+    child's environment decides what runs or where (BATCHCANCEL_COMMAND, the databases, the
+    venues config, PATH) and stays the worker's own; any other key refuses the connection."""
+    if not isinstance(extra, Mapping):
+        raise JobError(f"{where}: its extra must be a JSON object of credential variables")
+    try:  # batchcancel's own list (stdlib-only modules), not a copy of it
+        from batchcancel.venues import VENUES
+    except ImportError:
+        raise JobError(
+            f"{where}: credentials from a connection need batchcancel importable in the "
+            "worker's Python, which knows each venue's credential variables; install it "
+            "there, or give the credentials in the worker's environment"
+        ) from None
+    allowed = VENUES[venue].credential_vars if venue in VENUES else ()
+    other = sorted(str(key) for key in extra if key not in allowed)
+    if other:
+        raise JobError(
+            f"{where}: {', '.join(map(repr, other))} {'is' if len(other) == 1 else 'are'} "
+            f"not a credential variable of venue {venue} (allowed: "
+            f"{', '.join(allowed) or 'none'}); nothing was run"
+        )
+    found: dict[str, str] = {}
+    for key, value in extra.items():
+        if not isinstance(value, str):
+            raise JobError(f"{where}: {key} must be a string")
+        if value:
+            found[key] = value
+    return found
 
 
 def venue_query(query: str, *, venue: str, venues: Sequence[str]) -> str:
@@ -492,15 +572,19 @@ def run_job(
     timeout: float | None = None,
 ) -> JobResult:
     """Run batchcancel for one venue of `job`; return on success, raise JobFailed otherwise."""
-    env = dict(os.environ if environ is None else environ)
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     invocation = build_invocation(
-        job, venue=venue, key=key, environ=env, source=source, reason=reason
+        job,
+        venue=venue,
+        key=key,
+        environ=os.environ if environ is None else environ,
+        source=source,
+        reason=reason,
     )
     say(f"batchcancel job {job.name}, venue {venue}, run key {key}: {invocation.shown}")
     for warning in invocation.warnings:
         say(f"WARNING: {warning}")
-    code, stdout = _execute(invocation, env, say, timeout or job.wait_bound())
+    code, stdout = _execute(invocation, say, timeout or job.wait_bound())
     summary = _summary(stdout)
     result = JobResult(code, summary, invocation)
     if summary is not None:
@@ -512,9 +596,7 @@ def run_job(
     return result
 
 
-def _execute(
-    invocation: Invocation, env: Mapping[str, str], say: Callable[[str], None], bound: float
-) -> tuple[int, str]:
+def _execute(invocation: Invocation, say: Callable[[str], None], bound: float) -> tuple[int, str]:
     """Run the process with its stderr relayed line by line; stop it if it outlives `bound`,
     or if this process is being stopped (SIGTERM to it first, so it records what it sent)."""
     process = subprocess.Popen(
@@ -522,7 +604,7 @@ def _execute(
         stdin=subprocess.PIPE if invocation.stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=dict(env),
+        env=dict(invocation.env),
     )
     chunks: list[bytes] = []
     assert process.stdout is not None and process.stderr is not None
@@ -599,7 +681,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("job", help="job file (TOML)")
     parser.add_argument("--venue", required=True)
     parser.add_argument("--run-key", required=True)
-    parser.add_argument("--source", help="CSV order list instead of the job's source")
+    parser.add_argument(
+        "--source", help="CSV order list instead of the job's source (inside its source_dir)"
+    )
     parser.add_argument("--reason")
     args = parser.parse_args(argv)
     try:

@@ -21,6 +21,7 @@ import importlib.util
 import io
 import json
 import os
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -39,7 +40,8 @@ import pytest
 from batchcancel.simulators import SIMULATORS
 from batchcancel.simulators.base import Fault, OrderState, Simulator
 from batchcancel.simulators.server import serve_in_thread
-from tests.conftest import CREDENTIALS, SECRET_VALUES
+from tests.conftest import CREDENTIALS, SECRET_VALUES, postgres_database
+from tests.pg import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
 JOBS = REPO / "jobs"
@@ -378,6 +380,19 @@ class TestEodDag:
         assert datetime.fromisoformat(run_after)  # a timestamp, as the CLI makes it
 
 
+def _jobs_with_source_dir(tmp_path: Path, source_dir: Path) -> Path:
+    """A copy of the shipped kill switch job whose trigger-time order lists come from
+    `source_dir` (the shipped file names none, so it refuses them)."""
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    text = (JOBS / "kill_switch.toml").read_text(encoding="utf-8")
+    assert text.count("\n[job]\n") == 1
+    text = text.replace("\n[job]\n", f"\n[job]\nsource_dir = {json.dumps(str(source_dir))}\n")
+    (folder / "kill_switch.toml").write_text(text, encoding="utf-8")
+    shutil.copy(JOBS / "venues.toml", folder / "venues.toml")
+    return folder
+
+
 class TestKillSwitchDag:
     def test_csv_from_conf_retry_resumes_and_a_failing_venue_fails_its_task_only(
         self, tmp_path: Path, airflow_venv: Path, airflow_home: Path
@@ -399,11 +414,13 @@ class TestKillSwitchDag:
                     writer.writerow([venue, order_id, *fields.get(venue, ["", ""])])
                 writer.writerow(["binance", "12345", "", ""])
             conf = json.dumps({"source": str(orders), "reason": "test kill"})
+            env = _job_env(tmp_path, desk)
+            env["BATCHCANCEL_JOBS_DIR"] = str(_jobs_with_source_dir(tmp_path, tmp_path))
             done = _airflow(
                 airflow_venv,
                 airflow_home,
                 ["airflow", "dags", "test", KILL_DAG, "2025-06-03T10:00:00+00:00", "-c", conf],
-                _job_env(tmp_path, desk),
+                env,
             )
             output = done.stdout + done.stderr
             assert done.returncode != 0, output[-5000:]  # the DAG run failed: sFOX's task
@@ -484,9 +501,13 @@ class TestRunner:
         assert argv[:4] == [sys.executable, "-m", "batchcancel", "run"]
         assert argv[argv.index("--venue") + 1] == "tanx"
         assert argv[argv.index("--run-key") + 1] == "K"
-        assert argv[argv.index("--source-db") + 1] == "postgresql://u:pw@h/d"
         assert "--json" in argv and "--deadline" in argv
-        assert "pw" not in invocation.shown
+        # Database URLs reach the child through its environment, never its argv.
+        assert "--source-db" not in argv and "--db" not in argv
+        assert not any("pw" in arg for arg in argv)
+        assert invocation.env["BATCHCANCEL_SOURCE_DB"] == "postgresql://u:pw@h/d"
+        assert invocation.env["BATCHCANCEL_DB"] == "sqlite:///a.db"
+        assert "pw" not in invocation.shown and "pw" not in repr(invocation)
         with pytest.raises(rj.JobError, match="BATCHCANCEL_DB"):
             rj.build_invocation(job, venue="tanx", key="K", environ={"DESK_DB_URL": "x"})
         with pytest.raises(rj.JobError, match="DESK_DB_URL"):
@@ -589,3 +610,292 @@ class TestRunner:
         assert failed.value.retryable
         assert failed.value.result is not None and failed.value.result.code in (1, 3)
         assert any("run key k" in line for line in lines)
+
+
+# -- what a trigger or a connection may not do ----------------------------------------------
+
+# A stand-in for the child's command: it records its argv (and /proc's view of it, what `ps`
+# shows) and the database variables it was given, then either runs the real CLI with the same
+# arguments ("exec") or exits 2 ("stop": for runs that must never reach a venue).
+RECORDER = """
+import json, os, sys
+record, then = sys.argv[1], sys.argv[2]
+with open(f"/proc/{os.getpid()}/cmdline", "rb") as proc:
+    cmdline = proc.read().decode().split("\\0")
+with open(record, "a", encoding="utf-8") as out:
+    out.write(json.dumps({
+        "argv": sys.argv[3:],
+        "cmdline": cmdline,
+        "source_db": os.environ.get("BATCHCANCEL_SOURCE_DB"),
+        "db": os.environ.get("BATCHCANCEL_DB"),
+    }) + "\\n")
+if then == "exec":
+    os.execv(sys.executable, [sys.executable, "-m", "batchcancel", *sys.argv[3:]])
+sys.exit(2)
+"""
+
+
+def _recorder(tmp_path: Path, then: str) -> tuple[str, Path]:
+    """A BATCHCANCEL_COMMAND value that records each child, and the file it records to."""
+    script = tmp_path / "recorder.py"
+    script.write_text(RECORDER, encoding="utf-8")
+    record = tmp_path / "children.jsonl"
+    return shlex.join([sys.executable, str(script), str(record), then]), record
+
+
+def _children(record: Path) -> list[dict[str, Any]]:
+    if not record.exists():
+        return []
+    return [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines()]
+
+
+PASSWORD = "desk-PASSWORD-e91c"
+
+
+def _with_password(url: str) -> str:
+    # tests/pg.py trusts loopback connections, so a password in the URL is carried, not checked
+    user, at, rest = url.partition("@")
+    assert at and ":" not in user.split("//", 1)[1], url
+    return f"{user}:{PASSWORD}@{rest}"
+
+
+class TestSecretsOffTheCommandLine:
+    def test_child_argv_holds_no_database_password(
+        self, tmp_path: Path, postgres: PostgresServer | None
+    ) -> None:
+        """A real run of a query job: the desk database and the audit database are PostgreSQL
+        URLs with a password. The child batchcancel process cancels every order, and neither
+        password is on its command line (its argv, /proc/<pid>/cmdline) nor in the runner's
+        log: both URLs reached it through its environment."""
+        desk_url = _with_password(postgres_database(postgres))
+        audit_url = _with_password(postgres_database(postgres))
+        import sqlalchemy as sa
+
+        ids = [str(810000 + n) for n in range(5)]
+        engine = sa.create_engine(desk_url)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("create table open_orders (venue text, order_id text)")
+                for order_id in ids:
+                    conn.exec_driver_sql(f"insert into open_orders values ('sfox', '{order_id}')")
+        finally:
+            engine.dispose()
+        simulator = SIMULATORS["sfox"](credentials=CREDENTIALS, rate_limit=100, period=1.0)
+        simulator.seed({order_id: OrderState.OPEN for order_id in ids})
+        command, record = _recorder(tmp_path, "exec")
+        job = _job(
+            tmp_path,
+            '[job]\ncommand = "run"\nquery = "select venue, order_id from open_orders"\n'
+            'source_db_env = "DESK_DB_URL"\nvenues = ["sfox"]\nmax_attempts = 2\n',
+        )
+        lines: list[str] = []
+        with serve_in_thread({"sfox": simulator}) as server:
+            config = tmp_path / "venues.toml"
+            config.write_text(f'[venues.sfox]\nbase_url = "{server.url("sfox")}"\n')
+            env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHCANCEL_")}
+            env.update(CREDENTIALS)
+            env.update(
+                {
+                    "BATCHCANCEL_COMMAND": command,
+                    "BATCHCANCEL_DB": audit_url,
+                    "BATCHCANCEL_VENUES": str(config),
+                    "DESK_DB_URL": desk_url,
+                }
+            )
+            result = rj.run_job(
+                job, venue="sfox", key="secret-argv", environ=env, log=lines.append, timeout=120
+            )
+        assert result.code == 0 and result.summary is not None
+        assert result.summary["outcomes"]["canceled"] == len(ids)
+        assert dict(simulator.requests) == dict.fromkeys(ids, 1)
+        [child] = _children(record)
+        for text in (*child["argv"], *child["cmdline"], *result.invocation.argv, *lines):
+            assert PASSWORD not in text
+        assert not any(arg.startswith(("--source-db", "--db")) for arg in child["argv"])
+        assert child["source_db"] == desk_url and child["db"] == audit_url  # via environment
+
+
+CONN_JOB = """
+[job]
+command = "run"
+source = "orders.csv"
+venues = ["sfox"]
+max_attempts = 1
+
+[airflow]
+dag_id = "batchcancel_conn"
+retries = 2
+retry_delay = 1
+"""
+
+
+class TestConnectionExtras:
+    def test_a_connection_cannot_set_the_command(
+        self, tmp_path: Path, airflow_venv: Path, airflow_home: Path
+    ) -> None:
+        """A connection `batchcancel_sfox` whose extra holds, next to sFOX's key,
+        BATCHCANCEL_COMMAND (a command that leaves a marker file): `airflow dags test` fails
+        the task with a message naming the key, without a retry (the connection must be
+        fixed); the command never runs and nothing reaches the venue."""
+        jobs = tmp_path / "jobs"
+        jobs.mkdir()
+        (jobs / "conn.toml").write_text(CONN_JOB, encoding="utf-8")
+        (jobs / "orders.csv").write_text("venue,order_id\nsfox,820001\n", encoding="utf-8")
+        marker = tmp_path / "the-connection-ran-this"
+        simulator = SIMULATORS["sfox"](credentials=CREDENTIALS, rate_limit=100, period=1.0)
+        simulator.seed({"820001": OrderState.OPEN})
+        with serve_in_thread({"sfox": simulator}) as server:
+            config = tmp_path / "venues.toml"
+            config.write_text(f'[venues.sfox]\nbase_url = "{server.url("sfox")}"\n')
+            extra = {
+                "BATCHCANCEL_SFOX_API_KEY": CREDENTIALS["BATCHCANCEL_SFOX_API_KEY"],
+                "BATCHCANCEL_COMMAND": shlex.join(["sh", "-c", f"touch {marker}"]),
+            }
+            env = {
+                "AIRFLOW_CONN_BATCHCANCEL_SFOX": json.dumps(
+                    {"conn_type": "generic", "extra": extra}
+                ),
+                "BATCHCANCEL_JOBS_DIR": str(jobs),
+                "BATCHCANCEL_DB": f"sqlite:///{tmp_path / 'audit.db'}",
+                "BATCHCANCEL_VENUES": str(config),
+            }
+            done = _airflow(
+                airflow_venv,
+                airflow_home,
+                ["airflow", "dags", "test", "batchcancel_conn", "2025-06-04T10:00:00+00:00"],
+                env,
+            )
+        output = done.stdout + done.stderr
+        assert not marker.exists(), "a connection's extra chose the command a worker ran"
+        assert done.returncode != 0, output[-5000:]
+        assert "BATCHCANCEL_COMMAND" in output and "not a credential" in output, output[-5000:]
+        assert CREDENTIALS["BATCHCANCEL_SFOX_API_KEY"] not in output
+        assert dict(simulator.requests) == {}
+        assert not (tmp_path / "audit.db").exists()  # batchcancel never started
+        with contextlib.closing(sqlite3.connect(airflow_home / "airflow.db")) as conn:
+            tries = list(
+                conn.execute(
+                    "select state, try_number from task_instance where dag_id = ?",
+                    ("batchcancel_conn",),
+                )
+            )
+        assert tries == [("failed", 1)]  # refused for good: a retry cannot fix a connection
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            "BATCHCANCEL_COMMAND",  # runs any command
+            "BATCHCANCEL_DB",  # another audit database: a resume that is not one
+            "BATCHCANCEL_SOURCE_DB",  # another order database
+            "BATCHCANCEL_VENUES",  # another venues config: credentials to another host
+            "BATCHCANCEL_DEBUG",
+            "BATCHCANCEL_TANX_JWT",  # another venue's credential
+            "batchcancel_sfox_api_key",  # not the variable's name
+            "PATH",
+            "LD_PRELOAD",
+            "PYTHONPATH",
+        ],
+    )
+    def test_only_the_venues_credential_variables_are_taken(self, key: str) -> None:
+        """The runner's check behind the DAG: a connection's extra for sFOX may hold sFOX's
+        credential variables only; any other key refuses the whole connection."""
+        ok = {"BATCHCANCEL_SFOX_API_KEY": "k"}
+        assert rj.connection_credentials(ok, venue="sfox") == ok
+        with pytest.raises(rj.JobError, match=f"{key}.*not a credential") as refused:
+            rj.connection_credentials({**ok, key: "value"}, venue="sfox")
+        assert "value" not in str(refused.value) and "'k'" not in str(refused.value)
+        with pytest.raises(rj.JobError, match="must be a string"):
+            rj.connection_credentials({"BATCHCANCEL_SFOX_API_KEY": 12}, venue="sfox")
+
+
+SOURCE_JOB = """
+[job]
+command = "kill"
+query = "select venue, order_id from open_orders"
+source_db_env = "DESK_DB_URL"
+venues = ["sfox"]
+"""
+
+
+class TestTriggerTimeSource:
+    def _tree(self, tmp_path: Path) -> tuple[Path, Path, Path]:
+        """jobs/drop (the source_dir) with one order list, a file outside it, and symlinks
+        from inside the folder to outside (a file and a directory)."""
+        drop = tmp_path / "jobs" / "drop"
+        drop.mkdir(parents=True)
+        (drop / "today.csv").write_text("venue,order_id\nsfox,1\n", encoding="utf-8")
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        secret = outside / "secret.csv"
+        secret.write_text("venue,order_id\nsfox,666\n", encoding="utf-8")
+        (drop / "link.csv").symlink_to(secret)
+        (drop / "elsewhere").symlink_to(outside, target_is_directory=True)
+        return drop, outside, secret
+
+    def _refused(self, job: Any, source: str, tmp_path: Path, match: str) -> None:
+        """run_job refuses `source` and starts no process."""
+        command, record = _recorder(tmp_path, "stop")
+        env = {"BATCHCANCEL_DB": "sqlite:///unused.db", "DESK_DB_URL": "sqlite:///unused.db"}
+        env["BATCHCANCEL_COMMAND"] = command
+        with pytest.raises(rj.JobError, match=match):
+            rj.run_job(job, venue="sfox", key="k", environ=env, source=source, log=[].append)
+        assert _children(record) == []
+
+    def test_source_outside_the_source_dir_is_refused(self, tmp_path: Path) -> None:
+        """With `source_dir = "drop"`, a trigger-time source must resolve inside it: an
+        absolute path elsewhere, a `..` path, a symlinked file or folder that leads out are
+        refused and nothing is run; a name or an absolute path inside is taken."""
+        drop, _, secret = self._tree(tmp_path)
+        job = rj.load_job(
+            _write(tmp_path / "jobs" / "kill.toml", SOURCE_JOB + 'source_dir = "drop"\n')
+        )
+        assert job.source_dir == drop
+        for source in (
+            str(secret),
+            "../../outside/secret.csv",
+            str(drop / ".." / ".." / "outside" / "secret.csv"),
+            "link.csv",
+            "elsewhere/secret.csv",
+            str(drop / "elsewhere" / "secret.csv"),
+            "/etc/passwd",
+        ):
+            self._refused(job, source, tmp_path, "outside the job's source_dir")
+        environ = {"BATCHCANCEL_DB": "sqlite:///a.db"}
+        for source in ("today.csv", str(drop / "today.csv"), "./sub/../today.csv"):
+            invocation = rj.build_invocation(
+                job, venue="sfox", key="k", environ=environ, source=source
+            )
+            assert invocation.stdin == b"venue,order_id\nsfox,1\n"
+            assert "-" in invocation.argv and "--query" not in invocation.argv
+
+    def test_source_needs_a_source_dir(self, tmp_path: Path) -> None:
+        """A job file that names no source_dir takes no order list at trigger time: the
+        runner refuses it, whatever the path, and runs nothing."""
+        drop, _, secret = self._tree(tmp_path)
+        job = rj.load_job(_write(tmp_path / "jobs" / "kill.toml", SOURCE_JOB))
+        for source in (str(secret), str(drop / "today.csv")):
+            self._refused(job, source, tmp_path, "source_dir")
+        with pytest.raises(rj.JobError, match="source_dir must be"):
+            rj.load_job(_write(tmp_path / "jobs" / "bad.toml", SOURCE_JOB + "source_dir = 1\n"))
+
+    def test_runner_command_line_refuses_it_too(self, tmp_path: Path) -> None:
+        """`python jobs/run_job.py JOB --source X` goes through the same check: exit 2."""
+        _, _, secret = self._tree(tmp_path)
+        path = _write(tmp_path / "jobs" / "kill.toml", SOURCE_JOB + 'source_dir = "drop"\n')
+        command, record = _recorder(tmp_path, "stop")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHCANCEL_")}
+        env.update({"BATCHCANCEL_DB": "sqlite:///unused.db", "BATCHCANCEL_COMMAND": command})
+        done = subprocess.run(
+            [sys.executable, str(JOBS / "run_job.py"), str(path), "--venue", "sfox",
+             "--run-key", "k", "--source", str(secret)],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "outside the job's source_dir" in done.stderr
+        assert _children(record) == []
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -19,8 +19,10 @@ already have a final outcome are never sent again. What an exit code does to the
 Nothing secret is in this file. The worker's environment supplies BATCHCANCEL_DB (the audit
 database), the job's source database variable (e.g. DESK_DB_URL) and the venue credentials;
 an Airflow connection `batchcancel_<venue>` (the job's connection_id), if it exists, adds
-credentials from its extra, keyed by variable name, e.g. {"BATCHCANCEL_SFOX_API_KEY": "..."}.
-BATCHCANCEL_JOBS_DIR selects another folder of job files (default: this file's parent).
+credentials from its extra, keyed by variable name, e.g. {"BATCHCANCEL_SFOX_API_KEY": "..."}:
+that venue's credential variables and nothing else (any other key fails the task, unretried).
+BATCHCANCEL_JOBS_DIR selects another folder of job files (default: this file's parent). A
+trigger's conf may name an order list ({"source": ...}) only inside the job's source_dir.
 
 Pools bound concurrent tasks, not requests per period: each venue's rate limit is kept by
 batchcancel's own lane in the one task that works the venue, and each DAG allows one active
@@ -84,8 +86,10 @@ def dag_run_key(context: Any, venue: str) -> str:
     )
 
 
-def _connection_env(connection_id: str) -> dict[str, str]:
-    """Credentials from an Airflow connection's extra, keyed by variable name; {} if none."""
+def _connection_env(connection_id: str, venue: str) -> dict[str, str]:
+    """Credentials from an Airflow connection's extra, keyed by variable name; {} if none.
+    Only the venue's credential variables may be there (run_job.connection_credentials):
+    anything else refuses the connection with a JobError."""
     try:
         try:
             from airflow.sdk import Connection
@@ -103,17 +107,17 @@ def _connection_env(connection_id: str) -> dict[str, str]:
         )
         return {}
     extra = connection.extra_dejson or {}
-    found = {
-        str(k): str(v)
-        for k, v in extra.items()
-        if str(k).startswith("BATCHCANCEL_") and isinstance(v, str) and v
-    }
     try:
         from airflow.sdk.log import mask_secret
     except ImportError:  # Airflow 2.x
         from airflow.utils.log.secrets_masker import mask_secret  # type: ignore[no-redef]
-    for value in found.values():
-        mask_secret(value)
+    if isinstance(extra, dict):  # masked before checking, so no message can show a value
+        for value in extra.values():
+            if isinstance(value, str) and value:
+                mask_secret(value)
+    found: dict[str, str] = run_job.connection_credentials(
+        extra, venue=venue, where=f"Airflow connection {connection_id}"
+    )
     log.info("credentials %s from Airflow connection %s", sorted(found), connection_id)
     return found
 
@@ -146,9 +150,9 @@ def build_dag(job: Any) -> Any:
             context["batchcancel_venue"] = venue  # type: ignore[typeddict-unknown-key]
             key = dag_run_key(context, venue)
             conf = dict(getattr(context.get("dag_run"), "conf", None) or {})
-            environ = dict(os.environ)
-            environ.update(_connection_env(job.connection_id.format(venue=venue)))
             try:
+                environ = dict(os.environ)
+                environ.update(_connection_env(job.connection_id.format(venue=venue), venue))
                 result = run_job.run_job(
                     job,
                     venue=venue,
