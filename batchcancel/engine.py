@@ -597,8 +597,8 @@ class _Lane:
         """After a status answer: confirmed, closed otherwise, or still pending (poll again)."""
         pending = Outcome.CANCEL_PENDING
         if verdict.kind is VerdictKind.AUTH_REFUSED:
-            self.halt(f"credentials refused: {verdict.reason}")
-            return pending, "not confirmed: the venue refused the credentials"
+            self.halt(_stop_reason(verdict))
+            return pending, f"not confirmed: {_stop_reason(verdict)}"
         if verdict.outcome is not None and verdict.outcome is not pending:
             return verdict.outcome, f"{CONFIRMED_PREFIX}{verdict.reason}"
         if verdict.outcome is None:  # transient: the status is unknown
@@ -618,7 +618,9 @@ class _Lane:
     def _decide(self, job: _Job, verdict: Verdict) -> tuple[Outcome | None, str]:
         """The order's outcome after this answer (None: retry later or leave resumable)."""
         if verdict.kind is VerdictKind.AUTH_REFUSED or (verdict.escalate_on_repeat and job.warned):
-            self.halt(f"credentials refused: {verdict.reason}")
+            self.halt(_stop_reason(verdict))
+            if verdict.redirect:  # SPEC: says nothing about the order; resumable once fixed
+                return Outcome.SKIPPED, f"not cancelled: {self.view.venue} {verdict.reason}"
             return Outcome.SKIPPED, f"not sent: {self.view.venue} refused the credentials"
         if verdict.outcome is not None:
             return verdict.outcome, verdict.reason
@@ -917,6 +919,13 @@ class _Session:
                 for name in set(self.running) - held:
                     # Another worker took the lane: our lease had run out. Stop sending at once.
                     self.lanes[name].halt("lost the lane lease to another worker")
+
+
+def _stop_reason(verdict: Verdict) -> str:
+    """Why an answer stops the venue: a redirect (the base_url is wrong) or refused credentials."""
+    if verdict.redirect:
+        return f"stopped: {verdict.reason}"
+    return f"credentials refused: {verdict.reason}"
 
 
 def _or(value: float | None, default: float) -> float:
