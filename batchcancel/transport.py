@@ -56,9 +56,10 @@ async def send(
     timeout: float,
     max_body: int = MAX_BODY_BYTES,
 ) -> Reply:
-    """Send `request` to `base_url` + its path and read the answer (at most `max_body` bytes)."""
-    url = URL(base_url.rstrip("/") + request.path, encoded=True)
+    """Send `request` to `base_url` + its path and read the answer (at most `max_body` bytes).
+    Any exception on the way is this request's transient answer; cancellation passes through."""
     try:
+        url = URL(base_url.rstrip("/") + request.path, encoded=True)
         async with session.request(
             request.method,
             url,
@@ -74,6 +75,12 @@ async def send(
         raise TransientVenueError(f"no answer within {timeout:g} s") from exc
     except aiohttp.ClientError as exc:
         raise TransientVenueError(_describe(exc)) from exc
+    except Exception as exc:
+        # Not aiohttp's own error (a CR/LF in a header, a value it cannot serialise): its
+        # text may quote a header, so only its type is kept, and it is not chained.
+        raise TransientVenueError(
+            f"{type(exc).__name__} in the HTTP library (request not sent, or answer unreadable)"
+        ) from None
 
 
 async def _read(content: aiohttp.StreamReader, limit: int) -> bytes:
