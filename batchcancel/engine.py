@@ -41,7 +41,7 @@ from batchcancel.drain_types import DrainOptions, LaneView
 from batchcancel.errors import AuditError, TransientVenueError
 from batchcancel.lanes import Pacer, safety_margin
 from batchcancel.outcomes import Outcome
-from batchcancel.transport import MAX_BODY_BYTES, MAX_SWEEP_BODY_BYTES, open_session, send
+from batchcancel.transport import MAX_BODY_BYTES, open_session, send
 from batchcancel.venues import get_venue
 from batchcancel.venues.base import (
     BulkAnswer,
@@ -72,6 +72,10 @@ LOAD_POLL: Final = 0.2  # seconds between looks for newly loaded orders
 SWEEP_PAGE_GUESS: Final = 100
 SWEEP_TIMEOUT: Final = 30.0  # seconds, at least, for a cancel-all answer
 SWEEP_BEGIN_SLICE: Final = 5000  # attempt rows per commit while a cancel-all is written ahead
+# A cancel-all answer is read and parsed whole only up to this size (about 200,000 orders at
+# ZebPay; parsing costs about 4x its size in memory, see docs/benchmarks.md). A larger one is
+# not parsed: the orders it would list are cancelled one by one, which finds them closed.
+SWEEP_BODY_LIMIT: Final = 16 * 1024 * 1024
 
 
 @dataclass
@@ -482,12 +486,16 @@ class _Lane:
                 request,
                 # One request does the work of thousands: worth waiting for, even in a kill.
                 timeout=max(self.settings.timeout, SWEEP_TIMEOUT),
-                max_body=MAX_SWEEP_BODY_BYTES,
+                max_body=SWEEP_BODY_LIMIT + 1,
             )
         finally:
             self.pacer.release()
         if reply is None:
             return BulkAnswer(Verdict.transient(heard.detail), {}), heard
+        if len(reply.body) > SWEEP_BODY_LIMIT:
+            # Never sent again for being unreadable: it may have cancelled the whole book.
+            note = f"answer over {SWEEP_BODY_LIMIT >> 20} MiB, not read"
+            return BulkAnswer(None, {}, note=note), heard
         return cast(SweepVenue, self.venue).classify_sweep(reply), heard
 
     async def _exchange(
