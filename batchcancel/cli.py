@@ -812,6 +812,7 @@ def simulate(host: str, port: int, orders_file: str | None) -> None:
     import secrets
     import threading
 
+    from batchcancel.config import is_loopback
     from batchcancel.simulators import SIMULATORS
     from batchcancel.simulators.base import OrderState
     from batchcancel.simulators.server import serve_in_thread
@@ -841,6 +842,8 @@ def simulate(host: str, port: int, orders_file: str | None) -> None:
             for name, simulator in simulators.items():
                 limit = simulator.rate_limit or 0
                 click.echo(f'[venues.{name}]\nbase_url = "{server.url(name)}"')
+                if not is_loopback(server.host):  # SPEC: plain http elsewhere must be asked for
+                    click.echo("allow_insecure = true")
                 click.echo(f"rate_limit = {limit}\nperiod = {simulator.period:g}\n")
             click.echo("# simulator credentials (these simulators only):")
             for var, value in credentials.items():

@@ -25,6 +25,7 @@ __all__ = [
     "VENUES_VAR",
     "Settings",
     "VenueSettings",
+    "is_loopback",
     "load_settings",
 ]
 
@@ -208,7 +209,7 @@ def _base_url_problem(url: str, *, allow_insecure: bool) -> str:
     if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
         return "has a bad port: it must be a number from 1 to 65535"
     host = host_port[1].strip("[]").lower()
-    if scheme == "http" and not allow_insecure and not _loopback(host):
+    if scheme == "http" and not allow_insecure and not is_loopback(host):
         return (
             f"uses plain http:// to {host}, which is not loopback: use https://, "
             "or set allow_insecure = true in this venue's section to send credentials in clear"
@@ -225,7 +226,7 @@ def _valid_host(host: str) -> bool:
     return True
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     """SPEC's loopback hosts: 127.0.0.0/8, ::1 and localhost (nothing else, not ::ffff:127.x)."""
     if host == "localhost":
         return True
