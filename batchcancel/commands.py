@@ -101,6 +101,8 @@ def plan_rows(chunk: Iterable[NumberedRow], *, only_venue: str | None) -> Iterat
             if row.venue not in validators:
                 validators[row.venue] = VENUES[row.venue]({})
             reason = validators[row.venue].validate(row)
+        if numbered.invalid_reason is not None:  # the source knows better (a float id)
+            reason = numbered.invalid_reason
         if reason is not None and len(reason) > MAX_REASON:
             reason = reason[:MAX_REASON] + "..."  # a 1 MB id must not make a 1 MB reason
         yield PlannedOrder(

@@ -10,13 +10,15 @@ import codecs
 import csv
 import gc
 import io
+import re
+import sqlite3
 import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pandas as pd
 import pyarrow
@@ -25,7 +27,7 @@ import sqlalchemy as sa
 from batchcancel.errors import SourceError
 from batchcancel.venues.base import OrderRow
 
-__all__ = ["COLUMNS", "OrderTable", "read_csv", "read_query"]
+__all__ = ["COLUMNS", "OrderTable", "plain_query_problem", "read_csv", "read_query"]
 
 COLUMNS: Final = ("venue", "order_id", "account_id", "symbol")
 CHUNK_ROWS: Final = 20_000
@@ -38,10 +40,12 @@ pyarrow.set_memory_pool(pyarrow.system_memory_pool())
 
 @dataclass(frozen=True, slots=True)
 class NumberedRow:
-    """An input row and its 1-based position among the data rows."""
+    """An input row and its 1-based position among the data rows; `invalid_reason` when the
+    source already knows the row cannot be valid (an id that arrived as a float)."""
 
     seq: int
     row: OrderRow
+    invalid_reason: str | None = None
 
 
 class OrderTable:
@@ -51,6 +55,8 @@ class OrderTable:
         self._frame = frame
         self.description = description
         self.duplicates = duplicates
+        self.invalid: dict[int, str] = {}  # seq -> why the row is invalid (float ids)
+        self.warning: str | None = None  # for the operator: the source is not enforced read-only
 
     def __len__(self) -> int:
         return len(self._frame)
@@ -69,12 +75,15 @@ class OrderTable:
             # Arrow strings become Python strings a chunk at a time, so the first chunk is
             # not kept waiting for the whole list.
             columns = [frame[name].iloc[start:stop].to_numpy() for name in COLUMNS]
-            yield [
+            chunk = [
                 NumberedRow(int(seq) + 1, OrderRow(venue, order_id, account, symbol))
                 for seq, venue, order_id, account, symbol in zip(
                     seqs[start:stop], *columns, strict=True
                 )
             ]
+            if self.invalid:
+                chunk = [NumberedRow(n.seq, n.row, self.invalid.get(n.seq)) for n in chunk]
+            yield chunk
 
 
 def read_csv(path: str, *, venue: str | None) -> OrderTable:
@@ -165,38 +174,141 @@ def _check_header(header: list[str], *, name: str) -> None:
 
 
 def read_query(sql: str, source_db: str, *, venue: str | None) -> OrderTable:
-    """Run a read-only query against `source_db`; it must return the CSV's columns."""
+    """Run one read-only query against `source_db`; it must return the CSV's columns.
+
+    The database itself refuses any write where it can (SQLite, PostgreSQL); other dialects
+    get only one plain SELECT/WITH statement, and the table's `warning` says so.
+    """
     try:
         url = sa.engine.make_url(source_db)
-        on_disk = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
-        if on_disk and not Path(str(url.database)).is_file():  # sqlite would create it empty
-            raise SourceError(f"--source-db: SQLite file {url.database} does not exist")
-        engine = sa.create_engine(url)
+        engine = _read_only_engine(url)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
         raise SourceError(
             f"--source-db is not a usable database URL: {type(exc).__name__}"
         ) from None
+    warning = None
+    if engine.dialect.name not in ("sqlite", "postgresql"):
+        problem = plain_query_problem(sql)
+        if problem is not None:
+            raise SourceError(f"--query refused: {problem}")
+        warning = (
+            f"--query: the {engine.dialect.name} database is not made to refuse writes; "
+            "only one plain SELECT/WITH statement was accepted. Use a read-only database user"
+        )
     try:
         with engine.connect() as conn:
-            _make_read_only(conn)
-            result = conn.execute(sa.text(sql))
-            names = list(result.keys())
-            rows = [[_cell(v) for v in row] for row in result]
+            try:
+                result = _execute_read_only(conn, sql)
+                names = [str(name) for name in list(result.keys())]
+                ids = [i for i, name in enumerate(names) if name.strip().lower() in _ID_COLUMNS]
+                rows, invalid = [], {}
+                for seq, row in enumerate(result, start=1):
+                    rows.append([_cell(v) for v in row])
+                    floats = [i for i in ids if isinstance(row[i], float)]
+                    if floats:
+                        invalid[seq] = _float_reason([names[i] for i in floats], row[floats[0]])
+            except sa.exc.SQLAlchemyError as exc:
+                raise SourceError(
+                    f"--query failed: {_first_line(exc)} "
+                    "(--query must be one read-only SELECT or WITH query)"
+                ) from None
     except sa.exc.SQLAlchemyError as exc:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise SourceError(f"--query failed: {detail}") from None
+        raise SourceError(f"--source-db: cannot read the database: {_first_line(exc)}") from None
     finally:
         engine.dispose()
     frame = pd.DataFrame(rows, columns=names, dtype=object)
-    return _normalise(frame, name="--query", venue=venue)
+    table = _normalise(frame, name="--query", venue=venue)
+    table.invalid = invalid
+    table.warning = warning
+    return table
 
 
-def _make_read_only(conn: sa.Connection) -> None:
+_ID_COLUMNS: Final = ("order_id", "account_id")
+
+
+def _first_line(exc: sa.exc.SQLAlchemyError) -> str:
+    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _float_reason(columns: list[str], value: object) -> str:
+    return (
+        f"{' and '.join(c.strip().lower() for c in columns)} arrived as a floating-point "
+        f"number ({value!r}) that may have lost digits; cast the column to an integer or "
+        "text in the query"
+    )
+
+
+def _read_only_engine(url: sa.URL) -> sa.Engine:
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if url.query.get("uri"):
+            raise SourceError("--source-db: give the SQLite file as sqlite:///PATH, not a URI")
+        if url.database in (None, "", ":memory:"):
+            raise SourceError("--source-db: an in-memory SQLite database holds no orders")
+        path = Path(url.database or "")
+        if not path.is_file():  # sqlite would create it empty
+            raise SourceError(f"--source-db: SQLite file {url.database} does not exist")
+        # mode=ro: SQLite itself refuses to write the file, whatever the query says.
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True))
+    if backend == "postgresql":
+        # psycopg 3 whatever the URL named: its server-side cursor sends the query inside
+        # DECLARE ... CURSOR FOR by the extended protocol, so PostgreSQL refuses a second
+        # statement and anything but a query (COPY, SET, COMMIT, a writing CTE).
+        url = url.set(drivername="postgresql+psycopg")
+    return sa.create_engine(url)
+
+
+def _execute_read_only(conn: sa.Connection, sql: str) -> sa.CursorResult[Any]:
     dialect = conn.dialect.name
-    if dialect == "sqlite":
-        conn.exec_driver_sql("PRAGMA query_only = ON")
-    elif dialect in ("postgresql", "mysql", "mariadb"):
-        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+    if dialect == "postgresql":
+        # A READ ONLY transaction (psycopg begins it so), and the server-side cursor above.
+        conn.execution_options(postgresql_readonly=True, stream_results=True)
+    elif dialect == "sqlite":
+        # mode=ro leaves ATTACH (which creates files), VACUUM INTO and PRAGMAs on other
+        # files open: the authorizer lets SQLite compile nothing but reads. sqlite3 itself
+        # refuses a second statement.
+        driver = conn.connection.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        driver.set_authorizer(_sqlite_reads_only)
+    elif dialect in ("mysql", "mariadb"):
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY")  # what MySQL offers, best effort
+    return conn.execute(sa.text(sql))
+
+
+_SQLITE_READS: Final = frozenset(
+    (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE)
+)
+
+
+def _sqlite_reads_only(action: int, *_: object) -> int:
+    return sqlite3.SQLITE_OK if action in _SQLITE_READS else sqlite3.SQLITE_DENY
+
+
+# Words that make a statement write, lock, or run something, in any dialect we know of.
+_WRITING_WORDS: Final = re.compile(
+    r"\b(insert|update|delete|merge|upsert|into|drop|alter|create|truncate|grant|revoke|"
+    r"call|exec|execute|attach|pragma|lock)\b",
+    re.IGNORECASE,
+)
+# Whitespace and comments before the first word; not MySQL's /*! ... */, which it runs.
+_LEADING_COMMENTS: Final = re.compile(r"(?:\s|--[^\n]*|/\*(?!!).*?\*/)*", re.DOTALL)
+
+
+def plain_query_problem(sql: str) -> str | None:
+    """Why `sql` is not one plain SELECT/WITH statement, or None: the whole check where the
+    database does not enforce read-only. Strict on purpose: a ';' anywhere but at the very
+    end is refused even inside a string, since how each dialect quotes cannot be known here."""
+    text = sql.strip()
+    text = text[:-1] if text.endswith(";") else text
+    if ";" in text:
+        return "only one statement is accepted (a ';' only at the end)"
+    first = re.match(r"[a-z]*", _LEADING_COMMENTS.sub("", text, count=1), re.IGNORECASE)
+    if first is None or first.group().lower() not in ("select", "with"):
+        return "only a SELECT or WITH statement is accepted"
+    if found := _WRITING_WORDS.search(text):
+        return f"it contains {found.group(1)!r}; only a plain SELECT or WITH is accepted"
+    return None
 
 
 def _cell(value: object) -> str:

@@ -672,9 +672,10 @@ class TestQuery:
         ],
     )
     def test_query_cannot_write(self, source_db: Path, sql: str) -> None:
-        """--query is read-only: a writing statement fails and the database is unchanged."""
+        """--query is read-only: SQLite refuses to compile a writing statement (not authorized),
+        the message says what --query must be, and the database is unchanged."""
         before = table_contents(source_db)
-        with pytest.raises(SourceError, match="readonly") as exc:
+        with pytest.raises(SourceError, match=r"not authorized.*read-only SELECT") as exc:
             read_query(sql, f"sqlite:///{source_db}", venue=None)
         assert_one_line(str(exc.value))
         assert table_contents(source_db) == before
