@@ -278,6 +278,8 @@ def _run(
                     if source is not None
                     else read_query(query or "", source_db or "", venue=venue)
                 )
+                if table.warning:  # a dialect that cannot enforce read-only itself
+                    _log("source_warning", table.warning, level="warning")
 
                 def announce(run_id: str, plan: Plan) -> None:
                     per_venue = ", ".join(f"{v} {n}" for v, n in sorted(plan.to_send.items()))
