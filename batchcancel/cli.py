@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import click
 
-from batchcancel import __version__
+from batchcancel import __version__, redact
 from batchcancel.config import Settings, load_settings
 from batchcancel.errors import BatchCancelError, ConfigError, RunNotFoundError
 
@@ -36,13 +36,34 @@ _log_json = False  # set by --log-format json: stderr lines become JSON objects
 
 
 def _log(event: str, message: str, *, level: str = "info", **fields: Any) -> None:
-    """One line on stderr: plain text, or a JSON object for log shippers."""
+    """One line on stderr: plain text, or a JSON object for log shippers. The message and
+    every field value go through the command's redactor first."""
+    redactor = redact.current()
+    message = redactor.text(message)
     if _log_json:
         record = {"ts": datetime.now(UTC).isoformat(), "level": level, "event": event}
-        click.echo(json.dumps({**record, "message": message, **fields}), err=True)
+        click.echo(json.dumps({**record, "message": message, **redactor.value(fields)}), err=True)
     else:
         prefix = "batchcancel: error: " if level == "error" else "batchcancel: "
         click.echo(prefix + message, err=True)
+
+
+def _install_redactor(settings: Settings | None = None) -> None:
+    """Give the command its redactor (SPEC: no credential and no database password leaves the
+    process): the credentials of `settings`, else of the environment, and the passwords of the
+    database URLs the command was given. Kept in click's context for the command's duration,
+    where _log and the progress display find it (redact.current()), rather than in a global."""
+    context = click.get_current_context(silent=True)
+    params = context.params if context is not None else {}
+    if settings is None:
+        try:
+            # Credentials come from the environment alone; the venues file is left to the
+            # command, which reads it (and reports its errors) itself.
+            settings = load_settings(os.environ, venues_config=os.devnull)
+        except ConfigError:
+            settings = None  # the command stops on the same error, which names no value
+    urls = [params.get("db"), params.get("source_db"), settings.db_url if settings else None]
+    redact.install(redact.Redactor(settings.secrets if settings else (), urls=urls))
 
 
 def _progress() -> Any:
@@ -60,6 +81,7 @@ def _fail(message: str, code: int) -> None:
 def _errors() -> Iterator[None]:
     """Turn every failure into one line on stderr and SPEC's exit code."""
     try:
+        _install_redactor()  # before anything can be said; _open_store completes it
         yield
     except BatchCancelError as exc:
         _fail(str(exc), exc.exit_code)
@@ -82,6 +104,7 @@ def _open_store(settings: Settings) -> Iterator[Any]:
     from batchcancel.audit.store import AuditStore
 
     store = AuditStore(settings.db_url, redact=settings.secrets)
+    _install_redactor(settings)
     try:
         yield store
     finally:
@@ -89,7 +112,10 @@ def _open_store(settings: Settings) -> Iterator[Any]:
 
 
 def _command_line() -> str:
-    return " ".join(shlex.quote(arg) for arg in ["batchcancel", *sys.argv[1:]])
+    """The command line as the audit records it: each argument redacted before it is quoted,
+    so that a password holding a quote or a space is hidden whole."""
+    redactor = redact.current()
+    return " ".join(shlex.quote(redactor.text(arg)) for arg in ["batchcancel", *sys.argv[1:]])
 
 
 lease_option = click.option(
@@ -449,8 +475,9 @@ def _print_summary(store: Any, summary: Any, *, as_json: bool, db_url: str) -> N
             venue=venue,
             orders=count,
         )
+    redactor = redact.current()
     if as_json:
-        click.echo(json.dumps(summary.as_json()))
+        click.echo(json.dumps(redactor.value(summary.as_json())))
         return
     run = store.find_run(summary.run_id)
     lines = format_summary(
@@ -463,18 +490,15 @@ def _print_summary(store: Any, summary: Any, *, as_json: bool, db_url: str) -> N
         unfinished=summary.unfinished,
         stopped=summary.stopped,
         halted=summary.halted,
-        db_url=store.clean(_hide_password(db_url)),
+        db_url=_hide_password(db_url),
+        redactor=redactor,
     )
     click.echo("\n".join(lines))
 
 
 def _hide_password(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(unparsable URL)"
+    """A database URL fit to print: user:pw@, password= parameters and known secrets hidden."""
+    return redact.current().text(url)
 
 
 @cli.command()

@@ -1,4 +1,8 @@
-"""Live progress on stderr: a rich table on a terminal, a plain line every few seconds otherwise."""
+"""Live progress on stderr: a rich table on a terminal, a plain line every few seconds otherwise.
+
+Every text shown goes through a Redactor: a halt reason quotes the venue's answer, which may
+echo a credential back (SPEC: none leaves the process).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ from typing import Final, TextIO
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape as rich_escape
 from rich.table import Table
 
+from batchcancel import redact
 from batchcancel.drain_types import LaneView
 from batchcancel.report import format_counts
 
@@ -37,11 +43,19 @@ def _state(view: LaneView) -> str:
 
 
 class Progress:
-    """Call with the lanes' views as often as you like; it draws at its own pace."""
+    """Call with the lanes' views as often as you like; it draws at its own pace. Texts go
+    through `redactor`, by default the current command's (taken here: progress may be drawn
+    from another thread, where click's context is not at hand)."""
 
     def __init__(
-        self, stream: TextIO | None = None, *, live: bool | None = None, json_lines: bool = False
+        self,
+        stream: TextIO | None = None,
+        *,
+        live: bool | None = None,
+        json_lines: bool = False,
+        redactor: redact.Redactor | None = None,
     ) -> None:
+        self._redactor = redactor or redact.current()
         self._stream = stream or sys.stderr
         self._json = json_lines
         self._live_mode = (self._stream.isatty() and not json_lines) if live is None else live
@@ -95,16 +109,16 @@ class Progress:
                     "outcomes": dict(view.outcomes),
                     "state": _state(view),
                 }
-                self._stream.write(json.dumps(record) + "\n")
+                self._stream.write(json.dumps(self._redactor.value(record)) + "\n")
                 continue
-            self._stream.write(
+            line = (
                 f"progress {view.venue}: {view.done}/{view.total} done, {_rate(view):.1f}/s, "
-                f"{format_counts(dict(view.outcomes))}, {_state(view)}\n"
+                f"{format_counts(dict(view.outcomes))}, {_state(view)}"
             )
+            self._stream.write(self._redactor.text(line) + "\n")
         self._stream.flush()
 
-    @staticmethod
-    def _table(views: Mapping[str, LaneView]) -> Table:
+    def _table(self, views: Mapping[str, LaneView]) -> Table:
         table = Table(box=None, pad_edge=False)
         for column in ("venue", "done/total", "req/s", "retries", "outcomes", "state"):
             table.add_column(column)
@@ -115,6 +129,7 @@ class Progress:
                 f"{_rate(view):.1f}",
                 str(view.retries),
                 format_counts(dict(view.outcomes)),
-                _state(view),
+                # rich reads [..] as markup: escaped, a venue's words cannot restyle the table
+                rich_escape(self._redactor.text(_state(view))),
             )
         return table

@@ -1,4 +1,10 @@
-"""Rendering of reports (CSV / JSON, SPEC's columns in SPEC's order) and human summaries."""
+"""Rendering of reports (CSV / JSON, SPEC's columns in SPEC's order) and human summaries.
+
+Every text goes through a Redactor on its way out (the store's, which knows the credentials):
+what the audit holds was redacted when stored, but a run recorded before a credential was
+known, or by an older version, must not leak it either. CSV cells that a spreadsheet would
+read as a formula are written behind a single quote; JSON stays exact.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import IO, Any, Final
 
 from batchcancel.audit.store import AuditStore, RunInfo
 from batchcancel.outcomes import Outcome
+from batchcancel.redact import Redactor
 
 __all__ = ["ATTEMPT_COLUMNS", "ORDER_COLUMNS", "format_summary", "write_report"]
 
@@ -38,6 +45,8 @@ ATTEMPT_COLUMNS: Final = (
     "latency_ms",
     "detail",
 )
+# OWASP, CSV injection: a cell starting with one of these is a formula to a spreadsheet.
+FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
 
 
 def iso(value: datetime | None) -> str | None:
@@ -47,22 +56,50 @@ def iso(value: datetime | None) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _records(store: AuditStore, run_id: str, *, attempts: bool) -> Iterator[dict[str, Any]]:
+def _records(
+    store: AuditStore, run_id: str, *, attempts: bool, redactor: Redactor
+) -> Iterator[dict[str, Any]]:
     columns = ATTEMPT_COLUMNS if attempts else ORDER_COLUMNS
     rows = store.attempt_rows(run_id) if attempts else store.order_rows(run_id)
+    text = redactor.text
     for row in rows:
         values: dict[str, Any] = {"run_id": run_id}
         for name, value in zip(columns[1:], row, strict=True):
-            values[name] = iso(value) if isinstance(value, datetime) else value
+            if isinstance(value, datetime):
+                value = iso(value)
+            elif isinstance(value, str):
+                value = text(value)
+            values[name] = value
         yield values
 
 
-def write_report(store: AuditStore, run_id: str, out: IO[str], *, fmt: str, attempts: bool) -> int:
-    """Write the run's per-order (or per-attempt) report; return the number of records."""
-    records = _records(store, run_id, attempts=attempts)
+def write_report(
+    store: AuditStore,
+    run_id: str,
+    out: IO[str],
+    *,
+    fmt: str,
+    attempts: bool,
+    redactor: Redactor | None = None,
+) -> int:
+    """Write the run's per-order (or per-attempt) report; return the number of records.
+    Texts go through `redactor`, by default the store's."""
+    records = _records(store, run_id, attempts=attempts, redactor=redactor or store.redactor)
     if fmt == "csv":
         return _write_csv(records, ATTEMPT_COLUMNS if attempts else ORDER_COLUMNS, out)
     return _write_json(records, out)
+
+
+def _csv_cell(value: Any) -> Any:
+    """A value as a CSV cell: None empty, and a text a spreadsheet would run as a formula
+    behind a single quote (OWASP). Only texts: numbers (attempts, statuses, latencies) are
+    written as numbers, so a negative one would stay a number. Ids are texts, so an id like
+    "-5" is written '-5: a spreadsheet shows it as the text it is; JSON has it exact."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _write_csv(records: Iterable[dict[str, Any]], columns: Sequence[str], out: IO[str]) -> int:
@@ -70,7 +107,7 @@ def _write_csv(records: Iterable[dict[str, Any]], columns: Sequence[str], out: I
     writer.writeheader()
     count = 0
     for record in records:
-        writer.writerow({k: "" if v is None else v for k, v in record.items()})
+        writer.writerow({k: _csv_cell(v) for k, v in record.items()})
         count += 1
     return count
 
@@ -105,8 +142,10 @@ def format_summary(
     stopped: str,
     halted: dict[str, str],
     db_url: str,
+    redactor: Redactor | None = None,
 ) -> list[str]:
-    """The human summary: status line, totals, one line per venue, where to look next."""
+    """The human summary: status line, totals, one line per venue, where to look next. Each
+    line goes through `redactor` (by default one that knows the password patterns only)."""
     key = f" (key {run.run_key})" if run.run_key else ""
     lines = [f"run {run.id}{key}: {status} in {elapsed_s:.1f} s"]
     if stopped:
@@ -121,4 +160,4 @@ def format_summary(
         lines.append(f"  {venue:<{width}}  {total:>8}  {format_counts(counts)}{note}")
     lines.append(f"audit: {db_url}")
     lines.append(f"report: batchcancel report {run.id} --format csv")
-    return lines
+    return [(redactor or Redactor()).text(line) for line in lines]

@@ -28,6 +28,7 @@ from batchcancel.audit.migrate import upgrade_to_head
 from batchcancel.audit.tables import Attempt, Lane, Order, Request, Run, Session
 from batchcancel.errors import AuditError, RunLockedError, RunNotFoundError
 from batchcancel.outcomes import FINAL, Outcome
+from batchcancel.redact import Redactor
 
 __all__ = [
     "BULK",
@@ -57,7 +58,8 @@ SENDING: Final = "sending"  # an attempt is in flight
 DONE: Final = "done"  # final outcome
 LOADING: Final = "loading"  # run status until every source row is recorded
 LOCK_STALE_AFTER: Final = timedelta(seconds=60)
-_URL_PASSWORD: Final = re.compile(r"(://[^/\s:@]*:)[^\s@]*@")  # user:password@ in URLs
+# Hides passwords in the messages of errors raised where no store (and so no secret) is known.
+_PASSWORDS: Final = Redactor()
 IN_FLIGHT_LOST: Final = "no answer recorded: the process stopped while this request was in flight"
 
 
@@ -187,9 +189,10 @@ class RunInfo:
 class AuditStore:
     """The audit database of one process. `redact` holds strings that must never be stored."""
 
-    def __init__(self, url: str, *, redact: Sequence[str] = ()) -> None:
+    def __init__(self, url: str, *, redact: Iterable[str] = ()) -> None:
         self.url = url
-        self._redact = tuple(s for s in redact if s)
+        # The secrets, and the password of the database's own URL (an error may quote it).
+        self.redactor = Redactor(redact, urls=(url,))
         self.engine = _create_engine(url)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._lock_token = f"{self.worker}:{secrets.token_hex(4)}"
@@ -379,7 +382,7 @@ class AuditStore:
     def add_orders(self, run_id: str, planned: Iterable[PlannedOrder]) -> int:
         """Insert one chunk of planned orders; invalid ones are final at once."""
         invalid = Outcome.INVALID.value
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "run_id": run_id,
                 "seq": p.seq,
@@ -389,10 +392,19 @@ class AuditStore:
                 "symbol": p.symbol,
                 "state": PENDING if p.invalid_reason is None else DONE,
                 "outcome": None if p.invalid_reason is None else invalid,
-                "reason": "" if p.invalid_reason is None else self.clean(p.invalid_reason),
+                "reason": p.invalid_reason or "",
             }
             for p in planned
         ]
+        # Every text of the chunk through clean() at once (0.35 s a million rows; each value
+        # alone, 6 s): when nothing in it changes, nothing needs cleaning. A space joins
+        # them: a match across two values can only make that check look too often.
+        texts = ("venue", "order_id", "account_id", "symbol", "reason")
+        joined = " ".join([" ".join([row[key] for row in rows]) for key in texts])
+        if self.clean(joined) != joined:
+            for row in rows:
+                for key in texts:
+                    row[key] = self.clean(row[key])
         if rows:
             with self._write() as conn:
                 conn.exec_driver_sql(self._sql(_ADD_ORDER), rows)  # a million rows: plain SQL
@@ -973,15 +985,10 @@ class AuditStore:
     # -- helpers ----------------------------------------------------------------------------
 
     def clean(self, text: str) -> str:
-        """`text` with every secret and URL password replaced: nothing secret is stored."""
-        if not text:
-            return text
-        if "://" in text:
-            text = _URL_PASSWORD.sub(r"\1***@", text)
-        for secret in self._redact:
-            if secret in text:
-                text = text.replace(secret, "[redacted]")
-        return text
+        """`text` as the audit may store it (Redactor.stored): secrets and database passwords
+        hidden; NUL, control characters and lone surrogates escaped. Every text the store
+        writes passes here, so that no answer or input can fail a write or store a secret."""
+        return self.redactor.stored(text)
 
     def _stream(self, query: sa.Select[Any]) -> Iterator[sa.Row[Any]]:
         with self._read() as conn:
@@ -1026,7 +1033,9 @@ class _WriteTransaction:
 
 
 def _audit_error(exc: sa.exc.SQLAlchemyError, action: str = "write") -> AuditError:
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    # A database's message may quote a statement's parameters or the URL it was given.
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
+    detail = _PASSWORDS.text(lines[0])
     return AuditError(f"audit database {action} failed: {detail}")
 
 
