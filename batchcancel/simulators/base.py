@@ -1,14 +1,16 @@
 """What every venue simulator shares: an order book, auth, rate limiting, faults and counters.
 
 A simulator is a real aiohttp application. Subclasses add the venue's routes and speak its
-exact wire format; this base enforces the rate limit, injects scripted faults and counts every
-request it received, per order (cancels and order-status reads apart), so that tests can prove
-what was and was not sent.
+exact wire format; this base enforces the rate limit, injects scripted faults and canned
+answers (any status, body and headers: a refusal in new words, an error envelope with a 2xx, a
+redirect), and counts every request it received, per order (cancels and order-status reads
+apart), so that tests can prove what was and was not sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections import Counter, deque
@@ -23,6 +25,7 @@ from batchcancel.outcomes import Outcome
 
 __all__ = [
     "SIMULATOR_KEY",
+    "Answer",
     "Arrival",
     "Fault",
     "FaultPlan",
@@ -55,15 +58,37 @@ class Fault(StrEnum):
     RATE_LIMIT_BARE = "rate_limit_bare"  # 429 without Retry-After
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A canned answer, sent exactly as given in place of the venue's own; the book is not
+    touched. Scripted like a Fault, it lets a test make a venue say anything it might."""
+
+    status: int
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, status: int, value: object) -> Answer:
+        """`value` as a JSON body."""
+        return cls(status, json.dumps(value).encode())
+
+    @classmethod
+    def redirect(cls, status: int, location: str) -> Answer:
+        """A 3xx pointing elsewhere, as a moved host or a wrong base URL answers."""
+        return cls(status, b"", {"Location": location}, "text/plain")
+
+
 @dataclass
 class FaultPlan:
-    """Deterministic faults: per order (consumed one per request), by request number, or by share.
+    """Deterministic faults or canned answers: per order (consumed one per request), by
+    request number, or (faults only) by share.
 
     `shares` draws from a seeded generator, so a run with the same arrival order repeats.
     """
 
-    by_order: dict[str, deque[Fault]] = field(default_factory=dict)
-    by_request: dict[int, Fault] = field(default_factory=dict)  # 1-based request number
+    by_order: dict[str, deque[Fault | Answer]] = field(default_factory=dict)
+    by_request: dict[int, Fault | Answer] = field(default_factory=dict)  # 1-based number
     shares: dict[Fault, float] = field(default_factory=dict)
     seed: int = 0
     slow_seconds: float = 2.0
@@ -73,12 +98,12 @@ class FaultPlan:
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
 
-    def script(self, key: str, *faults: Fault) -> FaultPlan:
-        """Give order `key` these faults on its next requests, in order."""
+    def script(self, key: str, *faults: Fault | Answer) -> FaultPlan:
+        """Give order `key` these faults or answers on its next requests, in order."""
         self.by_order.setdefault(key, deque()).extend(faults)
         return self
 
-    def pick(self, key: str | None, number: int) -> Fault | None:
+    def pick(self, key: str | None, number: int) -> Fault | Answer | None:
         """The fault for request `number` about order `key`, if any."""
         queue = self.by_order.get(key) if key is not None else None
         if queue:
@@ -271,10 +296,17 @@ class Simulator:
         return None
 
     async def _with_fault(
-        self, request: web.Request, handler: _Handler, fault: Fault | None
+        self, request: web.Request, handler: _Handler, fault: Fault | Answer | None
     ) -> web.StreamResponse:
         if fault is None:
             return await handler(request)
+        if isinstance(fault, Answer):
+            return web.Response(
+                status=fault.status,
+                body=fault.body,
+                headers=dict(fault.headers),
+                content_type=fault.content_type,
+            )
         if fault is Fault.SERVER_ERROR:
             return web.json_response({"error": "simulated server error"}, status=500)
         if fault is Fault.UNAVAILABLE:

@@ -17,10 +17,13 @@ from batchcancel.venues.base import (
     Reply,
     VenueDefaults,
     Verdict,
+    envelope_verdict,
     excerpt,
     generic_transient,
     json_object,
     message_of,
+    message_text,
+    message_verdict,
     unclassified,
 )
 
@@ -30,6 +33,8 @@ TOKEN_VAR: Final = "BATCHCANCEL_CRUX_TOKEN"
 _UUID_RE: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # seed 002: the curl, HTTPie and requests examples all send this exact header.
 _CONTENT_TYPE: Final = "application/json; charset=utf-8"
+# ASSUMED (VENUES.md): error bodies are {"detail": "..."}; the others are read alike.
+_MESSAGE_KEYS: Final = ("detail", "message", "error")
 
 
 # Crux docs (line_item object): Unallocated, Allocated, Rejected, HasTracking, Backordered,
@@ -106,11 +111,14 @@ class CruxVenue:
         body = json_object(reply.body)
         if body is None and reply.body.strip():
             return Verdict.transient(f"HTTP {reply.status} with an unparsable body")
+        detail = message_text(body, *_MESSAGE_KEYS)
         if reply.status == 404:
             # Crux docs (order detail): 404 Not Found. ASSUMED body {"detail": "Not found."}.
-            return Verdict.final(Outcome.NOT_FOUND, message_of(body, "detail") or "HTTP 404")
+            return message_verdict(reply, detail, default=Outcome.NOT_FOUND)
         if reply.status != 200 or body is None:
             return unclassified(reply)
+        if (verdict := envelope_verdict(reply, body, detail)) is not None:
+            return verdict
         seen = _line_item_statuses(body)
         if not seen:
             return unclassified(reply)
@@ -136,18 +144,21 @@ class CruxVenue:
             # ASSUMED (VENUES.md): 204 is what a cancel returns; the supplier confirms later.
             return Verdict.final(Outcome.CANCEL_PENDING, "sent to supplier")
         body = json_object(reply.body)
-        # ASSUMED (VENUES.md): error bodies are {"detail": "..."}.
-        detail = message_of(body, "detail", "message", "error")
+        detail = message_text(body, *_MESSAGE_KEYS)
         # An HTML page from a proxy or a wrong base URL says nothing about the order: retry.
         unparsable = body is None and bool(reply.body.strip())
         if reply.status == 200:
             if unparsable:
                 return Verdict.transient("HTTP 200 with an unparsable body")
+            # {"detail": ..., "success": false} and the like are refusals, not a hand-over.
+            if (verdict := envelope_verdict(reply, body, detail)) is not None:
+                return verdict
             return Verdict.final(Outcome.CANCEL_PENDING, "sent to supplier")
         if reply.status == 404:
             if unparsable:
                 return Verdict.transient("HTTP 404 with an unparsable body")
-            return Verdict.final(Outcome.NOT_FOUND, detail or "HTTP 404")  # ASSUMED (VENUES.md)
+            # ASSUMED (VENUES.md), unless the words are of another thing or refuse.
+            return message_verdict(reply, detail, default=Outcome.NOT_FOUND)
         if reply.status in (400, 422):
             # Crux response codes: 400 something required is missing; 422 the action can't be
             # performed on the identifier provided.

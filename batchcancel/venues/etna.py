@@ -16,11 +16,14 @@ from batchcancel.venues.base import (
     Reply,
     VenueDefaults,
     Verdict,
+    envelope_verdict,
     excerpt,
     generic_transient,
     is_integer_id,
     json_object,
     message_of,
+    message_text,
+    message_verdict,
     unclassified,
 )
 
@@ -102,23 +105,25 @@ class EtnaVenue:
         if reply.status == 204:
             return Verdict.final(Outcome.CANCELED, "HTTP 204")  # seed 001
         body = json_object(reply.body)
-        message = message_of(body, "Message", "message", "error")
+        message = message_text(body, "Message", "message", "error", "detail")
         if reply.status == 200:
             if body is None:
                 return Verdict.transient("HTTP 200 with an unparsable body")
+            if (verdict := envelope_verdict(reply, body, message)) is not None:
+                return verdict
             status = _NOT_LETTERS.sub("", message_of(body, "Status", "status"))
             outcome = _STATUS_OUTCOMES.get(status)
             return Verdict.final(outcome, status) if outcome else unclassified(reply)
         if reply.status == 409:
-            # ETNA docs: only outstanding orders can be cancelled. ASSUMED body {"Message": ...}.
-            return Verdict.final(Outcome.ALREADY_CLOSED, message or "HTTP 409")
+            # ETNA docs: only outstanding orders can be cancelled; but a 409 whose words
+            # refuse, or speak of the market, is not that. ASSUMED body {"Message": ...}.
+            return message_verdict(reply, message, default=Outcome.ALREADY_CLOSED)
         if reply.status == 404:
             # ASSUMED (VENUES.md). A non-JSON 404 is a proxy or a wrong base URL, not an answer.
             if body is None and reply.body.strip():
                 return Verdict.transient("HTTP 404 with an unparsable body")
-            return Verdict.final(Outcome.NOT_FOUND, message or "HTTP 404")
+            return message_verdict(reply, message, default=Outcome.NOT_FOUND)
         if reply.status == 422:
-            return Verdict.final(
-                Outcome.REJECTED, message or f"HTTP 422: {excerpt(reply.body, 120)}"
-            )
+            reason = message or excerpt(reply.body, 120)
+            return Verdict.final(Outcome.REJECTED, f"HTTP 422: {reason}")
         return unclassified(reply)

@@ -9,16 +9,22 @@ from urllib.parse import quote
 
 from batchcancel.outcomes import Outcome
 from batchcancel.venues.base import (
+    NOT_FOUND_WORDS,
     BulkAnswer,
     CancelRequest,
     OrderRow,
     Reply,
     VenueDefaults,
     Verdict,
+    disputes,
+    envelope_verdict,
+    error_envelope,
     excerpt,
     generic_transient,
     json_object,
     message_of,
+    message_text,
+    message_verdict,
     unclassified,
 )
 
@@ -35,9 +41,11 @@ _STATUS_OUTCOMES: Final[Mapping[str, Outcome]] = {
     "order already finished": Outcome.ALREADY_CLOSED,
 }
 # seed 000: 400 {"error": "internal error"} means "order_id does not exist in your account".
-_NOT_FOUND_WORDS: Final = ("internal error", "does not exist", "not found")
+_NOT_FOUND_WORDS: Final = ("internal error", *NOT_FOUND_WORDS)
 # ASSUMED (VENUES.md): a repeat cancel answers 400 "...already done/canceled...".
 _CLOSED_WORDS: Final = ("already", "done", "canceled", "cancelled", "finished", "filled")
+# ASSUMED (VENUES.md): error bodies are {"error": ...}; the others are read alike.
+_MESSAGE_KEYS: Final = ("error", "message", "detail")
 
 # sFOX "Get Single Order" (VENUES.md, Confirm): `status` with its `status_code`. "Started" is an
 # open order: sFOX has its own "Cancel Pending" state, so an order still Started after a cancel
@@ -114,7 +122,11 @@ class SfoxVenue:
                 return Verdict.final(Outcome.NOT_FOUND, "HTTP 404")
             # An HTML page from a proxy or a wrong base URL says nothing about the order: retry.
             return Verdict.transient(f"HTTP {reply.status} with an unparsable body")
+        error = message_text(body, *_MESSAGE_KEYS)
         if reply.status == 200:
+            verdict = envelope_verdict(reply, body, error, not_found=_NOT_FOUND_WORDS)
+            if verdict is not None:
+                return verdict
             # Casing differs by endpoint (sFOX docs): "Cancel Pending" here, matched lower-case.
             status = " ".join(message_of(body, "status").split())
             code = _status_code(body.get("status_code"))
@@ -126,13 +138,11 @@ class SfoxVenue:
                     outcome, "the order is still open (Started): no cancel is in effect"
                 )
             return Verdict.final(outcome, status) if outcome else unclassified(reply)
-        error = message_of(body, "error", "message")
         # ASSUMED: an unknown id answers as the cancel does, 400 "internal error" (seed 000);
-        # a 404 is read the same way.
-        if reply.status == 404 or (
-            reply.status == 400 and any(word in error for word in _NOT_FOUND_WORDS)
-        ):
-            return Verdict.final(Outcome.NOT_FOUND, error or f"HTTP {reply.status}")
+        # a 404 is read the same way, unless its words say otherwise.
+        if reply.status in (400, 404):
+            default = Outcome.NOT_FOUND if reply.status == 404 else None
+            return message_verdict(reply, error, not_found=_NOT_FOUND_WORDS, default=default)
         return unclassified(reply)
 
     def build_bulk_cancel(self, rows: Sequence[OrderRow], *, now: float) -> CancelRequest:
@@ -155,11 +165,14 @@ class SfoxVenue:
             )
         body = json_object(reply.body)
         listed = body.get("orders") if body is not None else None
-        if reply.status == 200 and isinstance(listed, list):
+        refused = error_envelope(body) or disputes(message_text(body, *_MESSAGE_KEYS))
+        if reply.status == 200 and isinstance(listed, list) and not refused:
             per_order = {}
             for item in listed:
                 if not isinstance(item, dict) or item.get("id") is None:
                     continue
+                if disputes(message_text(item, *_MESSAGE_KEYS)):
+                    continue  # left to a cancel of its own
                 status = message_of(item, "status").strip()
                 outcome = _STATUS_OUTCOMES.get(status)
                 if outcome is not None:
@@ -176,21 +189,22 @@ class SfoxVenue:
         body = json_object(reply.body)
         if reply.status in (401, 403):
             return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
+        error = message_text(body, *_MESSAGE_KEYS)
         if reply.status == 200:
             if body is None:
                 return Verdict.transient("HTTP 200 with an unparsable body")
+            verdict = envelope_verdict(
+                reply, body, error, not_found=_NOT_FOUND_WORDS, closed=_CLOSED_WORDS
+            )
+            if verdict is not None:
+                return verdict
             status = message_of(body, "status").strip()
             outcome = _STATUS_OUTCOMES.get(status)
             return Verdict.final(outcome, status) if outcome else unclassified(reply)
         if reply.status == 400:
             if body is None:
                 return Verdict.transient("HTTP 400 with an unparsable body")
-            error = message_of(body, "error", "message")
-            if any(word in error for word in _NOT_FOUND_WORDS):
-                return Verdict.final(Outcome.NOT_FOUND, error)
-            if any(word in error for word in _CLOSED_WORDS):
-                return Verdict.final(Outcome.ALREADY_CLOSED, error)
-            return Verdict.final(Outcome.REJECTED, error or excerpt(reply.body, 120))
+            return message_verdict(reply, error, not_found=_NOT_FOUND_WORDS, closed=_CLOSED_WORDS)
         if reply.status == 422:
             return Verdict.final(Outcome.REJECTED, f"HTTP 422: {excerpt(reply.body, 120)}")
         return unclassified(reply)

@@ -18,11 +18,15 @@ from batchcancel.venues.base import (
     Reply,
     VenueDefaults,
     Verdict,
+    disputes,
+    error_envelope,
     excerpt,
     generic_transient,
     is_integer_id,
     json_object,
     message_of,
+    message_text,
+    message_verdict,
     unclassified,
 )
 
@@ -53,8 +57,8 @@ _CANCELED_WORDS: Final = ("cancelled order successfully", "canceled order succes
 # payload with code "token_not_valid".
 _AUTH_WORDS: Final = ("credentials were not provided", "token not valid", "token_not_valid")
 # ASSUMED (VENUES.md): undocumented 4xx messages, matched by their words.
-_NOT_FOUND_WORDS: Final = ("not found", "does not exist")
 _CLOSED_WORDS: Final = ("already", "filled")
+_MESSAGE_KEYS: Final = ("message", "detail", "error")
 
 
 # VENUES.md (tanx, Bulk): POST /sapi/v1/user/bulkcancel/ {"market","side","limit"}; 100 is the
@@ -154,6 +158,7 @@ class TanxVenue:
             reply.status != 200
             or message_of(body, "status") != "success"
             or not isinstance(payload, list)
+            or disputes(message_text(body, *_MESSAGE_KEYS))
         ):
             return BulkAnswer(None, {}, note=f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
         per_order: dict[str, Verdict] = {}
@@ -182,15 +187,15 @@ class TanxVenue:
         if (early := _early_verdict(reply)) is not None:
             return early
         body = json_object(reply.body) or {}
-        message = message_of(body, "message", "detail", "error")
-        if reply.status == 200 and message_of(body, "status") == "success":
+        message = message_text(body, *_MESSAGE_KEYS)
+        if _success(reply, body) and not disputes(message):
             payload = body.get("payload")
             state = message_of(payload if isinstance(payload, dict) else None, "state")
             outcome = _ORDER_STATES.get(state)
             return Verdict.final(outcome, f"state {state}") if outcome else unclassified(reply)
-        # ASSUMED: an unknown order is a 4xx error envelope saying "not found", as for cancels.
-        if 400 <= reply.status < 500 and any(word in message for word in _NOT_FOUND_WORDS):
-            return Verdict.final(Outcome.NOT_FOUND, message)
+        # ASSUMED: an unknown order is an error envelope saying "not found", as for cancels.
+        if _error(reply, body) or disputes(message):
+            return message_verdict(reply, message)
         return unclassified(reply)
 
     def classify(self, reply: Reply) -> Verdict:
@@ -200,23 +205,36 @@ class TanxVenue:
         body = json_object(reply.body) or {}
         payload = body.get("payload")
         payload = payload if isinstance(payload, dict) else None
-        message = message_of(body, "message", "detail", "error")
-        if reply.status == 200 and message_of(body, "status") == "success":
+        message = message_text(body, *_MESSAGE_KEYS)
+        # A success whose message refuses is read by its words, as an error envelope is.
+        if _success(reply, body) and not disputes(message):
             state = message_of(payload, "state")
             outcome = _STATE_OUTCOMES.get(state)
-            if not state and any(w in message for w in _QUEUED_WORDS):
+            words = message.lower()
+            if not state and any(w in words for w in _QUEUED_WORDS):
                 outcome = Outcome.CANCEL_PENDING
-            if not state and any(w in message for w in _CANCELED_WORDS):
+            if not state and any(w in words for w in _CANCELED_WORDS):
                 outcome = Outcome.CANCELED
             return Verdict.final(outcome, message) if outcome else unclassified(reply)
-        if 400 <= reply.status < 500:
-            if any(word in message for word in _NOT_FOUND_WORDS):
-                return Verdict.final(Outcome.NOT_FOUND, message)
-            if any(word in message for word in _CLOSED_WORDS):
-                return Verdict.final(Outcome.ALREADY_CLOSED, message)
-            reason = message or excerpt(reply.body, 120)
-            return Verdict.final(Outcome.REJECTED, f"HTTP {reply.status}: {reason}")
+        if _error(reply, body) or disputes(message):
+            return message_verdict(reply, message, closed=_CLOSED_WORDS)
         return unclassified(reply)
+
+
+def _success(reply: Reply, body: Mapping[str, object]) -> bool:
+    """seed 003: a success is HTTP 200 with the envelope's "status":"success"."""
+    return reply.status == 200 and message_of(body, "status") == "success"
+
+
+def _error(reply: Reply, body: Mapping[str, object]) -> bool:
+    """A 4xx, or a 2xx error envelope ("status":"error", or an error with no success)
+    (VENUES.md): read by its message."""
+    if 400 <= reply.status < 500:
+        return True
+    status = message_of(body, "status")
+    return 200 <= reply.status < 300 and (
+        status == "error" or (not status and error_envelope(body))
+    )
 
 
 def _early_verdict(reply: Reply) -> Verdict | None:

@@ -23,10 +23,13 @@ from batchcancel.venues.base import (
     VenueDefaults,
     Verdict,
     VerdictKind,
+    disputes,
     excerpt,
     generic_transient,
     json_object,
     message_of,
+    message_text,
+    message_verdict,
     unclassified,
 )
 
@@ -45,7 +48,6 @@ _FORBIDDEN_WORDS: Final = ("forbidden request",)
 _TIMESTAMP_WORDS: Final = ("timestamp",)  # "Invalid or expired timestamp"
 _SIGNATURE_WORDS: Final = ("signature",)  # "Invalid signature"
 # ASSUMED (VENUES.md): undocumented 400/404 messages, matched by their words.
-_NOT_FOUND_WORDS: Final = ("not found", "does not exist")
 _CLOSED_WORDS: Final = ("already", "filled", "canceled", "cancelled", "closed")
 _ORDER_PATH: Final = "/api/v1/trade/order"
 _ALL_PATH: Final = "/api/v1/trade/order/all"  # VENUES.md (zebpay, Bulk): cancel every open order
@@ -166,8 +168,9 @@ class ZebpayVenue:
         data = body.get("data")
         if (
             reply.status != 200
-            or body.get("statusCode") not in (200, 201)
+            or not _succeeded(body)
             or not isinstance(data, list)
+            or disputes(_message(body))
         ):
             return BulkAnswer(None, {}, note=f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
         per_order: dict[str, Verdict] = {}
@@ -209,16 +212,17 @@ class ZebpayVenue:
         if (early := _early_verdict(reply)) is not None:
             return early
         body = json_object(reply.body) or {}
-        if reply.status == 200:
+        message = _message(body)
+        if reply.status == 200 and _succeeded(body) and not disputes(message):
             data = body.get("data")
             status = message_of(data if isinstance(data, dict) else None, "status")
             outcome = _ORDER_STATUSES.get(status)
-            if body.get("statusCode") in (200, 201) and outcome is not None:
-                return Verdict.final(outcome, status)
-            return unclassified(reply)
-        text, message = _messages(body)
-        if (verdict := _refused_or_missing(reply, text, message)) is not None:
+            return Verdict.final(outcome, status) if outcome else unclassified(reply)
+        if (verdict := _refused_signature(reply, message)) is not None:
             return verdict
+        if reply.status in (200, 400, 404):
+            # An error envelope, with a 2xx or not: read by its words.
+            return message_verdict(reply, message)
         return unclassified(reply)
 
     def classify(self, reply: Reply) -> Verdict:
@@ -226,29 +230,38 @@ class ZebpayVenue:
         if (early := _early_verdict(reply)) is not None:
             return early
         body = json_object(reply.body) or {}
-        if reply.status == 200:
+        message = _message(body)
+        if reply.status == 200 and _succeeded(body) and not disputes(message):
             # Success by HTTP status, statusCode and data.status, never statusDescription.
             data = body.get("data")
             status = message_of(data if isinstance(data, dict) else None, "status")
-            if body.get("statusCode") in (200, 201) and status in ("canceled", "cancelled"):
+            if status in ("canceled", "cancelled"):
                 return Verdict.final(Outcome.CANCELED, status)
             return unclassified(reply)
-        text, message = _messages(body)
-        if (verdict := _refused_or_missing(reply, text, message)) is not None:
+        if (verdict := _refused_signature(reply, message)) is not None:
             return verdict
-        if reply.status not in (400, 404):
-            return unclassified(reply)
-        if reply.status == 400 and any(word in message for word in _CLOSED_WORDS):
-            return Verdict.final(Outcome.ALREADY_CLOSED, text)
-        reason = text or excerpt(reply.body, 120)
-        return Verdict.final(Outcome.REJECTED, f"HTTP {reply.status}: {reason}")
+        if reply.status == 200:
+            # statusCode other than 200, or words that refuse: an error envelope (VENUES.md).
+            return message_verdict(reply, message, closed=_CLOSED_WORDS)
+        if reply.status == 400:
+            return message_verdict(reply, message, closed=_CLOSED_WORDS)
+        if reply.status == 404:
+            return message_verdict(reply, message)
+        return unclassified(reply)
 
 
-def _messages(body: Mapping[str, object]) -> tuple[str, str]:
-    """The error text, and it with customMessage, for matching words (both lower-case)."""
+def _succeeded(body: Mapping[str, object]) -> bool:
+    """The envelope's statusCode says success: 200 (VENUES.md), a number or its digits."""
+    code = body.get("statusCode")
+    return not isinstance(code, bool) and str(code) == "200"
+
+
+def _message(body: Mapping[str, object]) -> str:
+    """The envelope's words: statusDescription, and customMessage when it adds to it."""
     # Errors repeat their message in statusDescription and customMessage: match both.
-    text = message_of(body, "statusDescription", "customMessage", "message")
-    return text, f"{text} {message_of(body, 'customMessage')}"
+    text = message_text(body, "statusDescription", "message")
+    extra = message_text(body, "customMessage")
+    return text if extra in text else f"{text} {extra}".strip()
 
 
 def _early_verdict(reply: Reply) -> Verdict | None:
@@ -259,7 +272,7 @@ def _early_verdict(reply: Reply) -> Verdict | None:
     if reply.status == 401:
         return Verdict.auth_refused(f"HTTP 401: {excerpt(reply.body, 120)}")
     if reply.status == 403:
-        if any(word in _messages(body or {})[1] for word in _FORBIDDEN_WORDS):
+        if any(word in _message(body or {}).lower() for word in _FORBIDDEN_WORDS):
             return Verdict.final(Outcome.REJECTED, "HTTP 403: forbidden request")
         return Verdict.auth_refused(f"HTTP 403: {excerpt(reply.body, 120)}")
     if body is None:
@@ -268,20 +281,19 @@ def _early_verdict(reply: Reply) -> Verdict | None:
     return None
 
 
-def _refused_or_missing(reply: Reply, text: str, message: str) -> Verdict | None:
-    """A 400/404 error that refuses the signature or timestamp, or names an unknown order."""
-    if reply.status not in (400, 404):
+def _refused_signature(reply: Reply, message: str) -> Verdict | None:
+    """A 400 that refuses the signature or the timestamp (ZebPay error-handling docs)."""
+    if reply.status != 400:
         return None
-    if reply.status == 400 and any(word in message for word in _SIGNATURE_WORDS):
-        return Verdict.auth_refused(f"HTTP 400: {text}")
-    if reply.status == 400 and any(word in message for word in _TIMESTAMP_WORDS):
+    words = message.lower()
+    if any(word in words for word in _SIGNATURE_WORDS):
+        return Verdict.auth_refused(f"HTTP 400: {message}")
+    if any(word in words for word in _TIMESTAMP_WORDS):
         # ASSUMED (VENUES.md): a clock blip once; refused credentials if it repeats.
         return Verdict(
             VerdictKind.TRANSIENT,
             None,
-            f"HTTP 400: {text}",
+            f"HTTP 400: {message}",
             escalate_on_repeat=True,
         )
-    if any(word in message for word in _NOT_FOUND_WORDS):
-        return Verdict.final(Outcome.NOT_FOUND, text)  # ASSUMED (VENUES.md)
     return None

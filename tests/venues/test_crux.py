@@ -101,7 +101,7 @@ class TestClassify:
     def test_rejection_records_the_reason(self) -> None:
         """A 422 keeps the venue's words for a human."""
         verdict = VENUE.classify(reply(422, b'{"detail": "Order has already shipped."}'))
-        assert "order has already shipped." in verdict.reason
+        assert "Order has already shipped." in verdict.reason
 
     @pytest.mark.parametrize(
         ("status", "body"),

@@ -120,7 +120,7 @@ class TestClassify:
     def test_rejection_records_the_message(self) -> None:
         """A 422 keeps the venue's words for a human."""
         verdict = VENUE.classify(reply(422, b'{"Message": "Quantity is invalid"}'))
-        assert "quantity is invalid" in verdict.reason
+        assert "Quantity is invalid" in verdict.reason
 
     @pytest.mark.parametrize(
         ("status", "body"),

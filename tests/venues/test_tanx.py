@@ -125,11 +125,18 @@ CASES = [
         Outcome.REJECTED,
         id="200-unknown-state",
     ),
+    # VENUES.md: a 2xx error envelope is read by its message, as a 4xx is.
     pytest.param(
         200,
         b'{"status":"error","message":"Order not found","payload":""}',
+        Outcome.NOT_FOUND,
+        id="200-error-envelope",
+    ),
+    pytest.param(
+        200,
+        b'{"status":"error","message":"Try again later","payload":""}',
         Outcome.REJECTED,
-        id="200-error-envelope-unclassified",
+        id="200-error-envelope-other",
     ),
 ]
 
@@ -145,7 +152,7 @@ class TestClassify:
     def test_other_messages_are_recorded(self) -> None:
         """A rejection keeps the venue's message as its reason."""
         body = b'{"status":"error","message":"Market is suspended","payload":""}'
-        assert "market is suspended" in VENUE.classify(reply(400, body)).reason
+        assert "Market is suspended" in VENUE.classify(reply(400, body)).reason
 
     @pytest.mark.parametrize(
         ("status", "body"),
@@ -340,7 +347,9 @@ STATUS_CASES = [
     pytest.param(404, error("Order not found"), Outcome.NOT_FOUND, id="404-not-found"),
     pytest.param(400, error("Order does not exist"), Outcome.NOT_FOUND, id="400-not-found"),
     pytest.param(400, error("Market is suspended"), Outcome.REJECTED, id="400-other"),
-    pytest.param(200, error("Order not found"), Outcome.REJECTED, id="200-error-envelope"),
+    # VENUES.md: a 2xx error envelope is read by its message, as a 4xx is.
+    pytest.param(200, error("Order not found"), Outcome.NOT_FOUND, id="200-error-envelope"),
+    pytest.param(200, error("Try again later"), Outcome.REJECTED, id="200-error-envelope-other"),
 ]
 
 
