@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import pytest
 
 from batchcancel.errors import TransientVenueError
 from batchcancel.outcomes import Outcome
 from batchcancel.simulators import SIMULATORS
-from batchcancel.simulators.base import Fault, FaultPlan, OrderState, Simulator
+from batchcancel.simulators.base import Answer, Fault, FaultPlan, OrderState, Simulator
 from batchcancel.transport import open_session, send
 from batchcancel.venues import VENUES
-from batchcancel.venues.base import CancelRequest, OrderRow, Reply, Venue, Verdict, VerdictKind
+from batchcancel.venues.base import (
+    BulkAnswer,
+    CancelRequest,
+    OrderRow,
+    Reply,
+    Venue,
+    Verdict,
+    VerdictKind,
+)
 from tests.conftest import CREDENTIALS, ServeSimulators
 from tests.test_five_venues import order_fields
 
@@ -203,3 +211,63 @@ async def test_order_status_confirms_the_cancel(
     )
     assert venue_adapter.classify(cancel).kind is VerdictKind.FINAL
     assert venue_adapter.classify_status(read).outcome is Outcome.CANCELED
+
+
+REDIRECTS = [301, 302, 303, 307, 308]
+
+
+@pytest.mark.parametrize("venue", VENUE_PARAMS)
+@pytest.mark.parametrize("status", REDIRECTS)
+async def test_a_redirect_stops_the_venue(
+    serve_simulators: ServeSimulators, venue: str, status: int
+) -> None:
+    """A 3xx is never followed and says nothing about the order: the venue stops as on
+    refused credentials, flagged as a redirect, with the Location in the reason."""
+    row = order_row(venue)
+    moved = "https://moved.example.invalid/api/v2"
+    simulator = simulator_for(
+        venue,
+        OrderState.OPEN,
+        row,
+        faults=FaultPlan(by_request={1: Answer.redirect(status, moved)}),
+    )
+    venue_adapter = adapter(venue)
+    (answer,) = await exchange(
+        serve_simulators, simulator, venue_adapter.build_cancel(row, now=time.time())
+    )
+    assert answer.status == status  # not followed
+    verdict = venue_adapter.classify(answer)
+    assert verdict.kind is VerdictKind.AUTH_REFUSED and verdict.redirect, verdict
+    assert f"HTTP {status} redirect to {moved}" in verdict.reason
+    assert "base_url" in verdict.reason
+    assert set(simulator.book.values()) == {OrderState.OPEN}  # nothing was cancelled
+
+
+@pytest.mark.parametrize("venue", VENUE_PARAMS)
+def test_every_reader_reads_a_redirect_first(venue: str) -> None:
+    """Cancel, status, bulk and sweep answers alike: a 3xx is a redirect whatever its body
+    says, and a long Location is cut short in the reason."""
+    location = "https://moved.example.invalid/" + "x" * 400
+    venue_adapter = adapter(venue)
+    readers: list[Callable[[Reply], Verdict | None]] = [
+        venue_adapter.classify,
+        venue_adapter.classify_status,
+    ]
+    for name in ("classify_bulk", "classify_sweep"):
+        if (read := getattr(venue_adapter, name, None)) is not None:
+            readers.append(_whole(read))
+    for status in REDIRECTS:
+        reply = Reply(status, {"location": location}, b'{"status": "canceled"}')
+        for read in readers:
+            verdict = read(reply)
+            assert verdict is not None and verdict.redirect, (status, read, verdict)
+            assert verdict.kind is VerdictKind.AUTH_REFUSED
+            assert location[:150] in verdict.reason and location not in verdict.reason
+            assert len(verdict.reason) < 400
+    bare = venue_adapter.classify(Reply(302, {}, b""))
+    assert bare.redirect and "no Location" in bare.reason
+
+
+def _whole(read: Callable[[Reply], BulkAnswer]) -> Callable[[Reply], Verdict | None]:
+    """A bulk or sweep reader as a reader of the verdict for all its orders."""
+    return lambda reply: read(reply).whole

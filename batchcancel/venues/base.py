@@ -2,7 +2,7 @@
 
 An adapter validates a row, builds the exact request for it and classifies the answer. It
 never does I/O: transport.py sends, engine.py retries and paces. What every venue's answers
-share is read here once: 429 and 5xx, error envelopes in a 2xx, and the words of
+share is read here once: 3xx redirects, 429 and 5xx, error envelopes in a 2xx, and the words of
 a message (VENUES.md, "General rules for every adapter").
 """
 
@@ -42,6 +42,7 @@ __all__ = [
     "message_of",
     "message_text",
     "message_verdict",
+    "redirected",
     "retry_after_seconds",
     "stated_outcome",
     "supports_bulk",
@@ -113,6 +114,9 @@ class Verdict:
     retry_after: float | None = None
     # Transient once, auth refusal if the same order's previous attempt said the same.
     escalate_on_repeat: bool = False
+    # A 3xx (kind AUTH_REFUSED): the venue stops as on refused credentials, but the cause is
+    # its base_url, and the halt should say so.
+    redirect: bool = False
 
     @classmethod
     def final(cls, outcome: Outcome, reason: str = "") -> Verdict:
@@ -291,6 +295,21 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     if not math.isfinite(seconds) or seconds < 0:
         return None  # "inf", "nan", negative: not a delay we can honour; use the cooldown
     return min(seconds, MAX_RETRY_AFTER)
+
+
+def redirected(reply: Reply) -> Verdict | None:
+    """A 3xx, read before anything else: never followed (SPEC.md), it says nothing about the
+    order but that the base URL is wrong or has moved. The venue stops, resumably."""
+    if not 300 <= reply.status < 400:
+        return None
+    location = reply.headers.get("location", "").strip()
+    where = f"redirect to {excerpt(location.encode())}" if location else "redirect, no Location"
+    return Verdict(
+        VerdictKind.AUTH_REFUSED,
+        reason=f"HTTP {reply.status} {where}: the venue's base_url is wrong or has moved;"
+        " fix the venues config, then resume",
+        redirect=True,
+    )
 
 
 def generic_transient(reply: Reply) -> Verdict | None:

@@ -24,6 +24,7 @@ from batchcancel.venues.base import (
     message_of,
     message_text,
     message_verdict,
+    redirected,
     unclassified,
 )
 
@@ -104,7 +105,7 @@ class CruxVenue:
 
     def classify_status(self, reply: Reply) -> Verdict:
         """Map a Crux order's line-item statuses to a confirm verdict."""
-        if (verdict := generic_transient(reply)) is not None:
+        if (verdict := redirected(reply) or generic_transient(reply)) is not None:
             return verdict
         if reply.status in (401, 403, 409):
             return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
@@ -135,7 +136,7 @@ class CruxVenue:
 
     def classify(self, reply: Reply) -> Verdict:
         """Map a Crux answer to an outcome (VENUES.md, crux table)."""
-        if (verdict := generic_transient(reply)) is not None:
+        if (verdict := redirected(reply) or generic_transient(reply)) is not None:
             return verdict
         # Crux response codes: 401 bad token, 403 no cancel_order permission, 409 wrong org type.
         if reply.status in (401, 403, 409):

@@ -24,6 +24,7 @@ from batchcancel.venues.base import (
     message_of,
     message_text,
     message_verdict,
+    redirected,
     unclassified,
 )
 
@@ -92,11 +93,11 @@ class EtnaVenue:
 
     def classify_status(self, reply: Reply) -> Verdict:
         """Never called: ETNA has no status request."""
-        return unclassified(reply)
+        return redirected(reply) or unclassified(reply)
 
     def classify(self, reply: Reply) -> Verdict:
         """Map an ETNA answer to an outcome (VENUES.md, etna table)."""
-        if (verdict := generic_transient(reply)) is not None:
+        if (verdict := redirected(reply) or generic_transient(reply)) is not None:
             return verdict
         # seed 001: 401 {"Message": "Authorization has been denied..."}, 403 {"error": "Application
         # key is not defined or does not exist"}.

@@ -25,6 +25,7 @@ from batchcancel.venues.base import (
     message_of,
     message_text,
     message_verdict,
+    redirected,
     unclassified,
 )
 
@@ -112,7 +113,7 @@ class SfoxVenue:
 
     def classify_status(self, reply: Reply) -> Verdict:
         """Map an sFOX order (its `status`, else its `status_code`) to a confirm verdict."""
-        if (verdict := generic_transient(reply)) is not None:
+        if (verdict := redirected(reply) or generic_transient(reply)) is not None:
             return verdict
         if reply.status in (401, 403):
             return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
@@ -157,7 +158,7 @@ class SfoxVenue:
     def classify_bulk(self, reply: Reply) -> BulkAnswer:
         """200 lists only the orders that began or finished cancelling; 400 when none did.
         Orders not listed are cancelled one by one, which tells why (closed, unknown)."""
-        if (verdict := generic_transient(reply)) is not None:
+        if (verdict := redirected(reply) or generic_transient(reply)) is not None:
             return BulkAnswer(verdict, {})
         if reply.status in (401, 403):
             return BulkAnswer(
@@ -184,7 +185,7 @@ class SfoxVenue:
 
     def classify(self, reply: Reply) -> Verdict:
         """Map an sFOX answer to an outcome (VENUES.md, sfox table)."""
-        if (verdict := generic_transient(reply)) is not None:
+        if (verdict := redirected(reply) or generic_transient(reply)) is not None:
             return verdict
         body = json_object(reply.body)
         if reply.status in (401, 403):

@@ -27,6 +27,7 @@ from batchcancel.venues.base import (
     message_of,
     message_text,
     message_verdict,
+    redirected,
     unclassified,
 )
 
@@ -238,8 +239,9 @@ def _error(reply: Reply, body: Mapping[str, object]) -> bool:
 
 
 def _early_verdict(reply: Reply) -> Verdict | None:
-    """What every tanX answer may mean before its body is read: retry, refused, unparsable."""
-    if (verdict := generic_transient(reply)) is not None:
+    """What every tanX answer may mean before its body is read: redirected, retry, refused,
+    unparsable."""
+    if (verdict := redirected(reply) or generic_transient(reply)) is not None:
         return verdict
     body = json_object(reply.body)
     payload = body.get("payload") if body is not None else None

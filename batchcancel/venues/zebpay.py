@@ -30,6 +30,7 @@ from batchcancel.venues.base import (
     message_of,
     message_text,
     message_verdict,
+    redirected,
     unclassified,
 )
 
@@ -265,8 +266,9 @@ def _message(body: Mapping[str, object]) -> str:
 
 
 def _early_verdict(reply: Reply) -> Verdict | None:
-    """What any ZebPay answer may mean before its body is read: retry, refused, unparsable."""
-    if (verdict := generic_transient(reply)) is not None:
+    """What any ZebPay answer may mean before its body is read: redirected, retry, refused,
+    unparsable."""
+    if (verdict := redirected(reply) or generic_transient(reply)) is not None:
         return verdict
     body = json_object(reply.body)
     if reply.status == 401:
