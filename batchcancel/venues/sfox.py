@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Final
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from batchcancel.outcomes import Outcome
 from batchcancel.venues.base import (
@@ -93,6 +93,11 @@ class SfoxVenue:
         """An sFOX order id is a non-empty token of printable characters."""
         if not _ORDER_ID_RE.fullmatch(row.order_id):
             return f"sfox order_id must be 1-128 printable characters without spaces, got {row.order_id!r}"
+        if _dot_segment(row.order_id):
+            return (
+                f"sfox order_id {row.order_id!r} is a dot segment ('.' or '..', percent-encoded"
+                " or not): a gateway would resolve it to another path"
+            )
         return None
 
     def build_cancel(self, row: OrderRow, *, now: float) -> CancelRequest:
@@ -209,6 +214,18 @@ class SfoxVenue:
         if reply.status == 422:
             return Verdict.final(Outcome.REJECTED, f"HTTP 422: {excerpt(reply.body, 120)}")
         return unclassified(reply)
+
+
+def _dot_segment(order_id: str) -> bool:
+    """True when the id is `.` or `..` as given or once percent-decoded, however many times a
+    gateway decodes it: such a path segment is resolved away (VENUES.md, sfox)."""
+    text = order_id
+    while text not in (".", ".."):
+        decoded = unquote(text)
+        if decoded == text:
+            return False
+        text = decoded
+    return True
 
 
 def _status_code(value: object) -> int | None:

@@ -42,6 +42,20 @@ class TestBuild:
         """Empty, spaced or overlong ids are invalid and never sent."""
         assert VENUE.validate(OrderRow("sfox", order_id)) is not None
 
+    @pytest.mark.parametrize(
+        "order_id", [".", "..", "%2e", "%2E", ".%2E", "%2e%2e", "%2E.", "%252e%252E", "%25%32%65"]
+    )
+    def test_dot_segments_are_invalid(self, order_id: str) -> None:
+        """`.` and `..`, as sent or once a gateway percent-decodes them (any number of times),
+        would be resolved to another path: invalid, with the reason (VENUES.md, sfox)."""
+        reason = VENUE.validate(OrderRow("sfox", order_id))
+        assert reason is not None and "dot segment" in reason
+
+    @pytest.mark.parametrize("order_id", ["...", ".a", "a.", "1.5", "%2e%2e%2e"])
+    def test_dots_in_an_id_are_fine(self, order_id: str) -> None:
+        """Only a whole segment of one or two dots resolves; other dots are plain characters."""
+        assert VENUE.validate(OrderRow("sfox", order_id)) is None
+
     def test_missing_key_is_a_credentials_problem(self) -> None:
         """Without its variable the venue reports which one is missing."""
         assert SfoxVenue({}).credentials_problem() == "BATCHCANCEL_SFOX_API_KEY is not set"
