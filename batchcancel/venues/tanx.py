@@ -34,6 +34,8 @@ from batchcancel.venues.base import (
 __all__ = ["JWT_VAR", "SWEEP_LIMIT", "TanxVenue", "market_of", "order_id_of"]
 
 JWT_VAR: Final = "BATCHCANCEL_TANX_JWT"
+# VENUES.md (tanx): a larger id cannot travel exactly as a JSON number to a JavaScript backend.
+MAX_ORDER_ID: Final = 2**53 - 1
 
 # seed 003: payload.state of a success; list-orders states are pending, wait, done, cancel.
 _STATE_OUTCOMES: Final[Mapping[str, Outcome]] = {
@@ -104,9 +106,12 @@ class TanxVenue:
         return None if self._jwt else f"{JWT_VAR} is not set"
 
     def validate(self, row: OrderRow) -> str | None:
-        """seed 003: order_id is an INTEGER."""
-        if not is_integer_id(row.order_id):
-            return f"tanx order_id must be a non-negative integer, got {row.order_id!r}"
+        """seed 003: order_id is an INTEGER, sent as a JSON number: 1 to 2^53-1 (VENUES.md)."""
+        if not is_integer_id(row.order_id) or not 1 <= int(row.order_id) <= MAX_ORDER_ID:
+            return (
+                f"tanx order_id must be an integer from 1 to {MAX_ORDER_ID} (larger ones"
+                f" would be rounded as a JSON number), got {row.order_id!r}"
+            )
         return None
 
     def build_cancel(self, row: OrderRow, *, now: float) -> CancelRequest:

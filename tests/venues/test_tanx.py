@@ -57,6 +57,20 @@ class TestBuild:
         """A plain integer is valid."""
         assert VENUE.validate(row("25768879")) is None
 
+    @pytest.mark.parametrize(
+        "order_id", ["0", "000", str(2**53), "9007199254740993", str(2**63 - 1), "9" * 19]
+    )
+    def test_ids_a_javascript_number_cannot_hold_are_invalid(self, order_id: str) -> None:
+        """VENUES.md (tanx): 1 to 2^53-1, since a larger id cannot travel exactly as a JSON
+        number to a JavaScript backend; 0 is no order. Invalid, with the range in the reason."""
+        reason = VENUE.validate(row(order_id))
+        assert reason is not None and "9007199254740991" in reason
+
+    @pytest.mark.parametrize("order_id", ["1", "0001", str(2**53 - 1)])
+    def test_the_ends_of_the_range_are_valid(self, order_id: str) -> None:
+        """1 and 2^53-1 (zero-padded or not) are sent."""
+        assert VENUE.validate(row(order_id)) is None
+
     def test_missing_jwt_is_a_credentials_problem(self) -> None:
         """Without its variable the venue reports which one is missing."""
         assert TanxVenue({}).credentials_problem() == "BATCHCANCEL_TANX_JWT is not set"
