@@ -67,6 +67,9 @@ class Answer:
     body: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
+    # The body is the whole answer, status line and headers included, written to the socket
+    # as it is: an answer that is not valid HTTP.
+    raw: bool = False
 
     @classmethod
     def json(cls, status: int, value: object) -> Answer:
@@ -77,6 +80,11 @@ class Answer:
     def redirect(cls, status: int, location: str) -> Answer:
         """A 3xx pointing elsewhere, as a moved host or a wrong base URL answers."""
         return cls(status, b"", {"Location": location}, "text/plain")
+
+    @classmethod
+    def malformed(cls, data: bytes) -> Answer:
+        """Bytes that are not a valid HTTP answer (a bad status line, a bad header)."""
+        return cls(0, data, raw=True)
 
 
 @dataclass
@@ -300,6 +308,10 @@ class Simulator:
     ) -> web.StreamResponse:
         if fault is None:
             return await handler(request)
+        if isinstance(fault, Answer) and fault.raw:
+            if request.transport is not None:
+                request.transport.write(fault.body)
+            return _drop(request)
         if isinstance(fault, Answer):
             return web.Response(
                 status=fault.status,
