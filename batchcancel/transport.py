@@ -16,11 +16,9 @@ from yarl import URL
 from batchcancel.errors import TransientVenueError
 from batchcancel.venues.base import CancelRequest, Reply
 
-__all__ = ["MAX_BODY_BYTES", "MAX_SWEEP_BODY_BYTES", "ConnectionDropped", "open_session", "send"]
+__all__ = ["MAX_BODY_BYTES", "ConnectionDropped", "open_session", "send"]
 
 MAX_BODY_BYTES: Final = 64 * 1024  # enough for any cancel answer; bounds memory on junk
-# A cancel-all answer lists every order it cancelled (about 80 bytes each at ZebPay).
-MAX_SWEEP_BODY_BYTES: Final = 256 * 1024 * 1024
 
 
 class ConnectionDropped(aiohttp.ClientError):
@@ -99,6 +97,10 @@ async def _read(content: aiohttp.StreamReader, limit: int) -> bytes:
 
 def _describe(exc: aiohttp.ClientError) -> str:
     """A one-line description that never includes request headers."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.http_exceptions.HttpProcessingError):
+        # aiohttp reports an answer it cannot parse as its own "400": the venue sent none.
+        return f"the answer is not valid HTTP: {cause.message.splitlines()[0]}"[:200]
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"{type(exc).__name__}: HTTP {exc.status}"
     if isinstance(exc, aiohttp.ClientConnectorError):

@@ -286,8 +286,8 @@ class TestTanxBulkCancel:
     ) -> None:
         """No market to name: no bulk cancel at all, every order on its own."""
         simulator = TanxSimulator(credentials=CREDENTIALS, rate_limit=None)
-        simulator.seed({str(n): OrderState.OPEN for n in range(30)})
-        rows = [{"venue": "tanx", "order_id": str(n)} for n in range(30)]
+        simulator.seed({str(n): OrderState.OPEN for n in range(1, 31)})  # tanX ids start at 1
+        rows = [{"venue": "tanx", "order_id": str(n)} for n in range(1, 31)]
         async with serve_simulators({"tanx": simulator}) as server:
             code, _, stderr = await kill(
                 tmp_path, server, rows, audit_url, "--all-open", tanx={"rate_limit": 0}

@@ -302,11 +302,6 @@ async def test_an_answer_that_is_not_http_is_transient(
     assert await _malformed_answer(serve_simulators, data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transport.py (not a venue file) describes aiohttp's parse error of the answer as"
-    " 'ClientResponseError: HTTP 400'; drop this mark with its fix",
-)
 @pytest.mark.parametrize("data", MALFORMED)
 async def test_a_parse_error_is_not_recorded_as_an_http_status(
     serve_simulators: ServeSimulators, data: bytes

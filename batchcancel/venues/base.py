@@ -463,7 +463,11 @@ def message_verdict(
     """A final verdict from an answer's message: the outcome it states, else `rejected`; the
     reason records the status and the message."""
     outcome = stated_outcome(message, not_found=not_found, closed=closed, default=default)
-    text = excerpt(message.encode(), 120) if message.strip() else excerpt(reply.body, 120)
+    text = (
+        excerpt(message.encode(errors="backslashreplace"), 120)
+        if message.strip()
+        else excerpt(reply.body, 120)
+    )
     reason = f"HTTP {reply.status}: {text}" if text else f"HTTP {reply.status}"
     return Verdict.final(outcome or Outcome.REJECTED, reason)
 
