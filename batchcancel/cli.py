@@ -252,9 +252,8 @@ def _run(
         if venue is not None:
             venue = venue.strip().lower()
             get_venue(venue)
-        settings = _settings(db, venues_config)
-        if command == "kill":
-            settings = _kill_profile(settings)
+        loaded = _settings(db, venues_config)
+        settings = _kill_profile(loaded) if command == "kill" else loaded
         bulk = bulk or all_open or command == "kill"  # SPEC: always on for kill
         drain_options = DrainOptions(
             max_attempts=max_attempts or 5,
@@ -290,6 +289,7 @@ def _run(
                 summary = _resume(
                     store,
                     existing,
+                    loaded,
                     db=db,
                     venues_config=venues_config,
                     deadline=deadline,
@@ -532,6 +532,7 @@ def resume(
             summary = _resume(
                 store,
                 run,
+                settings,
                 db=db,
                 venues_config=venues_config,
                 deadline=deadline,
@@ -545,6 +546,7 @@ def resume(
 def _resume(
     store: Any,
     run: Any,
+    settings: Settings,
     *,
     db: str | None,
     venues_config: str | None,
@@ -553,10 +555,11 @@ def _resume(
     lease: float,
 ) -> Any:
     """Resume `run` with the options it was recorded with: `resume RUN` and a re-run with
-    its --run-key both come here, so the two cannot differ."""
+    its --run-key both come here, so the two cannot differ. `settings` are as loaded for this
+    command (no kill profile): the run's recorded command decides the profile."""
     from batchcancel.commands import recorded_drain_options, resume_run
 
-    settings = _recorded_settings(run, _settings(db, venues_config), db, venues_config)
+    settings = _recorded_settings(run, settings, db, venues_config)
     if run.command == "kill":
         settings = _kill_profile(settings)
     drain_options, confirm_options = recorded_drain_options(
