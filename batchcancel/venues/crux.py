@@ -7,24 +7,37 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Final
 
 from batchcancel.outcomes import Outcome
 from batchcancel.venues.base import (
     CancelRequest,
+    ListAnswer,
+    ListedOrder,
+    ListPage,
+    ListTarget,
     OrderRow,
     Reply,
+    RouteLimit,
+    Unreadable,
     VenueDefaults,
     Verdict,
     envelope_verdict,
+    error_envelope,
     excerpt,
     generic_transient,
+    int_field,
     json_object,
+    list_failure,
+    list_page,
+    malformed_list,
     message_of,
     message_text,
     message_verdict,
     redirected,
+    refused_list,
+    text_field,
     unclassified,
 )
 
@@ -52,6 +65,12 @@ _REJECTED: Final = frozenset({"rejected"})
 # cancel_pending until the confirm pass times out.
 _OPEN: Final = frozenset({"unallocated", "allocated", "backordered"})
 
+# VENUES.md (crux, List open) [A]: an order is working while any line item is not one of these.
+# A cancel waiting for its supplier changes no line item, so such an order still lists as
+# working: at Crux "flat" can only follow the supplier's confirmation.
+_LIST_CLOSED_ITEMS: Final = _CANCELLED | _SHIPPED | _REJECTED
+_LIST_ALLOCATIONS: Final = ("Unallocated", "Partial", "Allocated")
+
 
 def is_uuid(value: str) -> bool:
     """True for a canonical 8-4-4-4-12 hexadecimal UUID, in either case."""
@@ -69,6 +88,15 @@ class CruxVenue:
     defaults: ClassVar[VenueDefaults] = VenueDefaults(
         base_url="https://api.cruxconnect.com", rate_limit=5, period=1.0, cooldown=10.0
     )
+
+    # VENUES.md (crux, List open): POST /orders/ paged by start/limit; the rows carry no
+    # account, symbol or side, so any such scope leaves Crux out. Shares the venue's limit.
+    list_page_size: ClassVar[int] = 100
+    list_needs_account: ClassVar[bool] = False
+    list_needs_symbol: ClassVar[bool] = False
+    list_states: ClassVar[tuple[str, ...]] = ()
+    list_fields: ClassVar[frozenset[str]] = frozenset()
+    list_limit: ClassVar[RouteLimit | None] = None
 
     def __init__(self, credentials: Mapping[str, str]) -> None:
         self._token = credentials.get(TOKEN_VAR, "")
@@ -166,6 +194,87 @@ class CruxVenue:
             reason = detail or excerpt(reply.body, 120)
             return Verdict.final(Outcome.REJECTED, f"HTTP {reply.status}: {reason}")
         return unclassified(reply)
+
+    # -- list open orders (VENUES.md, crux "List open") ---------------------------------------
+
+    def list_targets(
+        self, *, accounts: Sequence[str] = (), symbols: Sequence[str] = (), side: str = ""
+    ) -> list[ListTarget]:
+        """The whole book in one walk; [] for a scope Crux orders cannot be inside (they name
+        no account, symbol or side)."""
+        return [] if accounts or symbols or side else [ListTarget()]
+
+    def build_list(self, page: ListPage, *, now: float) -> CancelRequest:
+        """POST /orders/ {"start", "limit": 100, "line_item_allocation_statuses": [...]}."""
+        start = int(page.cursor) if page.cursor is not None and page.cursor.isdigit() else 0
+        body = {
+            "start": start,
+            "limit": self.list_page_size,
+            "line_item_allocation_statuses": list(_LIST_ALLOCATIONS),
+        }
+        return CancelRequest(
+            method="POST",
+            path="/orders/",
+            headers=(
+                ("Authorization", f"Token {self._token}"),
+                ("Content-Type", _CONTENT_TYPE),
+            ),
+            body=json.dumps(body).encode(),
+        )
+
+    def classify_list(self, page: ListPage, reply: Reply) -> ListAnswer:
+        """`{"total_results", "orders": [{"uuid", "line_items": [{"status"}]}]}`; the next page
+        starts at start + len(orders) until total_results is covered [A]."""
+        if (failure := list_failure(reply, auth=(401, 403, 409))) is not None:
+            return failure
+        body = json_object(reply.body)
+        if body is None:
+            return malformed_list(reply, "not a JSON object")
+        if reply.status != 200 or (error_envelope(body) and "orders" not in body):
+            return refused_list(reply, message_text(body, *_MESSAGE_KEYS))
+        rows = body.get("orders")
+        if not isinstance(rows, list):
+            return malformed_list(reply, "no orders list")
+        start = int(page.cursor) if page.cursor is not None and page.cursor.isdigit() else 0
+        total = int_field(body.get("total_results"))
+        if total is None:
+            complete = len(rows) < self.list_page_size
+        elif not rows and start < total:
+            return malformed_list(reply, f"total_results {total} but no orders from {start}")
+        else:
+            complete = start + len(rows) >= total
+        try:
+            return list_page(
+                page.target,
+                self.list_fields,
+                rows,
+                self._listed,
+                complete=complete,
+                next_page=ListPage(page.target, str(start + len(rows))),
+            )
+        except Unreadable as exc:
+            return malformed_list(reply, str(exc))
+
+    def _listed(self, row: Mapping[str, object]) -> tuple[ListedOrder, bool]:
+        """One order: its uuid (the cancel's order_uuid) and its line items' statuses."""
+        order_uuid = text_field(row, "uuid")
+        if not is_uuid(order_uuid):
+            raise Unreadable("uuid is not a UUID")
+        items = row.get("line_items")
+        if items is not None and not isinstance(items, list):
+            raise Unreadable("line_items is not a list")
+        statuses = [
+            text_field(item, "status", required=False) if isinstance(item, dict) else ""
+            for item in items or []
+        ]
+        if items and any(not isinstance(item, dict) for item in items):
+            raise Unreadable("a line item is not an object")
+        # No line items (or none readable) cannot prove the order over: it counts as working.
+        working = not statuses or any(s.lower() not in _LIST_CLOSED_ITEMS for s in statuses)
+        order = ListedOrder(
+            venue=self.name, order_id=order_uuid, state=",".join(dict.fromkeys(statuses))
+        )
+        return order, working
 
 
 def _line_item_statuses(order: Mapping[str, object]) -> set[str]:

@@ -6,25 +6,41 @@ Seed 001 and VENUES.md (etna). Each broker has its own host, so there is no defa
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Final
+from urllib.parse import quote, urlencode
 
 from batchcancel.outcomes import Outcome
 from batchcancel.venues.base import (
     CancelRequest,
+    ListAnswer,
+    ListedOrder,
+    ListPage,
+    ListTarget,
     OrderRow,
     Reply,
+    RouteLimit,
+    Unreadable,
     VenueDefaults,
     Verdict,
     envelope_verdict,
+    error_envelope,
     excerpt,
     generic_transient,
+    id_field,
+    int_field,
     is_integer_id,
     json_object,
+    list_failure,
+    list_page,
+    malformed_list,
     message_of,
     message_text,
     message_verdict,
     redirected,
+    refused_list,
+    side_of,
+    text_field,
     unclassified,
 )
 
@@ -41,6 +57,14 @@ _STATUS_OUTCOMES: Final[Mapping[str, Outcome]] = {
     "pendingcancel": Outcome.CANCEL_PENDING,
 }
 
+# VENUES.md (etna, List open) [A]: closed statuses, letters only, lower-case; anything else
+# (New, PartiallyFilled, PendingCancel, ... and names we do not know) counts as working.
+_LIST_CLOSED: Final = frozenset(
+    {"filled", "canceled", "cancelled", "rejected", "expired", "calculated", "doneforday"}
+)
+_LIST_PENDING: Final = "pendingcancel"
+_MESSAGE_KEYS: Final = ("Message", "message", "error", "detail")
+
 
 class EtnaVenue:
     """The ETNA Trader adapter."""
@@ -53,6 +77,15 @@ class EtnaVenue:
     defaults: ClassVar[VenueDefaults] = VenueDefaults(
         base_url="", rate_limit=20, period=1.0, cooldown=10.0
     )
+
+    # VENUES.md (etna, List open): one walk per account, pages of at most 100 from page 0,
+    # newest first (sortField=Id, desc=true). The route shares the venue's limit.
+    list_page_size: ClassVar[int] = 100
+    list_needs_account: ClassVar[bool] = True
+    list_needs_symbol: ClassVar[bool] = False
+    list_states: ClassVar[tuple[str, ...]] = ()
+    list_fields: ClassVar[frozenset[str]] = frozenset({"account_id", "symbol", "side"})
+    list_limit: ClassVar[RouteLimit | None] = None
 
     def __init__(self, credentials: Mapping[str, str]) -> None:
         self._app_key = credentials.get(APP_KEY_VAR, "")
@@ -128,3 +161,90 @@ class EtnaVenue:
             reason = message or excerpt(reply.body, 120)
             return Verdict.final(Outcome.REJECTED, f"HTTP 422: {reason}")
         return unclassified(reply)
+
+    # -- list open orders (VENUES.md, etna "List open") ---------------------------------------
+
+    def list_targets(
+        self, *, accounts: Sequence[str] = (), symbols: Sequence[str] = (), side: str = ""
+    ) -> list[ListTarget]:
+        """One walk per account and symbol (ETNA filters neither symbol nor side: the adapter
+        does, on the rows). [] without accounts: ETNA cannot list a user's whole book."""
+        return [
+            ListTarget(account_id=account, symbol=symbol, side=side)
+            for account in dict.fromkeys(accounts)
+            for symbol in (symbols or [""])
+        ]
+
+    def build_list(self, page: ListPage, *, now: float) -> CancelRequest:
+        """GET /v1.0/accounts/{account}/orders?pageNumber=N&pageSize=100&sortField=Id&desc=true,
+        the cancel's headers. No `filter`: VENUES.md gives no status codes, so closed rows are
+        read and left out here."""
+        number = page.cursor if page.cursor is not None else "0"
+        params = [
+            ("pageNumber", number),
+            ("pageSize", str(self.list_page_size)),
+            ("sortField", "Id"),
+            ("desc", "true"),
+        ]
+        account = quote(page.target.account_id, safe="")
+        return CancelRequest(
+            method="GET",
+            path=f"/v1.0/accounts/{account}/orders?{urlencode(params)}",
+            headers=(
+                ("Et-App-Key", self._app_key),
+                ("Authorization", f"Bearer {self._token}"),
+            ),
+        )
+
+    def classify_list(self, page: ListPage, reply: Reply) -> ListAnswer:
+        """`{"Result": [...], "NextPageLink", "TotalCount"}`; the last page has an empty
+        NextPageLink or covers TotalCount [A]."""
+        if reply.status == 500:
+            # ETNA docs: 500 "Unexpected server error" usually means a wrong account id.
+            return ListAnswer.failed(
+                Verdict.transient(
+                    f"HTTP 500 listing account {page.target.account_id}"
+                    " (ETNA answers so for a wrong account id)"
+                )
+            )
+        if (failure := list_failure(reply)) is not None:
+            return failure
+        body = json_object(reply.body)
+        if body is None:
+            return malformed_list(reply, "not a JSON object")
+        if reply.status != 200 or (error_envelope(body) and "Result" not in body):
+            return refused_list(reply, message_text(body, *_MESSAGE_KEYS))
+        rows = body.get("Result")
+        if not isinstance(rows, list):
+            return malformed_list(reply, "no Result list")
+        number = int(page.cursor) if page.cursor is not None and page.cursor.isdigit() else 0
+        total = int_field(body.get("TotalCount"))
+        link = body.get("NextPageLink")
+        covered = total is not None and number * self.list_page_size + len(rows) >= total
+        complete = not rows or not link or covered
+        try:
+            return list_page(
+                page.target,
+                self.list_fields,
+                rows,
+                self._listed,
+                complete=complete,
+                next_page=ListPage(page.target, str(number + 1)),
+            )
+        except Unreadable as exc:
+            return malformed_list(reply, str(exc))
+
+    def _listed(self, row: Mapping[str, object]) -> tuple[ListedOrder, bool]:
+        """One row: Id and AccountId (the cancel ids), Symbol, Side, Status (a name)."""
+        status = text_field(row, "Status", "status", required=False)
+        word = _NOT_LETTERS.sub("", status.lower())
+        order = ListedOrder(
+            venue=self.name,
+            order_id=id_field(row, "Id", "id"),
+            account_id=id_field(row, "AccountId", "accountId"),
+            symbol=text_field(row, "Symbol", "symbol", required=False),
+            side=side_of(text_field(row, "Side", "side", required=False)),
+            state=status,
+            cancel_pending=word == _LIST_PENDING,
+        )
+        return order, word not in _LIST_CLOSED

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Final
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlencode
 
 from batchcancel.outcomes import Outcome
 from batchcancel.venues.base import (
     NOT_FOUND_WORDS,
     BulkAnswer,
     CancelRequest,
+    ListAnswer,
+    ListedOrder,
+    ListPage,
+    ListTarget,
     OrderRow,
     Reply,
+    RouteLimit,
+    Unreadable,
     VenueDefaults,
     Verdict,
     disputes,
@@ -21,11 +28,20 @@ from batchcancel.venues.base import (
     error_envelope,
     excerpt,
     generic_transient,
+    int_field,
     json_object,
+    list_failure,
+    list_page,
+    malformed_list,
     message_of,
     message_text,
     message_verdict,
     redirected,
+    refused_list,
+    retry_after_seconds,
+    side_of,
+    symbol_key,
+    text_field,
     unclassified,
 )
 
@@ -70,6 +86,13 @@ _STATUS_CODES: Final[Mapping[int, str]] = {
 }
 
 
+# VENUES.md (sfox, List open): closed statuses and codes; any other value counts as working [A].
+_LIST_CLOSED: Final = frozenset({"canceled", "cancelled", "filled", "done"})
+_LIST_CLOSED_CODES: Final = frozenset({10, 210, 300})
+_LIST_PENDING: Final = "cancel pending"  # 90: still working (it may fill), cancel under way
+_LIST_PATH: Final = "/v1/orders"
+
+
 class SfoxVenue:
     """The sFOX adapter."""
 
@@ -81,6 +104,15 @@ class SfoxVenue:
     defaults: ClassVar[VenueDefaults] = VenueDefaults(
         base_url="https://api.sfox.com", rate_limit=250, period=10.0, cooldown=60.0
     )
+
+    # VENUES.md (sfox, List open): 50 orders a page, newest first, paged by `before`; the
+    # route allows 10 requests per 10 s, and a 429 on it pauses the route only, for 10 s.
+    list_page_size: ClassVar[int] = 50
+    list_needs_account: ClassVar[bool] = False
+    list_needs_symbol: ClassVar[bool] = False
+    list_states: ClassVar[tuple[str, ...]] = ()
+    list_fields: ClassVar[frozenset[str]] = frozenset({"symbol", "side"})
+    list_limit: ClassVar[RouteLimit | None] = RouteLimit(rate_limit=10, period=10.0, cooldown=10.0)
 
     def __init__(self, credentials: Mapping[str, str]) -> None:
         self._api_key = credentials.get(API_KEY_VAR, "")
@@ -214,6 +246,101 @@ class SfoxVenue:
         if reply.status == 422:
             return Verdict.final(Outcome.REJECTED, f"HTTP 422: {excerpt(reply.body, 120)}")
         return unclassified(reply)
+
+    # -- list open orders (VENUES.md, sfox "List open") ---------------------------------------
+
+    def list_targets(
+        self, *, accounts: Sequence[str] = (), symbols: Sequence[str] = (), side: str = ""
+    ) -> list[ListTarget]:
+        """One walk per symbol (or one for the whole book), narrowed to a side. An sFOX key is
+        one account, and its rows name none: an account scope leaves sFOX out."""
+        if accounts:
+            return []
+        return [ListTarget(symbol=s, side=side) for s in (symbols or [""])]
+
+    def build_list(self, page: ListPage, *, now: float) -> CancelRequest:
+        """GET /v1/orders?limit=50[&before=<id>] with the filters the target has:
+        `currency_pair` (sFOX pairs are lower-case, btcusd) and `action` (Buy / Sell: the
+        filters are case sensitive)."""
+        params: list[tuple[str, str]] = [("limit", str(self.list_page_size))]
+        if page.cursor is not None:
+            params.append(("before", page.cursor))
+        if page.target.symbol:
+            params.append(("currency_pair", symbol_key(page.target.symbol)))
+        if page.target.side:
+            params.append(("action", page.target.side.capitalize()))
+        return CancelRequest(
+            method="GET",
+            path=f"{_LIST_PATH}?{urlencode(params)}",
+            headers=(("Authorization", f"Bearer {self._api_key}"),),
+        )
+
+    def classify_list(self, page: ListPage, reply: Reply) -> ListAnswer:
+        """A bare JSON array, newest first; a page shorter than the limit is the last [A]; the
+        next page is `before=<smallest id seen>`."""
+        if reply.status == 429:
+            # VENUES.md: a 429 on the list route pauses this route only, for 10 s (sFOX sends
+            # no Retry-After); `list_limit.cooldown` is that pause.
+            wait = retry_after_seconds(reply.headers)
+            cooldown = self.list_limit.cooldown if self.list_limit is not None else 10.0
+            return ListAnswer.failed(
+                Verdict.transient(
+                    "HTTP 429 rate limited (list route)",
+                    rate_limited=True,
+                    retry_after=wait if wait is not None else cooldown,
+                )
+            )
+        if (failure := list_failure(reply)) is not None:
+            return failure
+        try:
+            value = json.loads(reply.body)
+        except (ValueError, UnicodeDecodeError):
+            return malformed_list(reply, "not JSON")
+        if isinstance(value, dict) or reply.status != 200:
+            body = value if isinstance(value, dict) else None
+            return refused_list(reply, message_text(body, *_MESSAGE_KEYS))
+        if not isinstance(value, list):
+            return malformed_list(reply, "not a JSON array")
+        try:
+            answer = list_page(
+                page.target,
+                self.list_fields,
+                value,
+                self._listed,
+                complete=len(value) < self.list_page_size,
+                next_page=ListPage(page.target, _smallest_id(value)) if value else None,
+            )
+        except Unreadable as exc:
+            return malformed_list(reply, str(exc))
+        return answer
+
+    def _listed(self, row: Mapping[str, object]) -> tuple[ListedOrder, bool]:
+        """One row: its cancel id, pair, action and status; working unless closed."""
+        order_id = text_field(row, "id")
+        if self.validate(OrderRow(self.name, order_id)) is not None:
+            raise Unreadable("id is not an sFOX order id")
+        status = " ".join(text_field(row, "status", required=False).split())
+        code = int_field(row.get("status_code"))
+        word = status.lower()
+        closed = word in _LIST_CLOSED or (not word and code in _LIST_CLOSED_CODES)
+        order = ListedOrder(
+            venue=self.name,
+            order_id=order_id,
+            symbol=text_field(row, "pair", required=False),
+            side=side_of(text_field(row, "action", required=False)),
+            state=status or (str(code) if code is not None else ""),
+            cancel_pending=word == _LIST_PENDING or (not word and code == 90),
+        )
+        return order, not closed
+
+
+def _smallest_id(rows: Sequence[object]) -> str:
+    """The `before` cursor: the smallest numeric id of the page; the last row's id (the page is
+    newest first) when an id is not numeric. Rows are checked by the reader before it is used."""
+    ids = [text_field(row, "id", required=False) if isinstance(row, dict) else "" for row in rows]
+    if ids and all(i.isdigit() for i in ids):
+        return str(min(int(i) for i in ids))
+    return ids[-1] if ids else ""
 
 
 def _dot_segment(order_id: str) -> bool:

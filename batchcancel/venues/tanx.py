@@ -9,29 +9,43 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Final
+from urllib.parse import urlencode
 
 from batchcancel.outcomes import Outcome
 from batchcancel.venues.base import (
     BulkAnswer,
     CancelRequest,
+    ListAnswer,
+    ListedOrder,
+    ListPage,
+    ListTarget,
     OrderRow,
     Reply,
+    RouteLimit,
+    Unreadable,
     VenueDefaults,
     Verdict,
+    VerdictKind,
     disputes,
     error_envelope,
     excerpt,
     generic_transient,
+    id_field,
     is_integer_id,
     json_object,
+    list_page,
+    malformed_list,
     message_of,
     message_text,
     message_verdict,
     redirected,
+    refused_list,
+    side_of,
+    text_field,
     unclassified,
 )
 
-__all__ = ["JWT_VAR", "SWEEP_LIMIT", "TanxVenue", "market_of", "order_id_of"]
+__all__ = ["JWT_VAR", "LIST_STATES", "SWEEP_LIMIT", "TanxVenue", "market_of", "order_id_of"]
 
 JWT_VAR: Final = "BATCHCANCEL_TANX_JWT"
 # VENUES.md (tanx): a larger id cannot travel exactly as a JSON number to a JavaScript backend.
@@ -67,6 +81,10 @@ _MESSAGE_KEYS: Final = ("message", "detail", "error")
 # VENUES.md (tanx, Bulk): POST /sapi/v1/user/bulkcancel/ {"market","side","limit"}; 100 is the
 # documented example's limit, taken as the most one request cancels.
 SWEEP_LIMIT: Final = 100
+# VENUES.md (tanx, List open): one state per request [C]; done and cancel are closed, any
+# other state counts as working [A].
+LIST_STATES: Final = ("wait", "pending")
+_LIST_CLOSED: Final = frozenset({"done", "cancel", "cancelled", "canceled"})
 _SIDES: Final = ("buy", "sell")
 
 
@@ -97,6 +115,15 @@ class TanxVenue:
     defaults: ClassVar[VenueDefaults] = VenueDefaults(
         base_url="https://api.tanx.fi", rate_limit=10, period=1.0, cooldown=10.0
     )
+
+    # VENUES.md (tanx, List open): pages of 50 from page 1, one walk per state, filters
+    # market and side; no total, no cursor. Shares the venue's limit.
+    list_page_size: ClassVar[int] = 50
+    list_needs_account: ClassVar[bool] = False
+    list_needs_symbol: ClassVar[bool] = False
+    list_states: ClassVar[tuple[str, ...]] = LIST_STATES
+    list_fields: ClassVar[frozenset[str]] = frozenset({"symbol", "side"})
+    list_limit: ClassVar[RouteLimit | None] = None
 
     def __init__(self, credentials: Mapping[str, str]) -> None:
         self._jwt = credentials.get(JWT_VAR, "")
@@ -225,6 +252,89 @@ class TanxVenue:
         if _error(reply, body) or disputes(message):
             return message_verdict(reply, message, closed=_CLOSED_WORDS)
         return unclassified(reply)
+
+    # -- list open orders (VENUES.md, tanx "List open") ---------------------------------------
+
+    def list_targets(
+        self, *, accounts: Sequence[str] = (), symbols: Sequence[str] = (), side: str = ""
+    ) -> list[ListTarget]:
+        """One walk per state, and per market when symbols are given; narrowed to a side. A
+        JWT is one wallet, and the rows name no account: an account scope leaves tanX out."""
+        if accounts:
+            return []
+        markets = list(dict.fromkeys(market_of(s) for s in symbols)) or [""]
+        return [
+            ListTarget(symbol=market, side=side, state=state)
+            for state in self.list_states
+            for market in markets
+        ]
+
+    def build_list(self, page: ListPage, *, now: float) -> CancelRequest:
+        """GET /sapi/v1/orders/?state=<s>&limit=50&page=<n>[&market=<m>][&side=<buy|sell>]."""
+        target = page.target
+        params = [
+            ("state", target.state or LIST_STATES[0]),
+            ("limit", str(self.list_page_size)),
+            ("page", page.cursor if page.cursor is not None else "1"),
+        ]
+        if target.symbol:
+            params.append(("market", market_of(target.symbol)))
+        if target.side:
+            params.append(("side", target.side))
+        return CancelRequest(
+            method="GET",
+            path=f"/sapi/v1/orders/?{urlencode(params)}",
+            headers=(("Authorization", f"JWT {self._jwt}"),),
+        )
+
+    def classify_list(self, page: ListPage, reply: Reply) -> ListAnswer:
+        """The success envelope with `payload` a list of orders (an empty one may be `{}`);
+        a page shorter than the limit is the last [A]."""
+        early = _early_verdict(reply)
+        if early is not None:
+            # An unparsable 2xx-4xx body is a page we cannot read, not a retry of a cancel.
+            unparsable = (
+                early.kind is VerdictKind.TRANSIENT
+                and not early.rate_limited
+                and reply.status < 500
+                and json_object(reply.body) is None
+            )
+            return malformed_list(reply, "not JSON") if unparsable else ListAnswer.failed(early)
+        body = json_object(reply.body) or {}
+        message = message_text(body, *_MESSAGE_KEYS)
+        if not _success(reply, body) or disputes(message):
+            return refused_list(reply, message)
+        payload = body.get("payload")
+        if payload is None or payload == {} or payload == "":
+            rows: list[object] = []
+        elif isinstance(payload, list):
+            rows = payload
+        else:
+            return malformed_list(reply, "payload is not a list")
+        number = int(page.cursor) if page.cursor is not None and page.cursor.isdigit() else 1
+        try:
+            return list_page(
+                page.target,
+                self.list_fields,
+                rows,
+                self._listed,
+                complete=len(rows) < self.list_page_size,
+                next_page=ListPage(page.target, str(number + 1)),
+            )
+        except Unreadable as exc:
+            return malformed_list(reply, str(exc))
+
+    def _listed(self, row: Mapping[str, object]) -> tuple[ListedOrder, bool]:
+        """One row: `id` (the cancel id, 1 to 2^53-1, exactly), market, side, state."""
+        state = text_field(row, "state", required=False)
+        order = ListedOrder(
+            venue=self.name,
+            order_id=id_field(row, "id", "order_id", max_value=MAX_ORDER_ID),
+            symbol=market_of(text_field(row, "market", required=False)).upper(),
+            side=side_of(text_field(row, "side", required=False)),
+            state=state,
+        )
+        return order, state.lower() not in _LIST_CLOSED
 
 
 def _success(reply: Reply, body: Mapping[str, object]) -> bool:

@@ -18,19 +18,33 @@ from batchcancel.outcomes import Outcome
 from batchcancel.venues.base import (
     BulkAnswer,
     CancelRequest,
+    ListAnswer,
+    ListedOrder,
+    ListPage,
+    ListTarget,
     OrderRow,
     Reply,
+    RouteLimit,
+    Unreadable,
     VenueDefaults,
     Verdict,
     VerdictKind,
     disputes,
     excerpt,
     generic_transient,
+    int_field,
     json_object,
+    list_failure,
+    list_page,
+    malformed_list,
     message_of,
     message_text,
     message_verdict,
     redirected,
+    refused_list,
+    side_of,
+    symbol_key,
+    text_field,
     unclassified,
 )
 
@@ -51,7 +65,13 @@ _SIGNATURE_WORDS: Final = ("signature",)  # "Invalid signature"
 # ASSUMED (VENUES.md): undocumented 400/404 messages, matched by their words.
 _CLOSED_WORDS: Final = ("already", "filled", "canceled", "cancelled", "closed")
 _ORDER_PATH: Final = "/api/v1/trade/order"
-_ALL_PATH: Final = "/api/v1/trade/order/all"  # VENUES.md (zebpay, Bulk): cancel every open order
+_ALL_PATH: Final = "/api/v1/trade/order/all"
+_OPEN_ORDERS_PATH: Final = "/api/v1/trade/order/open-orders"  # VENUES.md (zebpay, List open)
+_MARKETS_PATH: Final = "/api/v1/market/markets"
+# VENUES.md (zebpay, List open) [A]: every row is working unless its status is one of these.
+_LIST_CLOSED: Final = frozenset(
+    {"filled", "canceled", "cancelled", "rejected", "expired", "closed"}
+)  # VENUES.md (zebpay, Bulk): cancel every open order
 
 # ZebPay Order model (Get Order Details): `status` such as new, filled, canceled. ZebPay has no
 # cancel-pending status, so an order still "new" cannot be told from one whose cancel is on its
@@ -91,6 +111,16 @@ class ZebpayVenue:
     defaults: ClassVar[VenueDefaults] = VenueDefaults(
         base_url="https://futuresbe.zebpay.com", rate_limit=180, period=60.0, cooldown=60.0
     )
+
+    # VENUES.md (zebpay, List open): one walk per symbol (symbol is required), up to 100 rows,
+    # no page cursor: a full page or a non-null nextTimestamp means cancel, then list again.
+    # Listing shares the 180 per 60 s per IP.
+    list_page_size: ClassVar[int] = 100
+    list_needs_account: ClassVar[bool] = False
+    list_needs_symbol: ClassVar[bool] = True
+    list_states: ClassVar[tuple[str, ...]] = ()
+    list_fields: ClassVar[frozenset[str]] = frozenset({"symbol", "side"})
+    list_limit: ClassVar[RouteLimit | None] = None
 
     def __init__(self, credentials: Mapping[str, str]) -> None:
         self._jwt = credentials.get(JWT_VAR, "")
@@ -249,6 +279,124 @@ class ZebpayVenue:
         if reply.status == 404:
             return message_verdict(reply, message)
         return unclassified(reply)
+
+    # -- list open orders (VENUES.md, zebpay "List open") -------------------------------------
+
+    def list_targets(
+        self, *, accounts: Sequence[str] = (), symbols: Sequence[str] = (), side: str = ""
+    ) -> list[ListTarget]:
+        """One walk per symbol, narrowed to a side by the adapter (ZebPay filters only by
+        symbol). [] without symbols: take them from the input, the venues config, or
+        `build_markets`. The rows name no account: an account scope leaves ZebPay out."""
+        if accounts:
+            return []
+        keys = dict.fromkeys(symbol_key(s).upper() for s in symbols)
+        return [ListTarget(symbol=symbol, side=side) for symbol in keys if symbol]
+
+    def build_list(self, page: ListPage, *, now: float) -> CancelRequest:
+        """GET /api/v1/trade/order/open-orders?symbol=<SYM>&limit=100. With an API key,
+        `timestamp` (unix ms) is appended and the query string is signed exactly as sent, as
+        for the status read; a JWT request carries no timestamp."""
+        params = [("symbol", symbol_key(page.target.symbol).upper())]
+        params.append(("limit", str(self.list_page_size)))
+        return self._get(_OPEN_ORDERS_PATH, params, now)
+
+    def _get(self, path: str, params: list[tuple[str, str]], now: float) -> CancelRequest:
+        """A GET with a JWT, or with `timestamp` in its query and the query signed."""
+        accept = (("Accept", "application/json"),)
+        if not self._signs:
+            auth: tuple[tuple[str, str], ...] = (("Authorization", f"Bearer {self._jwt}"),)
+            return CancelRequest("GET", f"{path}?{urlencode(params)}", auth + accept)
+        query = urlencode([*params, ("timestamp", str(int(now * 1000)))])
+        auth = (
+            ("x-auth-apikey", self._api_key),
+            ("x-auth-signature", sign(self._api_secret, query.encode())),
+        )
+        return CancelRequest("GET", f"{path}?{query}", auth + accept)
+
+    def classify_list(self, page: ListPage, reply: Reply) -> ListAnswer:
+        """The envelope with `data` = {"data" (or "items"): [...], "totalCount",
+        "nextTimestamp"}. Complete when nextTimestamp is null, the page is not full and
+        totalCount is covered [A]; there is never a next page to ask for."""
+        if (verdict := redirected(reply) or generic_transient(reply)) is not None:
+            return ListAnswer.failed(verdict)
+        body = json_object(reply.body)
+        if reply.status in (401, 403):
+            # Any 403 on a list is a scope or IP refusal: no order of ours is forbidden here.
+            return ListAnswer.failed(
+                Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
+            )
+        if body is None:
+            return malformed_list(reply, "not a JSON object")
+        message = _message(body)
+        if (verdict := _refused_signature(reply, message)) is not None:
+            return ListAnswer.failed(verdict)
+        if reply.status != 200 or not _succeeded(body) or disputes(message):
+            return refused_list(reply, message)
+        data = body.get("data")
+        if not isinstance(data, dict):
+            return malformed_list(reply, "data is not an object")
+        rows = data.get("data", data.get("items"))
+        if rows is None and ("totalCount" in data or "nextTimestamp" in data):
+            rows = []
+        if not isinstance(rows, list):
+            return malformed_list(reply, "no list of orders in data")
+        total = int_field(data.get("totalCount"))
+        more = (
+            data.get("nextTimestamp") is not None
+            or len(rows) >= self.list_page_size
+            or (total is not None and total > len(rows))
+        )
+        try:
+            return list_page(
+                page.target, self.list_fields, rows, self._listed, complete=not more, next_page=None
+            )
+        except Unreadable as exc:
+            return malformed_list(reply, str(exc))
+
+    def _listed(self, row: Mapping[str, object]) -> tuple[ListedOrder, bool]:
+        """One row: clientOrderId (the cancel id), symbol, side, status."""
+        order_id = text_field(row, "clientOrderId")
+        if not _CLIENT_ORDER_ID_RE.fullmatch(order_id):
+            raise Unreadable("clientOrderId is not printable ASCII")
+        status = text_field(row, "status", required=False)
+        order = ListedOrder(
+            venue=self.name,
+            order_id=order_id,
+            symbol=text_field(row, "symbol", required=False),
+            side=side_of(text_field(row, "side", required=False)),
+            state=status,
+        )
+        return order, status.lower() not in _LIST_CLOSED
+
+    # -- the markets, when neither the input nor the config names the symbols ------------------
+
+    def build_markets(self, *, now: float) -> CancelRequest:
+        """VENUES.md (zebpay, List open) [C]: GET /api/v1/market/markets. ASSUMED: public
+        market data, sent without credentials."""
+        return CancelRequest("GET", _MARKETS_PATH, (("Accept", "application/json"),))
+
+    def classify_markets(self, reply: Reply) -> tuple[Verdict | None, list[str]]:
+        """The symbols of `data.symbols[].symbol` (None and the list), or why there are none
+        to trust (a verdict and [])."""
+        failure = list_failure(reply)
+        if failure is not None and failure.verdict is not None:
+            return failure.verdict, []
+        body = json_object(reply.body)
+        data = body.get("data") if body is not None else None
+        entries = data.get("symbols") if isinstance(data, dict) else None
+        if reply.status != 200 or body is None or not _succeeded(body):
+            return Verdict.transient(
+                f"markets: HTTP {reply.status}: {excerpt(reply.body, 120)}"
+            ), []
+        if not isinstance(entries, list):
+            return Verdict.transient("markets: no data.symbols list"), []
+        symbols = []
+        for entry in entries:
+            symbol = entry.get("symbol") if isinstance(entry, dict) else entry
+            if isinstance(symbol, str) and _SYMBOL_RE.fullmatch(symbol):
+                symbols.append(symbol)
+        return None, list(dict.fromkeys(symbols))
 
 
 def _succeeded(body: Mapping[str, object]) -> bool:
