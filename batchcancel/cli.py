@@ -714,24 +714,107 @@ def _run_json(store: Any, run: Any) -> dict[str, Any]:
 
 @cli.command()
 @click.argument("run_ref", metavar="RUN")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "html"]), required=True)
 @click.option("--attempts", is_flag=True, help="One record per attempt instead of per order.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), metavar="FILE")
+@click.option(
+    "--venues-config",
+    envvar="BATCHCANCEL_VENUES",
+    metavar="FILE",
+    help="html: the venue limits to chart against (default: the config the run recorded).",
+)
 @db_option
-def report(run_ref: str, fmt: str, attempts: bool, output: str | None, db: str | None) -> None:
-    """Per-order outcomes (or every attempt) of RUN, as CSV or JSON."""
+def report(
+    run_ref: str,
+    fmt: str,
+    attempts: bool,
+    output: str | None,
+    venues_config: str | None,
+    db: str | None,
+) -> None:
+    """Per-order outcomes (or every attempt) of RUN, as CSV or JSON; or an HTML page."""
     from batchcancel.report import write_report
 
     with _errors():
         settings = _settings(db)
         with _open_store(settings) as store:
             run = store.find_run(run_ref)
-            if output:
+            if fmt == "html":
+                _html_report(store, run, settings, output, venues_config, attempts=attempts)
+            elif output:
                 with open(output, "w", encoding="utf-8", newline="") as out:
                     count = write_report(store, run.id, out, fmt=fmt, attempts=attempts)
                 click.echo(f"wrote {count} records to {output}", err=True)
             else:
                 write_report(store, run.id, sys.stdout, fmt=fmt, attempts=attempts)
+
+
+def _html_report(
+    store: Any,
+    run: Any,
+    settings: Settings,
+    output: str | None,
+    venues_config: str | None,
+    *,
+    attempts: bool,
+) -> None:
+    """`report RUN --format html`: one self-contained page, written atomically to -o FILE
+    (or to stdout). The venue limits it charts against are those of --venues-config (or
+    BATCHCANCEL_VENUES), else of the config the run recorded, else the built-in defaults."""
+    from batchcancel.commands import summarise
+    from batchcancel.report_html import VenueLimit, render_html
+
+    if attempts:
+        raise ConfigError(
+            "--attempts is for --format csv or json; the HTML report names the command that "
+            "lists every attempt"
+        )
+    recorded = run.options.get("venues_config")
+    if venues_config:
+        source, path = f"venues config {venues_config}", venues_config
+    elif recorded and os.path.exists(str(recorded)):
+        source, path = f"venues config {recorded} (recorded with the run)", str(recorded)
+    else:
+        missing = f" ({recorded} no longer exists)" if recorded else ""
+        source = (
+            "built-in defaults (the venues' documented production limits): the run recorded "
+            f"no venues config{missing}; give --venues-config FILE for the limits it ran with"
+        )
+        path = os.devnull
+    limited = load_settings({}, db_url=settings.db_url, venues_config=path)
+    limits = {
+        name: VenueLimit(v.rate_limit, v.period) for name, v in limited.venues.items()
+    }
+    redactor = redact.current()
+    page, facts = render_html(
+        store,
+        run.id,
+        limits=limits,
+        limits_source=source,
+        status=summarise(store, run).status.value,
+        redactor=redactor,
+        generated_by=f"batchcancel {__version__}",
+    )
+    if not output:
+        click.echo(page, nl=False)
+        return
+    directory = os.path.dirname(os.path.abspath(output))
+    temporary = os.path.join(directory, f".{os.path.basename(output)}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as out:
+            out.write(page)
+        os.replace(temporary, output)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    _log(
+        "report",
+        f"wrote the HTML report of run {run.id} to {output} ({len(page.encode()) // 1024} KiB, "
+        f"{len(facts['venues'])} venues, rendered in {facts['render_seconds']:.2f} s)",
+        run_id=run.id,
+        bytes=len(page.encode()),
+        render_seconds=round(facts["render_seconds"], 3),
+    )
 
 
 @cli.group()
