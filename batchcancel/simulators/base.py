@@ -5,11 +5,20 @@ exact wire format; this base enforces the rate limit, injects scripted faults an
 answers (any status, body and headers: a refusal in new words, an error envelope with a 2xx, a
 redirect), and counts every request it received, per order (cancels and order-status reads
 apart), so that tests can prove what was and was not sent.
+
+Listing (VENUES.md "List open"): `place()` puts a working order in the book with what the
+venue's list shows of it (account, symbol, side), orders no input file names included; each
+venue's list route reads the same book its cancels change, so a cancelled order stops listing
+as working. A `Runaway` keeps placing orders for the first seconds after the first request (or
+after the server starts), bounded in count and time. List requests count apart
+(`list_requests`), may have a route limit of their own (sFOX), and take their own faults
+(`FaultPlan.script_list`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -25,11 +34,14 @@ from batchcancel.outcomes import Outcome
 
 __all__ = [
     "SIMULATOR_KEY",
+    "WORKING",
     "Answer",
     "Arrival",
+    "BookOrder",
     "Fault",
     "FaultPlan",
     "OrderState",
+    "Runaway",
     "Simulator",
 ]
 
@@ -42,6 +54,37 @@ class OrderState(StrEnum):
     PENDING = "pending"  # a cancel is under way
     CANCELED = "canceled"
     FILLED = "filled"  # finished: nothing left to cancel
+
+
+# The states a venue's list shows as working: a pending cancel is still working until it settles.
+WORKING: Final = frozenset({OrderState.OPEN, OrderState.OPEN_ASYNC, OrderState.PENDING})
+
+
+@dataclass(frozen=True, slots=True)
+class BookOrder:
+    """What a venue's list shows of an order besides its state. '' is the venue's default."""
+
+    account_id: str = ""  # ETNA lists by account: an order without one lists under none
+    symbol: str = ""
+    side: str = ""  # "buy" | "sell"
+    listed_as: str = ""  # the venue's status word while working (tanX "pending", ETNA "Held")
+    created: float = 0.0  # time.time() when placed
+
+
+@dataclass(frozen=True, slots=True)
+class Runaway:
+    """A runaway algorithm: `count` new working orders, one every `seconds / count`, starting
+    at the simulator's first request (start="first_request") or when it starts serving
+    (start="serve"). It stops by itself after `count` orders or `seconds` (plus one interval),
+    whichever comes first; the keys it placed are in `Simulator.runaway_placed`."""
+
+    count: int
+    seconds: float
+    account_id: str = ""
+    symbol: str = ""
+    side: str = ""
+    state: OrderState = OrderState.OPEN
+    start: str = "first_request"
 
 
 class Fault(StrEnum):
@@ -97,6 +140,7 @@ class FaultPlan:
 
     by_order: dict[str, deque[Fault | Answer]] = field(default_factory=dict)
     by_request: dict[int, Fault | Answer] = field(default_factory=dict)  # 1-based number
+    on_list: deque[Fault | Answer] = field(default_factory=deque)  # the next list requests
     shares: dict[Fault, float] = field(default_factory=dict)
     seed: int = 0
     slow_seconds: float = 2.0
@@ -110,6 +154,18 @@ class FaultPlan:
         """Give order `key` these faults or answers on its next requests, in order."""
         self.by_order.setdefault(key, deque()).extend(faults)
         return self
+
+    def script_list(self, *faults: Fault | Answer) -> FaultPlan:
+        """Give the next list requests these faults or answers, in order (then by number or
+        share, as any request without an order)."""
+        self.on_list.extend(faults)
+        return self
+
+    def pick_list(self, number: int) -> Fault | Answer | None:
+        """The fault for list request `number` (the simulator's request number), if any."""
+        if self.on_list:
+            return self.on_list.popleft()
+        return self.pick(None, number)
 
     def pick(self, key: str | None, number: int) -> Fault | Answer | None:
         """The fault for request `number` about order `key`, if any."""
@@ -145,6 +201,11 @@ class Simulator:
     default_rate_limit: ClassVar[int | None] = None
     default_period: ClassVar[float] = 1.0
     default_penalty: ClassVar[float] = 1.0
+    # A limit of the list route of its own, on top of the venue's (sFOX: 10 per 10 s, then the
+    # route alone pauses 10 s); None where the list shares the venue's limit.
+    default_list_rate_limit: ClassVar[int | None] = None
+    default_list_period: ClassVar[float] = 10.0
+    default_list_penalty: ClassVar[float] = 10.0
     # The outcome a first cancel of an order seeded in each state ends with (None: unknown id).
     expected_outcomes: ClassVar[Mapping[OrderState | None, Outcome]]
 
@@ -157,6 +218,8 @@ class Simulator:
         penalty: float | None = None,
         faults: FaultPlan | None = None,
         settle_after: float = 0.5,
+        list_rate_limit: int | None = -1,
+        runaway: Runaway | None = None,
     ) -> None:
         self.credentials = dict(credentials)
         self.rate_limit = self.default_rate_limit if rate_limit == -1 else rate_limit
@@ -180,6 +243,20 @@ class Simulator:
         self.peak_in_flight = 0
         self._window: deque[float] = deque()
         self._locked_until = 0.0
+        # Listing.
+        self.details: dict[str, BookOrder] = {}
+        self.list_rate_limit = (
+            self.default_list_rate_limit if list_rate_limit == -1 else list_rate_limit
+        )
+        self.list_requests = 0  # list requests received (any answer)
+        self.list_rate_limited = 0  # 429s answered by the list route's own limit
+        self.list_shows_closed = False  # also list cancelled and filled orders (as closed rows)
+        self.runaway = runaway
+        self.runaway_placed: list[str] = []
+        self._runaway_task: asyncio.Task[None] | None = None
+        self._serial = 0
+        self._list_window: deque[float] = deque()
+        self._list_locked_until = 0.0
 
     # -- hooks for subclasses ---------------------------------------------------------------
 
@@ -208,11 +285,100 @@ class Simulator:
         """A 200 body cut short."""
         return b'{"status": "cance'
 
+    def is_list_request(self, request: web.Request) -> bool:
+        """True for a request to the venue's list route."""
+        return False
+
+    def is_public(self, request: web.Request) -> bool:
+        """True for a route that takes no credentials (public market data)."""
+        return False
+
+    def malformed_list_answer(self) -> Answer:
+        """A list answer in the venue's envelope whose one entry cannot be read (its id is
+        missing), for `FaultPlan.script_list`."""
+        raise NotImplementedError
+
+    def new_key(self) -> str:
+        """A fresh order key in the venue's id form (here: a number above every numeric key,
+        so newer orders have larger ids, as sFOX's and tanX's do)."""
+        top = max((int(k) for k in self.book if k.isdigit()), default=10**9)
+        return str(top + 1)
+
+    def _placed(self, key: str, order: BookOrder) -> None:
+        """Hook: a venue keeping its own per-order tables (tanX markets, ZebPay symbols)."""
+
     # -- the book ---------------------------------------------------------------------------
 
     def seed(self, orders: Mapping[str, OrderState]) -> None:
         """Add orders to the book."""
         self.book.update(orders)
+
+    def place(
+        self,
+        key: str | None = None,
+        state: OrderState = OrderState.OPEN,
+        *,
+        account_id: str = "",
+        symbol: str = "",
+        side: str = "",
+        listed_as: str = "",
+    ) -> str:
+        """Put one order in the book, as the venue's list will show it; its key (a fresh one
+        from `new_key` when none is given). Newer orders list first."""
+        if key is None:
+            key = self.new_key()
+        order = BookOrder(account_id, symbol, side.lower(), listed_as, time.time())
+        self.book.pop(key, None)  # re-placed: it is the newest now
+        self.book[key] = state
+        self.details[key] = order
+        self._placed(key, order)
+        return key
+
+    def working_keys(self) -> list[str]:
+        """The keys of the working orders (open, or with a cancel still pending), newest first."""
+        return [k for k in reversed(self.book) if self.state_of(k) in WORKING]
+
+    def listed_keys(self) -> list[str]:
+        """What a list shows, newest first: the working orders, and the closed ones too when
+        `list_shows_closed` is set."""
+        if self.list_shows_closed:
+            return [k for k in reversed(self.book) if self.state_of(k) is not None]
+        return self.working_keys()
+
+    def detail(self, key: str) -> BookOrder:
+        """What the list shows of an order (defaults for one seeded without details)."""
+        return self.details.get(key) or BookOrder()
+
+    def start_runaway(self) -> None:
+        """Start the runaway now (from the loop that serves), once."""
+        if self.runaway is None or self._runaway_task is not None:
+            return
+        self._runaway_task = asyncio.get_running_loop().create_task(self._run_away(self.runaway))
+
+    async def stop_runaway(self) -> None:
+        """Stop the runaway if it is still placing orders."""
+        task, self._runaway_task = self._runaway_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run_away(self, plan: Runaway) -> None:
+        count = max(0, min(plan.count, 100_000))
+        if count == 0:
+            return
+        interval = max(plan.seconds, 0.0) / count
+        started = time.monotonic()
+        for n in range(1, count + 1):
+            delay = started + n * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if time.monotonic() - started > plan.seconds + interval + 1.0:
+                break  # the loop fell behind: it stops on time rather than on count
+            key = self.place(
+                state=plan.state, account_id=plan.account_id, symbol=plan.symbol, side=plan.side
+            )
+            self.runaway_placed.append(key)
 
     def state_of(self, key: str) -> OrderState | None:
         """The order's state, settling a pending cancel whose time has come."""
@@ -256,7 +422,29 @@ class Simulator:
         app = web.Application(middlewares=[self._middleware])
         app[SIMULATOR_KEY] = self
         app.add_routes(list(self.routes()))
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
         return app
+
+    async def _on_startup(self, app: web.Application) -> None:
+        if self.runaway is not None and self.runaway.start == "serve":
+            self.start_runaway()
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        await self.stop_runaway()
+
+    def _list_over_limit(self, now: float) -> bool:
+        if self.list_rate_limit is None:
+            return False
+        if now < self._list_locked_until:
+            return True
+        while self._list_window and now - self._list_window[0] >= self.default_list_period:
+            self._list_window.popleft()
+        if len(self._list_window) >= self.list_rate_limit:
+            self._list_locked_until = now + self.default_list_penalty
+            return True
+        self._list_window.append(now)
+        return False
 
     def _over_limit(self, now: float) -> bool:
         if self.rate_limit is None:
@@ -275,6 +463,10 @@ class Simulator:
     async def _middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         self.total_requests += 1
         number = self.total_requests
+        if self.runaway is not None and self.runaway.start == "first_request":
+            self.start_runaway()
+        listing = self.is_list_request(request)
+        self.list_requests += listing
         key = await self.order_key(request)
         self.arrivals.append(Arrival(time.time(), key, request.path))
         if key is not None:
@@ -291,11 +483,17 @@ class Simulator:
             if self._over_limit(time.monotonic()):
                 self.rate_limited += 1
                 return self.too_many_requests(self._retry_after_for_limit())
-            refusal = self.auth_problem(request, await request.read())
-            if refusal is not None:
-                self.auth_refused += 1
-                return refusal
-            return await self._with_fault(request, handler, self.faults.pick(key, number))
+            # The list route's own limit (sFOX); the request counted toward the venue's above.
+            if listing and self._list_over_limit(time.monotonic()):
+                self.list_rate_limited += 1
+                return self.too_many_requests(None)
+            if not self.is_public(request):
+                refusal = self.auth_problem(request, await request.read())
+                if refusal is not None:
+                    self.auth_refused += 1
+                    return refusal
+            fault = self.faults.pick_list(number) if listing else self.faults.pick(key, number)
+            return await self._with_fault(request, handler, fault)
         finally:
             self.in_flight -= 1
 

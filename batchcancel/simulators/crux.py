@@ -1,15 +1,21 @@
-"""The Crux simulator: `PATCH /orders/cancel/` answered as seed 002 and VENUES.md say."""
+"""The Crux simulator: `PATCH /orders/cancel/` answered as seed 002 and VENUES.md say.
+
+Its list route, `POST /orders/` with `{"start", "limit", "line_item_allocation_statuses"}`,
+pages by offset, newest first. A cancel only hands the order to its supplier (OPEN_ASYNC, then
+PENDING until `settle_after`): such an order still lists as working, its items Allocated.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from typing import ClassVar, Final
 
 from aiohttp import web
 
 from batchcancel.outcomes import Outcome
-from batchcancel.simulators.base import OrderState, Simulator
+from batchcancel.simulators.base import Answer, OrderState, Simulator
 from batchcancel.venues.crux import TOKEN_VAR, is_uuid
 
 __all__ = ["CruxSimulator"]
@@ -38,6 +44,7 @@ class CruxSimulator(Simulator):
         /orders/<order_uuid>/ for the order and its line items."""
         return [
             web.patch("/orders/cancel/", self._cancel),
+            web.post("/orders/", self._list),
             web.get("/orders/{order_uuid}/", self._status, allow_head=False),
         ]
 
@@ -56,6 +63,71 @@ class CruxSimulator(Simulator):
         if header != f"Token {self.credentials[TOKEN_VAR]}":
             return _detail("Invalid token.", 401)
         return None
+
+    list_max: ClassVar[int] = 100  # ASSUMED: the documented example's limit is the most
+
+    def is_list_request(self, request: web.Request) -> bool:
+        """POST /orders/: the orders list."""
+        return request.method == "POST" and request.path.endswith("/orders/")
+
+    def new_key(self) -> str:
+        """A fresh order UUID."""
+        self._serial += 1
+        while True:
+            key = f"{self._serial:08x}-0000-4000-8000-{self._serial:012x}"
+            if key not in self.book:
+                return key
+            self._serial += 1
+
+    def malformed_list_answer(self) -> Answer:
+        """A page whose one order has no uuid."""
+        return Answer.json(
+            200,
+            {
+                "total_results": 1,
+                "orders": [{"purchase_order_id": "PO-1", "line_items": [{"status": "Allocated"}]}],
+            },
+        )
+
+    async def _list(self, request: web.Request) -> web.Response:
+        """VENUES.md (crux, List open): `total_results` and the orders from `start`."""
+        if request.content_type != "application/json":
+            return _detail(f"Unsupported media type {request.content_type!r}.", 415)
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        start = body.get("start", 0) if isinstance(body, dict) else None
+        limit = body.get("limit", self.list_max) if isinstance(body, dict) else None
+        if (
+            not isinstance(start, int)
+            or not isinstance(limit, int)
+            or isinstance(start, bool)
+            or isinstance(limit, bool)
+            or start < 0
+            or not 1 <= limit <= self.list_max
+        ):
+            return _detail(f"start must be >= 0 and limit 1 to {self.list_max}.", 400)
+        keys = self.listed_keys()
+        orders = [self._order(key) for key in keys[start : start + limit]]
+        return web.json_response({"total_results": len(keys), "orders": orders})
+
+    def _order(self, key: str) -> dict[str, object]:
+        """An order as the list shows it: uuid, purchase order, created date, line items."""
+        state = self.state_of(key) or OrderState.CANCELED
+        detail = self.detail(key)
+        working = state in (OrderState.OPEN, OrderState.OPEN_ASYNC, OrderState.PENDING)
+        status = detail.listed_as if detail.listed_as and working else _LINE_ITEM_STATUS[state]
+        return {
+            "uuid": key,
+            "purchase_order_id": f"PO-{key[:8]}",
+            "created_date": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(detail.created or 1_712_345_678)
+            ),
+            "line_items": [
+                {"uuid": f"{key[:-1]}{n}", "sku_id": f"SKU-{n}", "status": status} for n in (1, 2)
+            ],
+        }
 
     async def _cancel(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":

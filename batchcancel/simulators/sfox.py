@@ -1,14 +1,20 @@
-"""The sFOX simulator: `DELETE /v1/orders/{id}` answered as seed 000 and VENUES.md say."""
+"""The sFOX simulator: `DELETE /v1/orders/{id}` answered as seed 000 and VENUES.md say.
+
+Its list route, `GET /v1/orders?limit=50[&before=<id>]`, answers a bare array newest first
+(largest id first), filters by currency_pair, action and status (case sensitive), and has its
+own limit of 10 requests per 10 s, a 429 on it pausing that route alone for 10 s.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import ClassVar, Final
 
 from aiohttp import web
 
 from batchcancel.outcomes import Outcome
-from batchcancel.simulators.base import OrderState, Simulator
+from batchcancel.simulators.base import Answer, OrderState, Simulator
 from batchcancel.venues.sfox import API_KEY_VAR
 
 __all__ = ["SfoxSimulator"]
@@ -21,6 +27,12 @@ class SfoxSimulator(Simulator):
     default_rate_limit: ClassVar[int | None] = 250
     default_period: ClassVar[float] = 10.0
     default_penalty: ClassVar[float] = 60.0
+    # VENUES.md (sfox, List open): the list route allows 10 requests per 10 s; a 429 on it
+    # pauses this route only, for 10 s.
+    default_list_rate_limit: ClassVar[int | None] = 10
+    default_list_period: ClassVar[float] = 10.0
+    default_list_penalty: ClassVar[float] = 10.0
+    list_max: ClassVar[int] = 50  # at most 50 orders a page
     # The outcome a first cancel of an order seeded in each state ends with (None: unknown id).
     expected_outcomes: ClassVar[Mapping[OrderState | None, Outcome]] = {
         OrderState.OPEN: Outcome.CANCELED,
@@ -36,6 +48,7 @@ class SfoxSimulator(Simulator):
         return [
             web.delete("/v1/orders/{order_id}", self._cancel),
             web.delete("/v1/orders", self._bulk_cancel),
+            web.get("/v1/orders", self._list, allow_head=False),
             web.get("/v1/orders/{order_id}", self._status, allow_head=False),
         ]
 
@@ -52,6 +65,52 @@ class SfoxSimulator(Simulator):
                 {"error": "Unauthorized: Missing or incorrect API key"}, status=401
             )
         return None
+
+    def is_list_request(self, request: web.Request) -> bool:
+        """GET /v1/orders (no id): the list of open orders."""
+        return request.method == "GET" and request.path.endswith("/v1/orders")
+
+    def malformed_list_answer(self) -> Answer:
+        """A page whose one order has no id."""
+        return Answer.json(200, [{"pair": "btcusd", "action": "Buy", "status": "Started"}])
+
+    async def _list(self, request: web.Request) -> web.Response:
+        """VENUES.md (sfox, List open): at most `limit` (≤ 50) orders, newest first, those
+        older than `before` when it is given, filtered as asked."""
+        query = request.query
+        raw_limit = query.get("limit", str(self.list_max))
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= self.list_max:
+            return web.json_response({"error": f"limit must be 1 to {self.list_max}"}, status=400)
+        keys = sorted(self.listed_keys(), key=_id_order, reverse=True)
+        if "before" in query:
+            cursor = _id_order(query["before"])
+            keys = [k for k in keys if _id_order(k) < cursor]
+        rows = [self._row(key) for key in keys]
+        for name, field in (("currency_pair", "pair"), ("action", "action"), ("status", "status")):
+            if name in query:
+                rows = [row for row in rows if row[field] == query[name]]  # case sensitive
+        return web.json_response(rows[: int(raw_limit)])
+
+    def _row(self, key: str) -> dict[str, object]:
+        """An order as the list shows it (sFOX docs: id, pair, action, status, status_code)."""
+        state = self.state_of(key) or OrderState.CANCELED
+        status, code = _STATUSES[state]
+        detail = self.detail(key)
+        side = detail.side or ("buy" if key.isdigit() and int(key) % 2 == 0 else "sell")
+        return {
+            "id": _json_id(key),
+            "client_order_id": "",
+            "pair": (detail.symbol or "btcusd").lower(),
+            "action": side.capitalize(),
+            "type": "Limit",
+            "status": detail.listed_as if detail.listed_as and state in _UNCANCELLED else status,
+            "status_code": code,
+            "date_added": time.strftime(
+                "%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(detail.created or 1_712_345_678)
+            ),
+            "quantity": 1,
+            "filled": 1 if state is OrderState.FILLED else 0,
+        }
 
     async def _cancel(self, request: web.Request) -> web.Response:
         before = self.cancel(request.match_info["order_id"])
@@ -121,6 +180,14 @@ _STATUSES: Final[Mapping[OrderState, tuple[str, int]]] = {
     OrderState.CANCELED: ("Canceled", 10),
     OrderState.FILLED: ("Done", 300),
 }
+
+
+_UNCANCELLED: Final = frozenset({OrderState.OPEN, OrderState.OPEN_ASYNC})
+
+
+def _id_order(order_id: str) -> tuple[int, int, str]:
+    """Ids in the order sFOX gives them: numeric ids by value, above any other id."""
+    return (1, int(order_id), "") if order_id.isdigit() else (0, 0, order_id)
 
 
 def _json_id(order_id: str) -> int | str:

@@ -1,16 +1,22 @@
-"""The tanX simulator: `POST /sapi/v1/orders/cancel/` answered as seed 003 and VENUES.md say."""
+"""The tanX simulator: `POST /sapi/v1/orders/cancel/` answered as seed 003 and VENUES.md say.
+
+Its list route, `GET /sapi/v1/orders/?state=<s>&limit&page[&market][&side]`, lists one state
+per request (an order is "wait" while open, or the `listed_as` it was placed with, such as
+"pending"), pages from 1, and has no total or cursor.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Final
 
 from aiohttp import web
 
 from batchcancel.outcomes import Outcome
-from batchcancel.simulators.base import OrderState, Simulator
-from batchcancel.venues.tanx import JWT_VAR, SWEEP_LIMIT, order_id_of
+from batchcancel.simulators.base import Answer, BookOrder, OrderState, Simulator
+from batchcancel.venues.tanx import JWT_VAR, MAX_ORDER_ID, SWEEP_LIMIT, market_of, order_id_of
 
 __all__ = ["TanxSimulator"]
 
@@ -38,6 +44,25 @@ class TanxSimulator(Simulator):
         # (market, side) of each order in the book, where a test sets one; else btcusdt, and
         # buy for an even id, sell for an odd one.
         self.markets: dict[str, tuple[str, str]] = {}
+        # How an empty list page's payload is sent: [] or {} (tanX sends either, [C]).
+        self.empty_payload: list[object] | dict[str, object] = []
+
+    list_max: ClassVar[int] = 50  # ASSUMED: the limit VENUES.md lists with
+
+    def new_key(self) -> str:
+        """A fresh integer id above the others, while that stays within 2^53-1."""
+        key = super().new_key()
+        if int(key) <= MAX_ORDER_ID:
+            return key
+        n = 10**9
+        while str(n) in self.book:
+            n += 1
+        return str(n)
+
+    def _placed(self, key: str, order: BookOrder) -> None:
+        """The order's market and side, for the list and the bulk cancel alike."""
+        default = self.market_of(key)
+        self.markets[key] = (market_of(order.symbol) or default[0], order.side or default[1])
 
     def market_of(self, key: str) -> tuple[str, str]:
         """The order's market and side."""
@@ -52,7 +77,78 @@ class TanxSimulator(Simulator):
             web.post("/sapi/v1/orders/cancel/", self._cancel),
             web.post("/sapi/v1/user/bulkcancel/", self._bulk_cancel),
             web.get("/sapi/v1/orders/{order_id}/", self._status, allow_head=False),
+            web.get("/sapi/v1/orders/", self._list, allow_head=False),
         ]
+
+    def is_list_request(self, request: web.Request) -> bool:
+        """GET /sapi/v1/orders/ (no id): the list of orders in one state."""
+        return request.method == "GET" and request.path.endswith("/sapi/v1/orders/")
+
+    def malformed_list_answer(self) -> Answer:
+        """A page whose one order has no id."""
+        return Answer.json(
+            200,
+            {
+                "status": "success",
+                "message": "Orders Retrieved Successfully",
+                "payload": [{"market": "btcusdt", "side": "buy", "state": "wait"}],
+            },
+        )
+
+    def listed_state(self, key: str) -> str:
+        """The state the list shows the order in."""
+        state = self.state_of(key) or OrderState.CANCELED
+        listed_as = self.detail(key).listed_as
+        if listed_as and state in (OrderState.OPEN, OrderState.OPEN_ASYNC):
+            return listed_as
+        return _STATES[state]
+
+    async def _list(self, request: web.Request) -> web.Response:
+        """VENUES.md (tanx, List open): one state, one page of at most `limit` orders."""
+        query = request.query
+        state = query.get("state", "")
+        if not state:
+            return _error("state: This field is required.", 400)  # ASSUMED wording
+        limit, page = query.get("limit", str(self.list_max)), query.get("page", "1")
+        if not limit.isdigit() or not 1 <= int(limit) <= self.list_max:
+            return _error(f"limit: Must be between 1 and {self.list_max}.", 400)  # ASSUMED
+        if not page.isdigit() or int(page) < 1:
+            return _error("page: Must be 1 or more.", 400)  # ASSUMED
+        keys = [
+            k
+            for k in reversed(self.book)
+            if self.state_of(k) is not None and self.listed_state(k) == state
+        ]
+        if "market" in query:
+            keys = [k for k in keys if self.market_of(k)[0] == query["market"]]
+        if "side" in query:
+            keys = [k for k in keys if self.market_of(k)[1] == query["side"]]
+        first = (int(page) - 1) * int(limit)
+        rows = [self._row(key) for key in keys[first : first + int(limit)]]
+        return web.json_response(
+            {
+                "status": "success",
+                "message": "Orders Retrieved Successfully",
+                "payload": rows or self.empty_payload,
+            }
+        )
+
+    def _row(self, key: str) -> dict[str, object]:
+        """An order as the list shows it (tanX docs: id, market, side, state, volumes)."""
+        market, side = self.market_of(key)
+        done = self.state_of(key) is OrderState.FILLED
+        return {
+            "id": int(key),
+            "market": market,
+            "side": side,
+            "ord_type": "limit",
+            "state": self.listed_state(key),
+            "created_at": time.strftime(
+                "%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(self.detail(key).created or 1_712_345_678)
+            ),
+            "origin_volume": "1.0",
+            "remaining_volume": "0.0" if done else "1.0",
+        }
 
     async def order_key(self, request: web.Request) -> str | None:
         """The status path's order id, or the cancel body's (None when there is none)."""

@@ -2,6 +2,10 @@
 
 It checks a JWT, or an API key with an HMAC over the exact bytes received and a fresh
 timestamp, after the 180-per-60-s limit (ZebPay counts requests before authentication).
+
+Its list route, `GET /api/v1/trade/order/open-orders?symbol=<SYM>[&limit=100]`, lists one
+symbol's open orders (signed like any GET), newest first, with `totalCount` and a
+`nextTimestamp` when more remain; `GET /api/v1/market/markets` is public and names the symbols.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, ClassVar, Final
 from aiohttp import web
 
 from batchcancel.outcomes import Outcome
-from batchcancel.simulators.base import OrderState, Simulator
+from batchcancel.simulators.base import Answer, BookOrder, OrderState, Simulator
 from batchcancel.venues.zebpay import API_KEY_VAR, API_SECRET_VAR, JWT_VAR, sign
 
 __all__ = ["ZebpaySimulator"]
@@ -44,9 +48,44 @@ class ZebpaySimulator(Simulator):
     # ASSUMED: the accepted clock skew of a signed timestamp (undocumented), in seconds.
     timestamp_window: float = 5.0
 
+    list_max: ClassVar[int] = 100  # VENUES.md: limit=100
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.symbols = {}
+        # Symbols the markets endpoint names besides those of the book's orders.
+        self.markets: set[str] = {"BTCUSDT"}
+
+    def new_key(self) -> str:
+        """A fresh clientOrderId."""
+        self._serial += 1
+        while f"runaway-{self._serial}" in self.book:
+            self._serial += 1
+        return f"runaway-{self._serial}"
+
+    def _placed(self, key: str, order: BookOrder) -> None:
+        """The order's symbol, for the list and the cancel-all alike."""
+        self.symbols[key] = order.symbol or self.symbols.get(key, "BTCUSDT")
+
+    def is_list_request(self, request: web.Request) -> bool:
+        """GET /api/v1/trade/order/open-orders: one symbol's open orders."""
+        return request.method == "GET" and request.path.endswith(_OPEN_ORDERS)
+
+    def is_public(self, request: web.Request) -> bool:
+        """The markets endpoint is public market data (ASSUMED)."""
+        return request.method == "GET" and request.path.endswith(_MARKETS)
+
+    def malformed_list_answer(self) -> Answer:
+        """A page whose one order has no clientOrderId."""
+        data = {
+            "data": [{"symbol": "BTCUSDT", "side": "BUY", "status": "new"}],
+            "totalCount": 1,
+            "nextTimestamp": None,
+        }
+        return Answer.json(
+            200,
+            {"statusDescription": "OK", "data": data, "statusCode": 200, "customMessage": ["OK"]},
+        )
 
     def routes(self) -> Iterable[web.RouteDef]:
         """seed 004: DELETE /api/v1/trade/order with {"clientOrderId", "symbol"}; ZebPay trade
@@ -56,7 +95,50 @@ class ZebpaySimulator(Simulator):
             web.delete("/api/v1/trade/order", self._cancel),
             web.delete("/api/v1/trade/order/all", self._cancel_all),
             web.get("/api/v1/trade/order", self._status, allow_head=False),
+            web.get(_OPEN_ORDERS, self._list, allow_head=False),
+            web.get(_MARKETS, self._markets, allow_head=False),
         ]
+
+    async def _list(self, request: web.Request) -> web.Response:
+        """VENUES.md (zebpay, List open): one symbol's open orders, at most `limit`."""
+        symbol = request.query.get("symbol", "")
+        if not symbol:
+            return _envelope(400, "symbol is required")  # ASSUMED wording
+        limit = request.query.get("limit", str(self.list_max))
+        if not limit.isdigit() or not 1 <= int(limit) <= self.list_max:
+            return _envelope(400, f"limit must be 1 to {self.list_max}")  # ASSUMED wording
+        keys = [k for k in self.listed_keys() if self.symbols.get(k, "BTCUSDT") == symbol]
+        rows = [self._row(key) for key in keys[: int(limit)]]
+        more = len(keys) > int(limit)
+        last = rows[-1]["timestamp"] if more and rows else None
+        data = {"data": rows, "totalCount": len(keys), "nextTimestamp": last}
+        return _envelope(200, "OK", data)
+
+    def _row(self, key: str) -> dict[str, object]:
+        """An order as the list shows it (VENUES.md: clientOrderId, symbol, side, status...)."""
+        state = self.state_of(key) or OrderState.CANCELED
+        detail = self.detail(key)
+        filled = 0.1 if state is OrderState.FILLED else 0
+        return {
+            "clientOrderId": key,
+            "symbol": self.symbols.get(key, "BTCUSDT"),
+            "side": (detail.side or "sell").upper(),
+            "type": "LIMIT",
+            "status": detail.listed_as
+            if detail.listed_as and state in _WORKING
+            else _STATUSES[state],
+            "timestamp": int((detail.created or 1_712_346_300) * 1000),
+            "amount": 0.1,
+            "filled": filled,
+            "remaining": round(0.1 - filled, 8),
+            "reduceOnly": False,
+        }
+
+    async def _markets(self, request: web.Request) -> web.Response:
+        """ZebPay client (markets): `data.symbols[].symbol`, every symbol the book uses."""
+        names = sorted(self.markets | set(self.symbols.values()))
+        data = {"symbols": [{"symbol": name, "status": "active"} for name in names]}
+        return _envelope(200, "OK", data)
 
     async def order_key(self, request: web.Request) -> str | None:
         """The status query's id, or the cancel body's clientOrderId (None when neither)."""
@@ -172,6 +254,10 @@ class ZebpaySimulator(Simulator):
         }
         return _envelope(200, "OK", order)
 
+
+_OPEN_ORDERS: Final = "/api/v1/trade/order/open-orders"
+_MARKETS: Final = "/api/v1/market/markets"
+_WORKING: Final = frozenset({OrderState.OPEN, OrderState.OPEN_ASYNC, OrderState.PENDING})
 
 # ZebPay Order statuses (new, filled, canceled) by book state. ZebPay has no cancel-pending
 # status: an order whose cancel has not reached it yet is still "new".
