@@ -21,7 +21,7 @@ import click
 
 from batchcancel import __version__, redact
 from batchcancel.config import Settings, load_settings
-from batchcancel.errors import BatchCancelError, ConfigError, RunNotFoundError
+from batchcancel.errors import BatchCancelError, ConfigError, RunKeyTakenError, RunNotFoundError
 
 __all__ = ["main"]
 
@@ -131,6 +131,66 @@ db_option = click.option(
 )
 
 
+def metrics_options(func: Any) -> Any:
+    """--metrics-file and --pushgateway (SPEC, Evidence and monitoring)."""
+    func = click.option(
+        "--pushgateway",
+        envvar="BATCHCANCEL_PUSHGATEWAY",
+        metavar="URL",
+        help="Push the run's metrics to this Prometheus Pushgateway at the end "
+        "[BATCHCANCEL_PUSHGATEWAY].",
+    )(func)
+    return click.option(
+        "--metrics-file",
+        type=click.Path(dir_okay=False),
+        metavar="PATH",
+        help="Write the run's metrics in Prometheus textfile format (node_exporter: name it "
+        "*.prom), atomically, every few seconds and at the end.",
+    )(func)
+
+
+@contextmanager
+def _monitoring(
+    command: str, metrics_file: str | None, pushgateway: str | None
+) -> Iterator[Any]:
+    """The command's metrics (None when none are asked for): written whatever way the
+    command ends, a success recorded only from its summary."""
+    if not (metrics_file or pushgateway):
+        yield None
+        return
+    from batchcancel.metrics import Metrics
+
+    metrics = Metrics(
+        command,
+        textfile=metrics_file,
+        pushgateway=pushgateway,
+        warn=lambda message: _log("metrics", message, level="warning"),
+    )
+    try:
+        yield metrics
+    finally:
+        metrics.finish()
+
+
+def _watched(progress: Any, metrics: Any) -> Any:
+    """The views callback: the progress display, and the metrics when there are any."""
+    if metrics is None:
+        return progress
+
+    def views(lanes: Any) -> None:
+        progress(lanes)
+        metrics(lanes)
+
+    return views
+
+
+def _record_metrics(metrics: Any, summary: Any) -> None:
+    if metrics is not None:
+        metrics.record(
+            success=summary.status.value == "succeeded", duration=float(summary.elapsed_s)
+        )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="batchcancel")
 @click.option(
@@ -194,6 +254,7 @@ def _run_options(func: Any) -> Any:
             help="How long --confirm polls for.",
         ),
         lease_option,
+        metrics_options,
     ]
     for option in reversed(options):
         func = option(func)
@@ -238,13 +299,17 @@ def _run(
     confirm: bool,
     confirm_timeout: float,
     lease: float,
+    metrics_file: str | None,
+    pushgateway: str | None,
 ) -> None:
     from batchcancel.commands import Plan, start_run
     from batchcancel.drain_types import DrainOptions
     from batchcancel.sources import read_csv, read_query
     from batchcancel.venues import get_venue
 
-    with _errors():
+    with _errors(), _monitoring(
+        command, None if dry_run else metrics_file, None if dry_run else pushgateway
+    ) as metrics:
         if (source is None) == (query is None):
             raise ConfigError("give either SOURCE (a CSV path or -) or --query with --source-db")
         if query is not None and not source_db:
@@ -286,6 +351,8 @@ def _run(
                     "recorded options (the source is not read again)",
                     run_id=existing.id,
                 )
+                if metrics is not None:
+                    metrics.attach(store, existing.id)
                 summary = _resume(
                     store,
                     existing,
@@ -295,83 +362,105 @@ def _run(
                     deadline=deadline,
                     max_attempts=max_attempts,
                     lease=lease,
+                    metrics=metrics,
                 )
+                _record_metrics(metrics, summary)
                 _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
                 sys.exit(summary.exit_code)
-            with _progress() as progress:
-                table = (
-                    read_csv(source, venue=venue)
-                    if source is not None
-                    else read_query(query or "", source_db or "", venue=venue)
-                )
-                if table.warning:  # a dialect that cannot enforce read-only itself
-                    _log("source_warning", table.warning, level="warning")
-
-                def announce(run_id: str, plan: Plan) -> None:
-                    per_venue = ", ".join(f"{v} {n}" for v, n in sorted(plan.to_send.items()))
-                    total = sum(plan.to_send.values())
-                    if plan.invalid < 0:  # said before validation, within a second
-                        message = (
-                            f"run {run_id}: about to cancel {total} orders "
-                            f"({per_venue or 'none'}); rows are validated as they load"
-                        )
-                    else:
-                        verb = "would cancel" if dry_run else "cancelling"
-                        message = (
-                            f"run {run_id}: {verb} {total} orders ({per_venue or 'none'}); "
-                            f"{plan.invalid} invalid, {plan.duplicates} duplicate rows "
-                            "collapsed"
-                        )
-                    _log(
-                        "planned",
-                        message,
-                        run_id=run_id,
-                        orders=plan.to_send,
-                        invalid=plan.invalid,
-                        duplicates=plan.duplicates,
+            try:
+                with _progress() as progress:
+                    table = (
+                        read_csv(source, venue=venue)
+                        if source is not None
+                        else read_query(query or "", source_db or "", venue=venue)
                     )
-                    if all_open and (sweeping := _sweeping(plan.to_send)):
-                        _log(
-                            "all_open",
-                            f"--all-open: cancel-all at {', '.join(sweeping)} cancels every "
-                            "open order of the account, listed or not; each is recorded",
-                            run_id=run_id,
-                            venues=sweeping,
-                        )
-                    if dry_run:
-                        for line in _estimates(settings, plan, bulk=bulk, all_open=all_open):
-                            _log("estimate", line.strip())
-                    else:
-                        _warn_shared_venues(store, run_id, lambda: plan.to_send)
+                    if table.warning:  # a dialect that cannot enforce read-only itself
+                        _log("source_warning", table.warning, level="warning")
 
-                summary = start_run(
+                    def announce(run_id: str, plan: Plan) -> None:
+                        if metrics is not None:
+                            metrics.attach(store, run_id)
+                        per_venue = ", ".join(f"{v} {n}" for v, n in sorted(plan.to_send.items()))
+                        total = sum(plan.to_send.values())
+                        if plan.invalid < 0:  # said before validation, within a second
+                            message = (
+                                f"run {run_id}: about to cancel {total} orders "
+                                f"({per_venue or 'none'}); rows are validated as they load"
+                            )
+                        else:
+                            verb = "would cancel" if dry_run else "cancelling"
+                            message = (
+                                f"run {run_id}: {verb} {total} orders ({per_venue or 'none'}); "
+                                f"{plan.invalid} invalid, {plan.duplicates} duplicate rows "
+                                "collapsed"
+                            )
+                        _log(
+                            "planned",
+                            message,
+                            run_id=run_id,
+                            orders=plan.to_send,
+                            invalid=plan.invalid,
+                            duplicates=plan.duplicates,
+                        )
+                        if all_open and (sweeping := _sweeping(plan.to_send)):
+                            _log(
+                                "all_open",
+                                f"--all-open: cancel-all at {', '.join(sweeping)} cancels every "
+                                "open order of the account, listed or not; each is recorded",
+                                run_id=run_id,
+                                venues=sweeping,
+                            )
+                        if dry_run:
+                            for line in _estimates(settings, plan, bulk=bulk, all_open=all_open):
+                                _log("estimate", line.strip())
+                        else:
+                            _warn_shared_venues(store, run_id, lambda: plan.to_send)
+
+                    summary = start_run(
+                        store,
+                        settings,
+                        table,
+                        command=command,
+                        run_key=run_key,
+                        only_venue=venue,
+                        options={
+                            "venue": venue,
+                            "max_attempts": drain_options.max_attempts,
+                            "deadline": deadline,
+                            "bulk": bulk,
+                            "all_open": all_open,
+                            "confirm": confirm,
+                            "confirm_timeout": confirm_timeout,
+                            "venues_config": (
+                                os.path.abspath(venues_config) if venues_config else None
+                            ),
+                        },
+                        reason=reason,
+                        command_line=_command_line(),
+                        dry_run=dry_run,
+                        drain_options=drain_options,
+                        views=_watched(progress, metrics),
+                        on_planned=announce,
+                        loading=existing,
+                        confirm_options=confirm_options,
+                    )
+            except RunKeyTakenError as taken:
+                # Another process (a second worker, an Airflow retry) recorded a run with
+                # this key since we looked: it is the same run, so this one joins it.
+                joined = store.find_run(run_key or "")
+                _log("resuming", f"{taken}: joining it as a resume", run_id=joined.id)
+                summary = _resume(
                     store,
-                    settings,
-                    table,
-                    command=command,
-                    run_key=run_key,
-                    only_venue=venue,
-                    options={
-                        "venue": venue,
-                        "max_attempts": drain_options.max_attempts,
-                        "deadline": deadline,
-                        "bulk": bulk,
-                        "all_open": all_open,
-                        "confirm": confirm,
-                        "confirm_timeout": confirm_timeout,
-                        "venues_config": (
-                            os.path.abspath(venues_config) if venues_config else None
-                        ),
-                    },
-                    reason=reason,
-                    command_line=_command_line(),
-                    dry_run=dry_run,
-                    drain_options=drain_options,
-                    views=progress,
-                    on_planned=announce,
-                    loading=existing,
-                    confirm_options=confirm_options,
+                    joined,
+                    loaded,
+                    db=db,
+                    venues_config=venues_config,
+                    deadline=deadline,
+                    max_attempts=max_attempts,
+                    lease=lease,
+                    metrics=metrics,
                 )
+            _record_metrics(metrics, summary)
             _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
     sys.exit(summary.exit_code)
 
@@ -509,6 +598,7 @@ def _hide_password(url: str) -> str:
 @click.option("--max-attempts", type=click.IntRange(min=1), metavar="N")
 @click.option("--json", "as_json", is_flag=True)
 @lease_option
+@metrics_options
 def resume(
     run_ref: str,
     venues_config: str | None,
@@ -517,13 +607,17 @@ def resume(
     max_attempts: int | None,
     as_json: bool,
     lease: float,
+    metrics_file: str | None,
+    pushgateway: str | None,
 ) -> None:
     """Continue RUN (a run id or run key) from where it stopped."""
 
-    with _errors():
+    with _errors(), _monitoring("resume", metrics_file, pushgateway) as metrics:
         settings = _settings(db, venues_config)
         with _open_store(settings) as store:
             run = store.find_run(run_ref)
+            if metrics is not None:
+                metrics.attach(store, run.id)
             if run.status == "loading":
                 raise RunNotFoundError(
                     f"run {run.id} was interrupted while its orders were loading; run it again "
@@ -538,7 +632,9 @@ def resume(
                 deadline=deadline,
                 max_attempts=max_attempts,
                 lease=lease,
+                metrics=metrics,
             )
+            _record_metrics(metrics, summary)
             _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
     sys.exit(summary.exit_code)
 
@@ -553,6 +649,7 @@ def _resume(
     deadline: float | None,
     max_attempts: int | None,
     lease: float,
+    metrics: Any = None,
 ) -> Any:
     """Resume `run` with the options it was recorded with: `resume RUN` and a re-run with
     its --run-key both come here, so the two cannot differ. `settings` are as loaded for this
@@ -573,7 +670,7 @@ def _resume(
             run,
             command_line=_command_line(),
             drain_options=drain_options,
-            views=progress,
+            views=_watched(progress, metrics),
             confirm_options=confirm_options,
         )
 
@@ -612,17 +709,26 @@ def _would_resume(store: Any, run: Any) -> Any:
     metavar="SECONDS",
 )
 @click.option("--json", "as_json", is_flag=True)
+@metrics_options
 def confirm(
-    run_ref: str, venues_config: str | None, db: str | None, timeout: float, as_json: bool
+    run_ref: str,
+    venues_config: str | None,
+    db: str | None,
+    timeout: float,
+    as_json: bool,
+    metrics_file: str | None,
+    pushgateway: str | None,
 ) -> None:
     """Poll order status for RUN's cancel_pending orders until final or --timeout passes."""
     from batchcancel.commands import confirm_run
     from batchcancel.drain_types import DrainOptions
 
-    with _errors():
+    with _errors(), _monitoring("confirm", metrics_file, pushgateway) as metrics:
         settings = _settings(db, venues_config)
         with _open_store(settings) as store:
             run = store.find_run(run_ref)
+            if metrics is not None:
+                metrics.attach(store, run.id)
             settings = _recorded_settings(run, settings, db, venues_config)
             with _progress() as progress:
                 summary = confirm_run(
@@ -631,8 +737,9 @@ def confirm(
                     run,
                     command_line=_command_line(),
                     confirm_options=DrainOptions(confirm=True, deadline=timeout),
-                    views=progress,
+                    views=_watched(progress, metrics),
                 )
+            _record_metrics(metrics, summary)
             _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
     sys.exit(summary.exit_code)
 
