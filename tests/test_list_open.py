@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import aiohttp
 import pytest
@@ -24,9 +25,11 @@ import pytest
 from batchcancel.outcomes import Outcome
 from batchcancel.simulators import SIMULATORS
 from batchcancel.simulators.base import Answer, Fault, FaultPlan, OrderState, Runaway, Simulator
+from batchcancel.simulators.etna import EtnaSimulator
 from batchcancel.transport import open_session, send
 from batchcancel.venues import VENUES
 from batchcancel.venues.base import (
+    LIST_MAX_BODY,
     ListAnswer,
     ListedOrder,
     ListPage,
@@ -46,16 +49,15 @@ VENUE_NAMES = list(SIMULATORS)
 VENUE_PARAMS = [pytest.param(name, id=name) for name in VENUE_NAMES]
 TIMEOUT = 2.0  # seconds per request (loopback)
 MAX_PAGES = 30  # every walk here is bounded
-ZEBPAY_JWT_ONLY = {
-    k: v for k, v in CREDENTIALS.items() if k == "BATCHCANCEL_ZEBPAY_JWT"
-}  # ZebPay with a JWT; the default adapter signs with the API key
+# ZebPay with a JWT alone; with CREDENTIALS the adapter signs with the API key.
+ZEBPAY_JWT_ONLY = {k: v for k, v in CREDENTIALS.items() if k == "BATCHCANCEL_ZEBPAY_JWT"}
 
 
 def adapter(venue: str, credentials: Mapping[str, str] = CREDENTIALS) -> ListVenue:
     cls = VENUES[venue]
     made = cls({k: v for k, v in credentials.items() if k in cls.credential_vars})
     assert supports_list(made)
-    return made  # type: ignore[return-value]
+    return cast(ListVenue, made)
 
 
 def simulator(venue: str, **kwargs: object) -> Simulator:
@@ -220,7 +222,7 @@ async def test_an_empty_book_is_a_complete_first_page(
     """The proof a flat book gives: one complete, usable, empty first page."""
     sim = simulator(venue)
     if venue == "etna":
-        sim.accounts.add(ACCOUNT)
+        cast(EtnaSimulator, sim).accounts.add(ACCOUNT)
     async with serve(serve_simulators, sim) as client:
         answer = await client.page(ListPage(plain_target(venue)))
     assert answer.flat and answer.usable and answer.complete
@@ -470,7 +472,7 @@ async def test_etna_lists_each_account_apart(serve_simulators: ServeSimulators) 
         account: [sim.place(None, account_id=account) for _ in range(count)]
         for account, count in (("101", 150), ("102", 3), ("103", 0))
     }
-    sim.accounts.add("103")
+    cast(EtnaSimulator, sim).accounts.add("103")
     venue = adapter("etna")
     targets = venue.list_targets(accounts=["101", "102", "103", "101"])
     async with serve(serve_simulators, sim) as client:
@@ -523,7 +525,7 @@ async def test_zebpay_lists_per_symbol(serve_simulators: ServeSimulators, signed
         s: [sim.place(None, symbol=s) for _ in range(n)]
         for s, n in (("BTCUSDT", 4), ("ETHUSDT", 2), ("SOLUSDT", 1))
     }
-    venue: ZebpayVenue = adapter("zebpay", CREDENTIALS if signed else ZEBPAY_JWT_ONLY)  # type: ignore[assignment]
+    venue = ZebpayVenue(CREDENTIALS if signed else ZEBPAY_JWT_ONLY)
     async with serve(serve_simulators, sim) as client:
         markets = await send(
             client.session, client.base, venue.build_markets(now=0), timeout=TIMEOUT
@@ -617,15 +619,29 @@ async def test_a_runaway_is_listed_and_cancelled_until_flat(
 
 
 async def test_a_runaway_stops_by_itself(serve_simulators: ServeSimulators) -> None:
-    """Bounded in time: a runaway of 1000 orders over 0.3 s that the loop cannot keep up with
-    still stops; and one started on serving places without any request."""
+    """Bounded in count and time: one started on serving places its five orders without any
+    request and stops; one of 1000 orders over 0.3 s is done within a second and a half, with
+    at most its 1000 orders; a runaway still running when the server stops is stopped."""
     sim = simulator("sfox", runaway=Runaway(count=5, seconds=0.2, start="serve"))
+    fast = simulator("tanx", runaway=Runaway(count=1000, seconds=0.3, start="serve"))
+    slow = simulator("crux", runaway=Runaway(count=3, seconds=60.0))
     async with serve(serve_simulators, sim):
         await asyncio.sleep(0.6)
-        assert len(sim.runaway_placed) == 5
+        assert len(sim.runaway_placed) == 5 and not sim.runaway_running
         assert sim.total_requests == 0
     assert [sim.book[k] for k in sim.runaway_placed] == [OrderState.OPEN] * 5
     assert sim.runaway_placed == sorted(sim.runaway_placed, key=int)
+    async with serve(serve_simulators, fast):
+        deadline = time.monotonic() + 1.5
+        while fast.runaway_running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not fast.runaway_running
+    assert 0 < len(fast.runaway_placed) <= 1000
+    async with serve(serve_simulators, slow) as client:
+        assert not slow.runaway_running  # it starts with the first request
+        await client.page(ListPage(ListTarget()))
+        assert slow.runaway_running
+    assert not slow.runaway_running and len(slow.runaway_placed) <= 1
 
 
 # -- the sFOX list route's own limit -----------------------------------------------------------
@@ -760,11 +776,10 @@ async def test_etna_app_key_and_token_are_both_checked(serve_simulators: ServeSi
             for c in (bad_key, bad_token)
         ]
     assert [r.status for r in replies] == [403, 401]
-    assert all(
-        adapter("etna").classify_list(ListPage(plain_target("etna")), r).verdict.kind  # type: ignore[union-attr]
-        is VerdictKind.AUTH_REFUSED
-        for r in replies
-    )
+    verdicts = [
+        adapter("etna").classify_list(ListPage(plain_target("etna")), r).verdict for r in replies
+    ]
+    assert [v.kind if v else None for v in verdicts] == [VerdictKind.AUTH_REFUSED] * 2
 
 
 async def test_zebpay_signature_and_stale_timestamp_on_a_list(
@@ -972,7 +987,7 @@ def test_capabilities_are_declared() -> None:
             sorted(cls.list_fields),
             cls.list_limit is not None,
         )
-        for name, cls in VENUES.items()
+        for name, cls in ((n, cast("type[ListVenue]", c)) for n, c in VENUES.items())
     }
     assert table == {
         "sfox": (50, False, False, (), ["side", "symbol"], True),
@@ -982,3 +997,64 @@ def test_capabilities_are_declared() -> None:
         "zebpay": (100, False, True, (), ["side", "symbol"], False),
     }
     assert all(supports_list(cls) for cls in VENUES.values())
+
+
+async def test_a_page_larger_than_a_cancel_answer_needs_the_list_body_limit(
+    serve_simulators: ServeSimulators,
+) -> None:
+    """A full sFOX page of large rows (about 150 KiB): cut short by the cancel's 64 KiB body
+    limit it reads as malformed, never as a shorter complete list; read with LIST_MAX_BODY it
+    is the full page."""
+    rows = [{"id": 1000 - n, "status": "Started", "pad": "x" * 3000} for n in range(50)]
+    plan = FaultPlan().script_list(Answer.json(200, rows), Answer.json(200, rows))
+    sim = simulator("sfox", faults=plan)
+    venue = adapter("sfox")
+    page = ListPage(ListTarget())
+    async with serve(serve_simulators, sim) as client:
+        request = venue.build_list(page, now=0)
+        short = await send(client.session, client.base, request, timeout=TIMEOUT)
+        full = await send(
+            client.session, client.base, request, timeout=TIMEOUT, max_body=LIST_MAX_BODY
+        )
+    cut, whole = venue.classify_list(page, short), venue.classify_list(page, full)
+    assert cut.malformed and not cut.usable and not cut.complete
+    assert whole.usable and len(whole.orders) == 50 and not whole.complete
+    assert whole.next == ListPage(ListTarget(), "951")
+
+
+async def test_etna_total_count_wins_over_a_missing_next_link(
+    serve_simulators: ServeSimulators,
+) -> None:
+    """A page with no NextPageLink but a TotalCount it does not cover is not the last."""
+    body = {
+        "Result": [{"Id": 9, "AccountId": 77, "Status": "New"}],
+        "NextPageLink": None,
+        "TotalCount": 150,
+    }
+    sim = simulator("etna", faults=FaultPlan().script_list(Answer.json(200, body)))
+    async with serve(serve_simulators, sim) as client:
+        answer = await client.page(ListPage(plain_target("etna")))
+    assert answer.usable and not answer.complete
+    assert answer.next == ListPage(plain_target("etna"), "1")
+
+
+async def test_etna_orders_seeded_without_an_account_list_under_the_default(
+    serve_simulators: ServeSimulators,
+) -> None:
+    """`seed()` names no account: such orders list under `default_account` when it is set,
+    beside orders placed with that account, and never under another account."""
+    sim = simulator("etna")
+    sim.seed({"500001": OrderState.OPEN, "500002": OrderState.OPEN})
+    placed = sim.place_many(2, account_id=ACCOUNT)
+    other = sim.place_many(1, account_id="78")
+    async with serve(serve_simulators, sim) as client:
+        hidden = await client.walk(plain_target("etna"))
+        cast(EtnaSimulator, sim).default_account = ACCOUNT
+        shown = await client.walk(plain_target("etna"))
+        elsewhere = await client.walk(ListTarget(account_id="78"))
+    assert sorted(hidden.ids) == sorted(placed)
+    assert sorted(shown.ids) == sorted(["500001", "500002", *placed])
+    assert elsewhere.ids == other
+    assert sim.list_paths[0] == (
+        f"/etna/v1.0/accounts/{ACCOUNT}/orders?pageNumber=0&pageSize=100&sortField=Id&desc=true"
+    )

@@ -26,7 +26,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Literal
 
 from aiohttp import web
 
@@ -84,7 +84,7 @@ class Runaway:
     symbol: str = ""
     side: str = ""
     state: OrderState = OrderState.OPEN
-    start: str = "first_request"
+    start: Literal["first_request", "serve"] = "first_request"
 
 
 class Fault(StrEnum):
@@ -248,7 +248,10 @@ class Simulator:
         self.list_rate_limit = (
             self.default_list_rate_limit if list_rate_limit == -1 else list_rate_limit
         )
+        self.list_period = self.default_list_period
+        self.list_penalty = self.default_list_penalty
         self.list_requests = 0  # list requests received (any answer)
+        self.list_paths: list[str] = []  # each list request's path and query, as received
         self.list_rate_limited = 0  # 429s answered by the list route's own limit
         self.list_shows_closed = False  # also list cancelled and filled orders (as closed rows)
         self.runaway = runaway
@@ -334,6 +337,24 @@ class Simulator:
         self._placed(key, order)
         return key
 
+    def place_many(
+        self,
+        count: int,
+        state: OrderState = OrderState.OPEN,
+        *,
+        account_id: str = "",
+        symbol: str = "",
+        side: str = "",
+        listed_as: str = "",
+    ) -> list[str]:
+        """`count` new orders with fresh keys, oldest first (see `place`); their keys."""
+        return [
+            self.place(
+                None, state, account_id=account_id, symbol=symbol, side=side, listed_as=listed_as
+            )
+            for _ in range(count)
+        ]
+
     def working_keys(self) -> list[str]:
         """The keys of the working orders (open, or with a cancel still pending), newest first."""
         return [k for k in reversed(self.book) if self.state_of(k) in WORKING]
@@ -354,6 +375,11 @@ class Simulator:
         if self.runaway is None or self._runaway_task is not None:
             return
         self._runaway_task = asyncio.get_running_loop().create_task(self._run_away(self.runaway))
+
+    @property
+    def runaway_running(self) -> bool:
+        """True while the runaway is still placing orders."""
+        return self._runaway_task is not None and not self._runaway_task.done()
 
     async def stop_runaway(self) -> None:
         """Stop the runaway if it is still placing orders."""
@@ -438,10 +464,10 @@ class Simulator:
             return False
         if now < self._list_locked_until:
             return True
-        while self._list_window and now - self._list_window[0] >= self.default_list_period:
+        while self._list_window and now - self._list_window[0] >= self.list_period:
             self._list_window.popleft()
         if len(self._list_window) >= self.list_rate_limit:
-            self._list_locked_until = now + self.default_list_penalty
+            self._list_locked_until = now + self.list_penalty
             return True
         self._list_window.append(now)
         return False
@@ -466,7 +492,9 @@ class Simulator:
         if self.runaway is not None and self.runaway.start == "first_request":
             self.start_runaway()
         listing = self.is_list_request(request)
-        self.list_requests += listing
+        if listing:
+            self.list_requests += 1
+            self.list_paths.append(request.path_qs)
         key = await self.order_key(request)
         self.arrivals.append(Arrival(time.time(), key, request.path))
         if key is not None:

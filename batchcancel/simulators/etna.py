@@ -46,6 +46,8 @@ class EtnaSimulator(Simulator):
         # Accounts that exist though they may hold no order (listing them answers an empty
         # page); any account an order was placed with exists too.
         self.accounts: set[str] = set()
+        # The account an order without one (seeded by `seed`) lists under; None: under none.
+        self.default_account: str | None = None
 
     def routes(self) -> Iterable[web.RouteDef]:
         """seed 001: DELETE apiURL/v1.0/accounts/:accountId/orders/:orderId; VENUES.md (List
@@ -76,6 +78,8 @@ class EtnaSimulator(Simulator):
         """VENUES.md (etna, List open): the account's orders by Id, descending, one page."""
         account = request.match_info["account_id"]
         known = self.accounts | {d.account_id for d in self.details.values()}
+        if self.default_account is not None:
+            known.add(self.default_account)
         if account not in known:
             # ETNA docs: 500 "Unexpected server error" usually means a wrong account id.
             return web.json_response({"Message": "Unexpected server error"}, status=500)
@@ -85,7 +89,7 @@ class EtnaSimulator(Simulator):
             return web.json_response(
                 {"Message": f"pageSize must be 1 to {self.list_max}"}, status=400
             )
-        keys = [k for k in self.listed_keys() if self.detail(k).account_id == account]
+        keys = [k for k in self.listed_keys() if self._account_of(k) == account]
         keys.sort(key=lambda k: int(k) if k.isdigit() else -1, reverse=True)
         first = int(number) * int(size)
         rows = [self._row(key) for key in keys[first : first + int(size)]]
@@ -104,17 +108,19 @@ class EtnaSimulator(Simulator):
             }
         )
 
+    def _account_of(self, key: str) -> str | None:
+        return self.detail(key).account_id or self.default_account
+
     def _row(self, key: str) -> dict[str, object]:
         """An order as ETNA lists it (VENUES.md: Id, AccountId, Symbol, Side, Status...)."""
         state = self.state_of(key) or OrderState.CANCELED
         detail = self.detail(key)
         status = detail.listed_as if detail.listed_as and state in _UNCANCELLED else None
         filled = 1 if state is OrderState.FILLED else 0
+        account = self._account_of(key) or ""
         return {
             "Id": int(key) if key.isdigit() else key,
-            "AccountId": int(detail.account_id)
-            if detail.account_id.isdigit()
-            else detail.account_id,
+            "AccountId": int(account) if account.isdigit() else account,
             "Symbol": detail.symbol or "AAPL",
             "Side": (detail.side or "buy").capitalize(),
             "Status": status or _LIST_STATUS[state],

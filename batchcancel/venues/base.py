@@ -21,6 +21,7 @@ from batchcancel.outcomes import Outcome
 
 __all__ = [
     "EXCERPT_CHARS",
+    "LIST_MAX_BODY",
     "NOT_FOUND_WORDS",
     "BulkAnswer",
     "BulkVenue",
@@ -525,6 +526,12 @@ def envelope_verdict(
 # reads the answer into a `ListAnswer`. The adapter applies the target's scope to every row it
 # reads as well (a venue that ignored a filter touches nothing outside the scope), and keeps
 # only working orders. Nothing here does I/O.
+
+
+# A list page is larger than a cancel answer (up to 100 orders with all their fields): send
+# list requests with `transport.send(..., max_body=LIST_MAX_BODY)`. A page cut short by a
+# smaller limit reads as malformed, never as a shorter, complete list.
+LIST_MAX_BODY: Final = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -220,8 +220,14 @@ class EtnaVenue:
         number = int(page.cursor) if page.cursor is not None and page.cursor.isdigit() else 0
         total = int_field(body.get("TotalCount"))
         link = body.get("NextPageLink")
-        covered = total is not None and number * self.list_page_size + len(rows) >= total
-        complete = not rows or not link or covered
+        # The last page has an empty NextPageLink or covers TotalCount [A]. When both are
+        # given and disagree, the total wins: a proof never rests on the weaker sign.
+        if not rows:
+            complete = True
+        elif total is not None:
+            complete = number * self.list_page_size + len(rows) >= total
+        else:
+            complete = not link
         try:
             return list_page(
                 page.target,
