@@ -857,6 +857,8 @@ ROBUST_CASES: list[tuple[str, object, list[str] | None]] = [
         ["5", "4"],
     ),
     ("etna", {"Result": [{"Id": "x5", "AccountId": 77}], "TotalCount": 1}, None),
+    ("etna", {"Result": [{"Id": 6, "Status": "New"}], "TotalCount": 1}, ["6"]),  # no AccountId
+    ("etna", {"Message": "Authorization has been denied"}, None),  # an error in a 200
     ("etna", {"Result": None, "TotalCount": 0}, None),
     # Crux: total as a string, an order with any line not closed is working.
     (
@@ -883,6 +885,8 @@ ROBUST_CASES: list[tuple[str, object, list[str] | None]] = [
     ("tanx", {"status": "success", "message": "ok", "payload": {}}, []),
     ("tanx", _tanx_page({"id": "42", "state": "wait"}, {"id": 41, "state": "done"}), ["42"]),
     ("tanx", _tanx_page({"id": 2**53, "state": "wait"}), None),
+    ("tanx", {"status": "success", "message": "No orders found", "payload": []}, []),
+    ("tanx", {"status": "error", "message": "Something went wrong", "payload": ""}, None),
     ("tanx", _tanx_page({"id": 7.0, "state": "wait"}), None),
     ("tanx", _tanx_page({"id": True, "state": "wait"}), None),
     # ZebPay: `items` for the inner data, statuses read case-insensitively.
@@ -909,6 +913,16 @@ ROBUST_CASES: list[tuple[str, object, list[str] | None]] = [
         None,
     ),
     ("zebpay", {"statusDescription": "OK", "statusCode": 200, "data": []}, None),
+    (
+        "zebpay",
+        {
+            "statusDescription": "No open orders found",
+            "statusCode": 200,
+            "data": {"data": [], "totalCount": 0, "nextTimestamp": None},
+        },
+        [],
+    ),
+    ("zebpay", {"statusDescription": "Bad request", "statusCode": 400, "data": {}}, None),
 ]
 
 

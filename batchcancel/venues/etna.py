@@ -233,21 +233,26 @@ class EtnaVenue:
                 page.target,
                 self.list_fields,
                 rows,
-                self._listed,
+                lambda row: self._listed(row, page.target.account_id),
                 complete=complete,
                 next_page=ListPage(page.target, str(number + 1)),
             )
         except Unreadable as exc:
             return malformed_list(reply, str(exc))
 
-    def _listed(self, row: Mapping[str, object]) -> tuple[ListedOrder, bool]:
-        """One row: Id and AccountId (the cancel ids), Symbol, Side, Status (a name)."""
+    def _listed(self, row: Mapping[str, object], account: str) -> tuple[ListedOrder, bool]:
+        """One row: Id and AccountId (the cancel ids), Symbol, Side, Status (a name). A row
+        without AccountId is of the account listed (the route is per account)."""
         status = text_field(row, "Status", "status", required=False)
         word = _NOT_LETTERS.sub("", status.lower())
         order = ListedOrder(
             venue=self.name,
             order_id=id_field(row, "Id", "id"),
-            account_id=id_field(row, "AccountId", "accountId"),
+            account_id=(
+                id_field(row, "AccountId", "accountId")
+                if row.get("AccountId", row.get("accountId")) is not None
+                else account
+            ),
             symbol=text_field(row, "Symbol", "symbol", required=False),
             side=side_of(text_field(row, "Side", "side", required=False)),
             state=status,

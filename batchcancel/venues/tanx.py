@@ -301,9 +301,9 @@ class TanxVenue:
             )
             return malformed_list(reply, "not JSON") if unparsable else ListAnswer.failed(early)
         body = json_object(reply.body) or {}
-        message = message_text(body, *_MESSAGE_KEYS)
-        if not _success(reply, body) or disputes(message):
-            return refused_list(reply, message)
+        if not _success(reply, body):
+            return refused_list(reply, message_text(body, *_MESSAGE_KEYS))
+        # The envelope decides, not the words: "No orders found" with [] is an empty list.
         payload = body.get("payload")
         if payload is None or payload == {} or payload == "":
             rows: list[object] = []

@@ -331,8 +331,9 @@ class ZebpayVenue:
         message = _message(body)
         if (verdict := _refused_signature(reply, message)) is not None:
             return ListAnswer.failed(verdict)
-        if reply.status != 200 or not _succeeded(body) or disputes(message):
+        if reply.status != 200 or not _succeeded(body):
             return refused_list(reply, message)
+        # HTTP status and statusCode decide (VENUES.md), not words: "No open orders" is a list.
         data = body.get("data")
         if not isinstance(data, dict):
             return malformed_list(reply, "data is not an object")
