@@ -4,6 +4,10 @@ An adapter validates a row, builds the exact request for it and classifies the a
 never does I/O: transport.py sends, engine.py retries and paces. What every venue's answers
 share is read here once: 3xx redirects, 429 and 5xx, error envelopes in a 2xx, and the words of
 a message (VENUES.md, "General rules for every adapter").
+
+Listing a venue's own book (`ListVenue`, VENUES.md "List open") is sans-I/O too: plan the walks
+with `list_targets`, build each page's request with `build_list`, read it with `classify_list`
+into a `ListAnswer` (working `ListedOrder`s in scope, `complete`, `next`, or a verdict).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Crux Connect: `PATCH /orders/cancel/` with `{"order_uuid": ...}` and a Token (seed 002).
 
 The cancel is a request passed on to the supplier, so a success is `cancel_pending` (VENUES.md).
+Open orders are listed by `POST /orders/`, paged by offset; an order whose cancel still waits
+for its supplier lists as working.
 """
 
 from __future__ import annotations

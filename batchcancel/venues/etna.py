@@ -1,6 +1,7 @@
 """ETNA Trader: `DELETE /v1.0/accounts/{a}/orders/{o}` with an app key and a Bearer token.
 
 Seed 001 and VENUES.md (etna). Each broker has its own host, so there is no default base URL.
+Open orders are listed per account (`GET /v1.0/accounts/{a}/orders`, paged from 0).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""sFOX: `DELETE /v1/orders/{order_id}` with a Bearer API key (seed 000, VENUES.md)."""
+"""sFOX: `DELETE /v1/orders/{order_id}` with a Bearer API key (seed 000, VENUES.md).
+
+Also bulk cancel, the order-status read of the confirm pass, and the list of open orders
+(`GET /v1/orders?limit=50[&before=<id>]`, a route with its own 10 per 10 s).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """tanX: `POST /sapi/v1/orders/cancel/` with `{"order_id": <int>}` and a JWT (seed 003).
 
 A success is usually "queued for cancellation" (`cancel_pending`); VENUES.md has the table.
+Open orders are listed one state at a time (`GET /sapi/v1/orders/?state=wait|pending`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """ZebPay Futures: `DELETE /api/v1/trade/order` with a JSON body, JWT or HMAC-signed (seed 004).
 
 With an API key, the body gains `"timestamp": <unix ms>` at its root, is serialized as compact
-JSON, and exactly those bytes are signed and sent (VENUES.md, zebpay).
+JSON, and exactly those bytes are signed and sent (VENUES.md, zebpay). Open orders are listed
+per symbol (`GET /api/v1/trade/order/open-orders?symbol=...`), the query signed as sent.
 """
 
 from __future__ import annotations
