@@ -66,10 +66,13 @@ def _install_redactor(settings: Settings | None = None) -> None:
     redact.install(redact.Redactor(settings.secrets if settings else (), urls=urls))
 
 
-def _progress() -> Any:
+def _progress(settings: Settings | None = None, limits: dict[str, Any] | None = None) -> Any:
+    """The live view; it shows each venue's configured limit (of `settings`, or `limits`)."""
     from batchcancel.progress import Progress
 
-    return Progress(json_lines=_log_json)
+    if settings is not None:
+        limits = {name: (v.rate_limit, v.period) for name, v in settings.venues.items()}
+    return Progress(json_lines=_log_json, limits=limits)
 
 
 def _fail(message: str, code: int) -> None:
@@ -367,7 +370,7 @@ def _run(
                 _record_metrics(metrics, summary)
                 _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
                 sys.exit(summary.exit_code)
-            with _progress() as progress:
+            with _progress(settings) as progress:
                 table = (
                     read_csv(source, venue=venue)
                     if source is not None
@@ -646,7 +649,7 @@ def _resume(
         run, deadline=deadline, max_attempts=max_attempts, lease=lease
     )
     _warn_shared_venues(store, run.id, lambda: store.venues_with_work(run.id))
-    with _progress() as progress:
+    with _progress(settings) as progress:
         return resume_run(
             store,
             settings,
@@ -713,7 +716,7 @@ def confirm(
             if metrics is not None:
                 metrics.attach(store, run.id)
             settings = _recorded_settings(run, settings, db, venues_config)
-            with _progress() as progress:
+            with _progress(settings) as progress:
                 summary = confirm_run(
                     store,
                     settings,
@@ -986,7 +989,10 @@ def demo(out_dir: str) -> None:
             per_venue = ", ".join(f"{v} {n}" for v, n in sorted(plan.to_send.items()))
             _log("planned", f"run {run_id}: cancelling {per_venue}", run_id=run_id)
 
-        with _progress() as progress:
+        from batchcancel.demo import DEMO_PLAN
+
+        limits = {name: (plan.rate_limit, plan.period) for name, plan in DEMO_PLAN.items()}
+        with _progress(limits=limits) as progress:
             result = run_demo(Path(out_dir), views=progress, on_planned=announce)
         with _open_store(_settings(result.db_url)) as store:
             _print_summary(store, result.summary, as_json=False, db_url=result.db_url)
