@@ -193,9 +193,7 @@ def _stream(store: AuditStore, query: sa.Select[Any]) -> Iterator[tuple[Any, ...
                 yield tuple(row)
         except sa.exc.SQLAlchemyError as exc:
             lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
-            raise AuditError(
-                f"audit database read failed: {_PASSWORDS.text(lines[0])}"
-            ) from None
+            raise AuditError(f"audit database read failed: {_PASSWORDS.text(lines[0])}") from None
 
 
 def run_header(store: AuditStore, run_id: str) -> RunHeader:
@@ -204,9 +202,7 @@ def run_header(store: AuditStore, run_id: str) -> RunHeader:
         row = conn.execute(sa.select(_runs).where(_runs.c.id == run_id)).mappings().first()
         session_rows = (
             conn.execute(
-                sa.select(_sessions)
-                .where(_sessions.c.run_id == run_id)
-                .order_by(_sessions.c.id)
+                sa.select(_sessions).where(_sessions.c.run_id == run_id).order_by(_sessions.c.id)
             )
             .mappings()
             .all()
@@ -438,8 +434,15 @@ def attention_orders(
             label = FILLED_BEFORE_CANCEL
         result.append(
             AttentionOrder(
-                venue, order_id, account or "", symbol or "", label, reason or "", int(tries or 0),
-                status, last,
+                venue,
+                order_id,
+                account or "",
+                symbol or "",
+                label,
+                reason or "",
+                int(tries or 0),
+                status,
+                last,
             )
         )
     return result, total
