@@ -1072,3 +1072,22 @@ async def test_etna_orders_seeded_without_an_account_list_under_the_default(
     assert sim.list_paths[0] == (
         f"/etna/v1.0/accounts/{ACCOUNT}/orders?pageNumber=0&pageSize=100&sortField=Id&desc=true"
     )
+
+
+@pytest.mark.parametrize("venue", VENUE_PARAMS)
+async def test_json_nested_past_the_recursion_limit_is_a_malformed_page(
+    serve_simulators: ServeSimulators, venue: str
+) -> None:
+    """A page Python's JSON reader cannot even parse (it raises RecursionError): malformed."""
+    deep = Answer(200, b"[" * 60_000 + b"]" * 60_000)
+    sim = simulator(venue, faults=FaultPlan().script_list(deep))
+    page = ListPage(plain_target(venue))
+    async with serve(serve_simulators, sim) as client:
+        request = client.adapter.build_list(page, now=time.time())
+        reply = await send(
+            client.session, client.base, request, timeout=TIMEOUT, max_body=LIST_MAX_BODY
+        )
+    answer = client.adapter.classify_list(page, reply)
+    assert len(reply.body) == 120_000
+    assert answer.malformed and not answer.usable and answer.orders == ()
+    assert answer.verdict is not None and "RecursionError" in answer.verdict.reason

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar, Final, Protocol
+from typing import ClassVar, Final, Protocol, TypeVar
 
 from batchcancel.outcomes import Outcome
 
@@ -60,6 +60,7 @@ __all__ = [
     "message_of",
     "message_text",
     "message_verdict",
+    "never_raises",
     "redirected",
     "refused_list",
     "retry_after_seconds",
@@ -684,6 +685,25 @@ def malformed_list(reply: Reply, why: str) -> ListAnswer:
     return ListAnswer.failed(
         Verdict.transient(f"malformed list answer (HTTP {reply.status}): {why}"), malformed=True
     )
+
+
+_V = TypeVar("_V")
+
+
+def never_raises(
+    read: Callable[[_V, ListPage, Reply], ListAnswer],
+) -> Callable[[_V, ListPage, Reply], ListAnswer]:
+    """Wrap a `classify_list`: an answer it cannot read (JSON nested past the recursion limit,
+    a shape nobody foresaw) is a malformed page, never an exception in the engine."""
+
+    @functools.wraps(read)
+    def guarded(self: _V, page: ListPage, reply: Reply) -> ListAnswer:
+        try:
+            return read(self, page, reply)
+        except Exception as exc:  # the contract: a list answer never crashes the run
+            return malformed_list(reply, f"unreadable ({type(exc).__name__})")
+
+    return guarded
 
 
 def refused_list(reply: Reply, message: str) -> ListAnswer:

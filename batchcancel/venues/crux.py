@@ -37,6 +37,7 @@ from batchcancel.venues.base import (
     message_of,
     message_text,
     message_verdict,
+    never_raises,
     redirected,
     refused_list,
     text_field,
@@ -224,6 +225,7 @@ class CruxVenue:
             body=json.dumps(body).encode(),
         )
 
+    @never_raises
     def classify_list(self, page: ListPage, reply: Reply) -> ListAnswer:
         """`{"total_results", "orders": [{"uuid", "line_items": [{"status"}]}]}`; the next page
         starts at start + len(orders) until total_results is covered [A]."""

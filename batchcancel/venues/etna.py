@@ -38,6 +38,7 @@ from batchcancel.venues.base import (
     message_of,
     message_text,
     message_verdict,
+    never_raises,
     redirected,
     refused_list,
     side_of,
@@ -197,6 +198,7 @@ class EtnaVenue:
             ),
         )
 
+    @never_raises
     def classify_list(self, page: ListPage, reply: Reply) -> ListAnswer:
         """`{"Result": [...], "NextPageLink", "TotalCount"}`; the last page has an empty
         NextPageLink or covers TotalCount [A]."""

@@ -40,6 +40,7 @@ from batchcancel.venues.base import (
     message_of,
     message_text,
     message_verdict,
+    never_raises,
     redirected,
     refused_list,
     retry_after_seconds,
@@ -279,6 +280,7 @@ class SfoxVenue:
             headers=(("Authorization", f"Bearer {self._api_key}"),),
         )
 
+    @never_raises
     def classify_list(self, page: ListPage, reply: Reply) -> ListAnswer:
         """A bare JSON array, newest first; a page shorter than the limit is the last [A]; the
         next page is `before=<smallest id seen>`."""

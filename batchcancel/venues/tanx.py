@@ -39,6 +39,7 @@ from batchcancel.venues.base import (
     message_of,
     message_text,
     message_verdict,
+    never_raises,
     redirected,
     refused_list,
     side_of,
@@ -288,6 +289,7 @@ class TanxVenue:
             headers=(("Authorization", f"JWT {self._jwt}"),),
         )
 
+    @never_raises
     def classify_list(self, page: ListPage, reply: Reply) -> ListAnswer:
         """The success envelope with `payload` a list of orders (an empty one may be `{}`);
         a page shorter than the limit is the last [A]."""

@@ -41,6 +41,7 @@ from batchcancel.venues.base import (
     message_of,
     message_text,
     message_verdict,
+    never_raises,
     redirected,
     refused_list,
     side_of,
@@ -315,6 +316,7 @@ class ZebpayVenue:
         )
         return CancelRequest("GET", f"{path}?{query}", auth + accept)
 
+    @never_raises
     def classify_list(self, page: ListPage, reply: Reply) -> ListAnswer:
         """The envelope with `data` = {"data" (or "items"): [...], "totalCount",
         "nextTimestamp"}. Complete when nextTimestamp is null, the page is not full and
