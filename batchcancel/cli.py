@@ -21,7 +21,7 @@ import click
 
 from batchcancel import __version__, redact
 from batchcancel.config import Settings, load_settings
-from batchcancel.errors import BatchCancelError, ConfigError, RunNotFoundError
+from batchcancel.errors import BatchCancelError, ConfigError, RunKeyTakenError, RunNotFoundError
 
 __all__ = ["main"]
 
@@ -370,81 +370,98 @@ def _run(
                 _record_metrics(metrics, summary)
                 _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)
                 sys.exit(summary.exit_code)
-            with _progress(settings) as progress:
-                table = (
-                    read_csv(source, venue=venue)
-                    if source is not None
-                    else read_query(query or "", source_db or "", venue=venue)
-                )
-                if table.warning:  # a dialect that cannot enforce read-only itself
-                    _log("source_warning", table.warning, level="warning")
-
-                def announce(run_id: str, plan: Plan) -> None:
-                    if metrics is not None:
-                        metrics.attach(store, run_id)
-                    per_venue = ", ".join(f"{v} {n}" for v, n in sorted(plan.to_send.items()))
-                    total = sum(plan.to_send.values())
-                    if plan.invalid < 0:  # said before validation, within a second
-                        message = (
-                            f"run {run_id}: about to cancel {total} orders "
-                            f"({per_venue or 'none'}); rows are validated as they load"
-                        )
-                    else:
-                        verb = "would cancel" if dry_run else "cancelling"
-                        message = (
-                            f"run {run_id}: {verb} {total} orders ({per_venue or 'none'}); "
-                            f"{plan.invalid} invalid, {plan.duplicates} duplicate rows "
-                            "collapsed"
-                        )
-                    _log(
-                        "planned",
-                        message,
-                        run_id=run_id,
-                        orders=plan.to_send,
-                        invalid=plan.invalid,
-                        duplicates=plan.duplicates,
+            try:
+                with _progress(settings) as progress:
+                    table = (
+                        read_csv(source, venue=venue)
+                        if source is not None
+                        else read_query(query or "", source_db or "", venue=venue)
                     )
-                    if all_open and (sweeping := _sweeping(plan.to_send)):
-                        _log(
-                            "all_open",
-                            f"--all-open: cancel-all at {', '.join(sweeping)} cancels every "
-                            "open order of the account, listed or not; each is recorded",
-                            run_id=run_id,
-                            venues=sweeping,
-                        )
-                    if dry_run:
-                        for line in _estimates(settings, plan, bulk=bulk, all_open=all_open):
-                            _log("estimate", line.strip())
-                    else:
-                        _warn_shared_venues(store, run_id, lambda: plan.to_send)
+                    if table.warning:  # a dialect that cannot enforce read-only itself
+                        _log("source_warning", table.warning, level="warning")
 
-                summary = start_run(
+                    def announce(run_id: str, plan: Plan) -> None:
+                        if metrics is not None:
+                            metrics.attach(store, run_id)
+                        per_venue = ", ".join(f"{v} {n}" for v, n in sorted(plan.to_send.items()))
+                        total = sum(plan.to_send.values())
+                        if plan.invalid < 0:  # said before validation, within a second
+                            message = (
+                                f"run {run_id}: about to cancel {total} orders "
+                                f"({per_venue or 'none'}); rows are validated as they load"
+                            )
+                        else:
+                            verb = "would cancel" if dry_run else "cancelling"
+                            message = (
+                                f"run {run_id}: {verb} {total} orders ({per_venue or 'none'}); "
+                                f"{plan.invalid} invalid, {plan.duplicates} duplicate rows "
+                                "collapsed"
+                            )
+                        _log(
+                            "planned",
+                            message,
+                            run_id=run_id,
+                            orders=plan.to_send,
+                            invalid=plan.invalid,
+                            duplicates=plan.duplicates,
+                        )
+                        if all_open and (sweeping := _sweeping(plan.to_send)):
+                            _log(
+                                "all_open",
+                                f"--all-open: cancel-all at {', '.join(sweeping)} cancels every "
+                                "open order of the account, listed or not; each is recorded",
+                                run_id=run_id,
+                                venues=sweeping,
+                            )
+                        if dry_run:
+                            for line in _estimates(settings, plan, bulk=bulk, all_open=all_open):
+                                _log("estimate", line.strip())
+                        else:
+                            _warn_shared_venues(store, run_id, lambda: plan.to_send)
+
+                    summary = start_run(
+                        store,
+                        settings,
+                        table,
+                        command=command,
+                        run_key=run_key,
+                        only_venue=venue,
+                        options={
+                            "venue": venue,
+                            "max_attempts": drain_options.max_attempts,
+                            "deadline": deadline,
+                            "bulk": bulk,
+                            "all_open": all_open,
+                            "confirm": confirm,
+                            "confirm_timeout": confirm_timeout,
+                            "venues_config": (
+                                os.path.abspath(venues_config) if venues_config else None
+                            ),
+                        },
+                        reason=reason,
+                        command_line=_command_line(),
+                        dry_run=dry_run,
+                        drain_options=drain_options,
+                        views=_watched(progress, metrics),
+                        on_planned=announce,
+                        loading=existing,
+                        confirm_options=confirm_options,
+                    )
+            except RunKeyTakenError as taken:
+                # Another process (a second worker, an Airflow retry) recorded a run with
+                # this key since we looked: it is the same run, so this one joins it.
+                joined = store.find_run(run_key or "")
+                _log("resuming", f"{taken}: joining it as a resume", run_id=joined.id)
+                summary = _resume(
                     store,
-                    settings,
-                    table,
-                    command=command,
-                    run_key=run_key,
-                    only_venue=venue,
-                    options={
-                        "venue": venue,
-                        "max_attempts": drain_options.max_attempts,
-                        "deadline": deadline,
-                        "bulk": bulk,
-                        "all_open": all_open,
-                        "confirm": confirm,
-                        "confirm_timeout": confirm_timeout,
-                        "venues_config": (
-                            os.path.abspath(venues_config) if venues_config else None
-                        ),
-                    },
-                    reason=reason,
-                    command_line=_command_line(),
-                    dry_run=dry_run,
-                    drain_options=drain_options,
-                    views=_watched(progress, metrics),
-                    on_planned=announce,
-                    loading=existing,
-                    confirm_options=confirm_options,
+                    joined,
+                    loaded,
+                    db=db,
+                    venues_config=venues_config,
+                    deadline=deadline,
+                    max_attempts=max_attempts,
+                    lease=lease,
+                    metrics=metrics,
                 )
             _record_metrics(metrics, summary)
             _print_summary(store, summary, as_json=as_json, db_url=settings.db_url)

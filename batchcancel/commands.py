@@ -16,6 +16,7 @@ from typing import Any
 from batchcancel.audit.store import LOADING, AuditStore, PlannedOrder, RunInfo
 from batchcancel.config import Settings
 from batchcancel.drain_types import DrainOptions, LaneView
+from batchcancel.errors import RunKeyTakenError, RunLockedError
 from batchcancel.outcomes import EXIT_CODES, Outcome, RunStatus, run_status
 from batchcancel.sources import NumberedRow, OrderTable
 from batchcancel.venues import VENUES
@@ -138,6 +139,14 @@ def start_run(
     started = time.monotonic()
     if loading is not None:
         run_id = loading.id  # a run whose loading was interrupted: load the rest of the rows
+        try:
+            store.lock_run(run_id)  # only one process records the rest
+        except RunLockedError:
+            if store.dialect == "sqlite":
+                raise  # one process per SQLite run: say which one holds it
+            raise RunKeyTakenError(
+                f"run key {run_key} belongs to run {run_id}, which another process is loading"
+            ) from None
     else:
         run_id = store.create_run(
             command=command,
@@ -168,19 +177,24 @@ def start_run(
             run_id, orders_total=store.order_count(run_id), duplicates=table.duplicates
         )
 
-    if dry_run:
-        for chunk in chunks:
-            load(chunk)
-        finish_loading()
+    try:
+        if dry_run:
+            for chunk in chunks:
+                load(chunk)
+            finish_loading()
+            if on_planned is not None:
+                on_planned(run_id, Plan(to_send, invalid, table.duplicates))
+            store.set_run_status(run_id, RunStatus.PLANNED.value)
+            store.unlock_run(run_id)
+            return summarise(store, store.find_run(run_id), elapsed=time.monotonic() - started)
         if on_planned is not None:
-            on_planned(run_id, Plan(to_send, invalid, table.duplicates))
-        store.set_run_status(run_id, RunStatus.PLANNED.value)
-        return summarise(store, store.find_run(run_id), elapsed=time.monotonic() - started)
-    if on_planned is not None:
-        on_planned(run_id, Plan(table.venue_counts(), -1, table.duplicates))
-    first = next(chunks, None)
-    if first is not None:
-        load(first)
+            on_planned(run_id, Plan(table.venue_counts(), -1, table.duplicates))
+        first = next(chunks, None)
+        if first is not None:
+            load(first)
+    except BaseException:
+        store.unlock_run(run_id)  # _work below releases it from here on
+        raise
 
     def load_rest(stopping: Callable[[], bool]) -> None:
         for chunk in chunks:
@@ -318,14 +332,16 @@ def _work(
     try:
         stopped = ""
         halted: dict[str, str] = {}
+        lost: set[str] = set()
         if drain_options is not None:
             result = asyncio.run(
                 drain(store, run_id, settings, drain_options, views=views, loader=loader)
             )
             stopped = result.stopped
             halted = {name: v.halted for name, v in result.lanes.items() if v.halted}
+            lost = result.lost
         confirm = None
-        if confirm_options is not None and not stopped:
+        if confirm_options is not None and not stopped and not lost:
             before = _pending_count(store, run_id)
             asyncio.run(drain(store, run_id, settings, confirm_options, views=views))
             confirm = (before, _pending_count(store, run_id))
@@ -339,7 +355,8 @@ def _work(
         )
         summary = dataclasses.replace(summary, confirm=confirm)
         status = summary.status
-        store.set_run_status(run_id, status.value)
+        if not lost:  # a lane another worker took over is still being worked: not ours to say
+            store.set_run_status(run_id, status.value)
         return summary
     finally:
         try:

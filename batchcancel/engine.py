@@ -38,7 +38,7 @@ from batchcancel.audit.store import (
 from batchcancel.audit.writer import AuditWriter
 from batchcancel.config import Settings, VenueSettings
 from batchcancel.drain_types import DrainOptions, LaneView
-from batchcancel.errors import AuditError, TransientVenueError
+from batchcancel.errors import AuditError, LaneLostError, TransientVenueError
 from batchcancel.lanes import Pacer, safety_margin
 from batchcancel.outcomes import Outcome
 from batchcancel.transport import MAX_BODY_BYTES, open_session, send
@@ -76,6 +76,7 @@ SWEEP_BEGIN_SLICE: Final = 5000  # attempt rows per commit while a cancel-all is
 # ZebPay; parsing costs about 4x its size in memory, see docs/benchmarks.md). A larger one is
 # not parsed: the orders it would list are cancelled one by one, which finds them closed.
 SWEEP_BODY_LIMIT: Final = 16 * 1024 * 1024
+LANE_LOST: Final = "lost the lane lease to another worker"
 
 
 @dataclass
@@ -118,6 +119,7 @@ class DrainResult:
 
     stopped: str = ""  # deadline / signal reason, empty if it ran to the end
     lanes: dict[str, LaneView] = field(default_factory=dict)
+    lost: set[str] = field(default_factory=set)  # lanes another worker took over: theirs now
 
 
 class _Lane:
@@ -135,9 +137,13 @@ class _Lane:
         view: LaneView,
         rng: random.Random,
         on_audit_failure: Callable[[AuditError], None],
+        on_lost: Callable[[str], None],
         more_coming: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
+        self.on_lost = on_lost
+        # What the previous holder left in flight, re-sent once its request timeout is over.
+        self._takeover: tuple[float, list[int]] | None = None
         self.more_coming = more_coming
         self.writer = writer
         self.run_id = run_id
@@ -165,6 +171,12 @@ class _Lane:
             else 0
         )
         self._sweeps = options.all_open and not options.confirm and supports_sweep(venue)
+
+    def take_over_later(self, wait: float, order_pks: list[int]) -> None:
+        """The previous holder may still be sending these orders: re-send them only once
+        `wait` seconds (its request timeout) have passed."""
+        if order_pks:
+            self._takeover = (time.monotonic() + wait, order_pks)
 
     def wake(self) -> None:
         """Look for work again (new orders were recorded)."""
@@ -205,6 +217,9 @@ class _Lane:
         """A due retry, else the next unsent order; None when nothing is left to send."""
         while not self.pacer.halted:
             now = time.monotonic()
+            if self._takeover is not None and self._takeover[0] <= now:
+                await self._release_taken_over()
+                continue
             if self._retries and self._retries[0][0] <= now:
                 return heapq.heappop(self._retries)[2]
             # Whether loading is over is read before the look: rows recorded while the look
@@ -213,16 +228,41 @@ class _Lane:
             order = await self._next_order()
             if order is not None:
                 return _Job(order, attempt=order.attempts)
-            if not self._retries and not self._in_flight and not loading:
+            if not self._retries and not self._in_flight and not loading and not self._takeover:
                 return None
             self._wake.clear()
-            timeout = self._retries[0][0] - now if self._retries else None
+            due = [self._retries[0][0]] if self._retries else []
+            due += [self._takeover[0]] if self._takeover else []
+            timeout = min(due) - now if due else None
             if loading:
                 self._exhausted = False  # look again: the loader is still adding orders
                 timeout = LOAD_POLL if timeout is None else min(timeout, LOAD_POLL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
         return None
+
+    async def _release_taken_over(self) -> None:
+        """The previous holder's in-flight orders become this lane's to send."""
+        assert self._takeover is not None
+        _, order_pks = self._takeover
+        self._takeover = None
+        try:
+            released = await asyncio.to_thread(
+                self.store.release_in_flight, self.run_id, self.view.venue, order_pks
+            )
+        except LaneLostError:
+            self.on_lost(self.view.venue)
+            return
+        except AuditError as exc:
+            self.on_audit_failure(exc)
+            return
+        if self.options.confirm:
+            return  # a confirm lane polls cancel_pending orders; these were never answered
+        for order in released:
+            if order.pk <= self._after_pk:  # behind the page cursor: queue it here
+                self._retry_after(_Job(order, attempt=order.attempts), 0.0)
+            else:
+                self._exhausted = False  # ahead of it: the next page finds it
 
     async def _next_order(self) -> OrderToSend | None:
         if not self._page and not self._exhausted:
@@ -279,8 +319,14 @@ class _Lane:
             job.attempt += 1
             job.fresh = False
         tag = f"bulk {self.view.venue}-{jobs[0].order.pk}.{jobs[0].attempt} of {len(jobs)}"
+        venue_name = self.view.venue
         try:
-            await self.writer.begin(*(Begin(j.order.pk, j.attempt, sent_at, BULK) for j in jobs))
+            await self.writer.begin(
+                *(Begin(j.order.pk, j.attempt, sent_at, BULK, venue_name) for j in jobs)
+            )
+        except LaneLostError:
+            self.pacer.unused()
+            return  # the writer told the session; the lane is halted
         except AuditError as exc:
             self.pacer.unused()
             self.on_audit_failure(exc)
@@ -341,10 +387,14 @@ class _Lane:
             for start in range(0, len(jobs), SWEEP_BEGIN_SLICE):
                 await self.writer.begin(
                     *(
-                        Begin(j.order.pk, j.attempt, sent_at, BULK)
+                        Begin(j.order.pk, j.attempt, sent_at, BULK, self.view.venue)
                         for j in jobs[start : start + SWEEP_BEGIN_SLICE]
                     )
                 )
+        except LaneLostError:
+            self.pacer.unused()
+            self.pacer.release()
+            return
         except AuditError as exc:
             self.pacer.unused()
             self.pacer.release()
@@ -402,6 +452,12 @@ class _Lane:
                         kind=SWEEP,
                         target=f"{target} page {page}",
                     )
+                except LaneLostError:
+                    self.pacer.unused()
+                    self.pacer.release()
+                    self.on_lost(self.view.venue)
+                    swept.failure = Verdict.transient(f"not sent: {LANE_LOST}")
+                    return swept
                 except AuditError as exc:
                     self.pacer.unused()
                     self.pacer.release()
@@ -472,9 +528,16 @@ class _Lane:
             if key not in keys and verdict.outcome is not None
         ]
         if extras:
-            await asyncio.to_thread(
-                self.store.add_swept, self.run_id, self.view.venue, extras, sent_at=sent_at
-            )
+            try:
+                await asyncio.to_thread(
+                    self.store.add_swept, self.run_id, self.view.venue, extras, sent_at=sent_at
+                )
+            except LaneLostError:
+                self.on_lost(self.view.venue)
+                return
+            except AuditError as exc:
+                self.on_audit_failure(exc)
+                return
             self.view.total += len(extras)
             self.view.done += len(extras)
             self.view.outcomes.update(e.outcome for e in extras)
@@ -509,6 +572,11 @@ class _Lane:
         dropped connection) and what to record of it. The slot's window learns the answer."""
         started = time.monotonic()
         heard = _Heard()
+        if not await self._lane_is_ours():
+            self.pacer.answered()
+            heard.detail = f"not sent: {LANE_LOST}"
+            heard.answered_at = utcnow()
+            return None, heard
         try:
             reply: Reply | None = await send(
                 self._session,
@@ -529,6 +597,23 @@ class _Lane:
         heard.latency_ms = (time.monotonic() - started) * 1000
         return reply, heard
 
+    async def _lane_is_ours(self) -> bool:
+        """Checked just before each request leaves: the lease is fresh by this process's
+        clock, or (after a stall) the database renews it at our epoch. Else the lane is lost."""
+        venue = self.view.venue
+        if self.store.lease_is_fresh(self.run_id, venue):
+            return True
+        try:
+            held = await asyncio.to_thread(
+                self.store.renew_lanes, self.run_id, [venue], lease=self.options.lease
+            )
+        except AuditError:
+            held = set()  # cannot prove the lane is ours: send nothing
+        if venue in held:
+            return True
+        self.on_lost(venue)
+        return False
+
     async def _send_and_record(self, job: _Job) -> None:
         order = job.order
         row = OrderRow(order.venue, order.order_id, order.account_id, order.symbol)
@@ -545,7 +630,11 @@ class _Lane:
         job.attempt += 1
         kind = CONFIRM if confirming else CANCEL
         try:
-            await self.writer.begin(Begin(order.pk, job.attempt, utcnow(), kind))
+            await self.writer.begin(Begin(order.pk, job.attempt, utcnow(), kind, self.view.venue))
+        except LaneLostError:
+            job.attempt -= 1
+            self.pacer.unused()
+            return  # the writer told the session; the lane is halted
         except AuditError as exc:
             job.attempt -= 1
             self.pacer.unused()
@@ -588,6 +677,7 @@ class _Lane:
                 detail=detail,
                 outcome=outcome.value if outcome else None,
                 reason=reason,
+                venue=self.view.venue,
             )
         )
         # A confirm poll that finds the cancel still pending has not finished the order.
@@ -704,7 +794,7 @@ class _Session:
         self.views = views
         self.result = DrainResult()
         self.rng = random.Random(options.seed)
-        self.writer = AuditWriter(store, run_id)
+        self.writer = AuditWriter(store, run_id, on_lost=self.lane_lost)
         self.lanes: dict[str, _Lane] = {}
         self.running: dict[str, asyncio.Task[None]] = {}
         self.completed: set[str] = set()
@@ -715,6 +805,14 @@ class _Session:
             self.result.stopped = reason
         for lane in self.lanes.values():
             lane.halt(reason)
+
+    def lane_lost(self, venue: str) -> None:
+        """Another worker holds the venue's lane now: send nothing more there, change none
+        of its orders (no settling, no release), leave the run's status to that worker."""
+        self.result.lost.add(venue)
+        lane = self.lanes.get(venue)
+        if lane is not None:
+            lane.halt(LANE_LOST)
 
     def audit_failed(self, exc: AuditError) -> None:
         self.failures.append(exc)
@@ -748,10 +846,6 @@ class _Session:
             asyncio.create_task(_report(self.views, self.result.lanes)) if self.views else None
         )
         try:
-            if self.options.confirm:
-                await asyncio.to_thread(
-                    self.store.recover_in_flight, self.run_id, reset_resumable=False
-                )
             await self._take_lanes_until_done()
             if self.running:
                 await asyncio.wait(self.running.values())
@@ -783,6 +877,13 @@ class _Session:
             if self.loader is not None:
                 stopping = lambda: bool(self.result.stopped)  # noqa: E731
                 await asyncio.to_thread(self.loader, stopping)
+            else:
+                # A worker that joined a run another live process is still loading keeps
+                # looking for its new orders until that process is done recording them.
+                while not self.result.stopped and await asyncio.to_thread(
+                    self.store.loading_elsewhere, self.run_id
+                ):
+                    await asyncio.sleep(CLAIM_EVERY)
         except AuditError as exc:
             self.audit_failed(exc)
         except Exception as exc:  # surfaced after the lanes have stopped
@@ -807,11 +908,15 @@ class _Session:
                 self.store.venues_with_work, self.run_id, to_confirm=self.options.confirm
             )
             remaining = set(work) - self.completed - set(self.running)
-            taken: list[str] = []
-            if self.options.confirm:
-                taken = sorted(remaining)  # single-worker pass: no leases
-            elif remaining:
-                spread = not self.options.claim_all and self.store.dialect != "sqlite"
+            taken: dict[str, float] = {}
+            if remaining:
+                # A confirm pass polls every venue it can: it takes leases like a sender
+                # (SPEC), so it never relabels another worker's in-flight attempts.
+                spread = (
+                    not self.options.claim_all
+                    and not self.options.confirm
+                    and self.store.dialect != "sqlite"
+                )
                 due = not self.running or time.monotonic() - last_claim >= CLAIM_EVERY
                 limit = (1 if due else 0) if spread else len(remaining)
                 taken = await asyncio.to_thread(
@@ -820,14 +925,24 @@ class _Session:
                     remaining,
                     limit=limit,
                     lease=self.options.lease,
+                    request_timeout=self._request_timeouts(remaining),
                 )
                 if taken:
                     last_claim = time.monotonic()
-            for venue in taken:
-                await self._start_lane(venue, work[venue])
+            for venue, wait in taken.items():
+                await self._start_lane(venue, work[venue], wait)
+            if self.options.confirm and remaining - set(taken):
+                # A lane another worker holds is not polled: its holder is still sending
+                # there (and confirms its own orders when its run asks for it).
+                busy = await asyncio.to_thread(self.store.leased_by_others, self.run_id)
+                for venue in sorted((remaining - set(taken)) & busy):
+                    view = LaneView(venue, total=work[venue])
+                    view.halted = f"not confirmed: another worker holds the {venue} lane"
+                    self.result.lanes[venue] = view
+                    self.completed.add(venue)
             if not self.running and not taken and loaded:
                 busy = set()
-                if remaining and not self.options.confirm:
+                if remaining:
                     busy = await asyncio.to_thread(self.store.leased_by_others, self.run_id)
                 if not remaining & busy:
                     return  # nothing left that anyone is working on
@@ -839,7 +954,20 @@ class _Session:
                 await asyncio.sleep(CLAIM_EVERY)  # other workers hold what is left
             await self._finish_lanes()
 
-    async def _start_lane(self, venue_name: str, total: int) -> None:
+    def _request_timeouts(self, venues: set[str]) -> dict[str, float]:
+        """How long one of our requests to each venue may take: what a worker taking the lane
+        over from us waits before re-sending what we left in flight."""
+        timeouts = {}
+        for name in venues:
+            venue_settings = self.settings.venues.get(name)
+            if venue_settings is not None:
+                longest = venue_settings.timeout
+                if self.options.all_open:  # a cancel-all request may take longer
+                    longest = max(longest, SWEEP_TIMEOUT)
+                timeouts[name] = longest + safety_margin(longest)
+        return timeouts
+
+    async def _start_lane(self, venue_name: str, total: int, wait: float = 0.0) -> None:
         view = LaneView(venue_name, total=total)
         self.result.lanes[venue_name] = view
         venue_settings = self.settings.venues.get(venue_name)
@@ -860,10 +988,29 @@ class _Session:
             view.halted = problem or f"unknown venue {venue_name!r}"
             await self._leave_lane(venue_name, view.halted)
             return
-        if not self.options.confirm:
+        in_flight: list[int] = []
+        try:
             # This worker now holds the lane: whatever a previous holder left in flight is
-            # closed, and its failed / skipped orders are tried afresh.
-            await asyncio.to_thread(self.store.recover_in_flight, self.run_id, venue=venue_name)
+            # closed (once its request timeout is over, if it may still be alive), and a
+            # sending session tries its failed / skipped orders afresh.
+            if wait > 0:
+                in_flight = await asyncio.to_thread(
+                    self.store.in_flight_orders, self.run_id, venue_name
+                )
+                if not self.options.confirm:
+                    await asyncio.to_thread(self.store.reset_resumable, self.run_id, venue_name)
+            else:
+                await asyncio.to_thread(
+                    self.store.recover_in_flight,
+                    self.run_id,
+                    venue=venue_name,
+                    reset_resumable=not self.options.confirm,
+                )
+        except LaneLostError:
+            self.lane_lost(venue_name)
+            view.halted = LANE_LOST
+            self.completed.add(venue_name)
+            return
         lane = _Lane(
             store=self.store,
             writer=self.writer,
@@ -874,8 +1021,10 @@ class _Session:
             view=view,
             rng=self.rng,
             on_audit_failure=self.audit_failed,
+            on_lost=self.lane_lost,
             more_coming=self.more_coming,
         )
+        lane.take_over_later(wait, in_flight)
         if not self.options.confirm and venue_settings.rate_limit > 0:
             # Requests another process sent lately still count in the venue's window.
             last = await asyncio.to_thread(self.store.last_sent_by_others, self.run_id, venue_name)
@@ -902,12 +1051,22 @@ class _Session:
         """This worker is done with a venue: what a halt left unsent becomes `skipped`, and
         the lane is released for others."""
         self.completed.add(name)
-        if self.options.confirm:
-            return  # the confirm pass holds no leases and leaves outcomes as they are
-        if halted:
-            await asyncio.to_thread(
-                self.store.settle_unsent, self.run_id, name, Outcome.SKIPPED, f"not sent: {halted}"
-            )
+        with contextlib.suppress(AuditError, LaneLostError):  # a failure surfaces at close
+            await self.writer.flush()  # the lane's last answers, written under its lease
+        if name in self.result.lost:
+            return  # the lane is another worker's now: its orders are theirs to settle
+        if halted and not self.options.confirm:  # a confirm pass leaves outcomes as they are
+            try:
+                await asyncio.to_thread(
+                    self.store.settle_unsent,
+                    self.run_id,
+                    name,
+                    Outcome.SKIPPED,
+                    f"not sent: {halted}",
+                )
+            except LaneLostError:
+                self.lane_lost(name)
+                return
         await asyncio.to_thread(self.store.release_lanes, self.run_id, [name])
 
     async def _heartbeat(self) -> None:
@@ -916,17 +1075,15 @@ class _Session:
             await asyncio.sleep(every)
             with contextlib.suppress(AuditError):
                 await asyncio.to_thread(self.store.heartbeat, self.run_id)
-                if self.options.confirm or not self.running:
+                if not self.running:
                     continue
+                renewing = set(self.running)
                 held = await asyncio.to_thread(
-                    self.store.renew_lanes,
-                    self.run_id,
-                    list(self.running),
-                    lease=self.options.lease,
+                    self.store.renew_lanes, self.run_id, renewing, lease=self.options.lease
                 )
-                for name in set(self.running) - held:
+                for name in (renewing - held) & set(self.running):
                     # Another worker took the lane: our lease had run out. Stop sending at once.
-                    self.lanes[name].halt("lost the lane lease to another worker")
+                    self.lane_lost(name)
 
 
 def _stop_reason(verdict: Verdict) -> str:

@@ -7,7 +7,9 @@ BatchCancelError
 ├── AuditError (exit 1)          the audit database failed or refused
 │   ├── RunLockedError           another process holds the run
 │   ├── RunNotFoundError         no run with that id or key
+│   ├── RunKeyTakenError         another process just recorded a run with this key: join it
 │   └── MigrationError           the schema could not be brought to head
+├── LaneLostError (internal)     another worker took the venue lane: halt it, change nothing
 └── VenueError (internal)        become outcomes in the engine, never reach the CLI
     ├── TransientVenueError      timeouts, dropped connections: retry
     └── AuthRefusedError         the venue refused our credentials
@@ -54,6 +56,11 @@ class RunNotFoundError(AuditError):
     exit_code: ClassVar[int] = 2
 
 
+class RunKeyTakenError(AuditError):
+    """Another process recorded a new run with the same run key at the same moment: that
+    run is the one to work (the CLI joins it, as a re-run with the key does)."""
+
+
 class MigrationError(AuditError):
     """The audit schema could not be created or upgraded."""
 
@@ -72,3 +79,12 @@ class TransientVenueError(VenueError):
 
 class AuthRefusedError(VenueError):
     """The venue refused our credentials: stop sending to it."""
+
+
+class LaneLostError(BatchCancelError):
+    """Another worker took over this worker's venue lane: it sends and changes nothing more
+    there. Internal: the engine halts the lane; it never reaches the CLI."""
+
+    def __init__(self, venue: str) -> None:
+        super().__init__(f"lost the lane lease on {venue} to another worker")
+        self.venue = venue

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -140,11 +140,18 @@ class MemoryStore:
             return lost
 
     def claim_lanes(
-        self, run_id: str, venues: Iterable[str], *, limit: int, lease: float
-    ) -> list[str]:
-        """Lease up to `limit` of these venues that nobody else holds; the ones taken."""
+        self,
+        run_id: str,
+        venues: Iterable[str],
+        *,
+        limit: int,
+        lease: float,
+        request_timeout: Mapping[str, float] | None = None,
+    ) -> dict[str, float]:
+        """Lease up to `limit` of these venues that nobody else holds: the ones taken, each
+        with no wait (one process: nobody else can have requests in flight)."""
         now = utcnow()
-        taken: list[str] = []
+        taken: dict[str, float] = {}
         with self._lock:
             for venue in sorted(set(venues)):
                 if len(taken) >= limit:
@@ -152,7 +159,7 @@ class MemoryStore:
                 owner, until = self._lanes.get((run_id, venue), (None, now))
                 if owner is None or owner == self._token or until < now:
                     self._lanes[run_id, venue] = (self._token, now + timedelta(seconds=lease))
-                    taken.append(venue)
+                    taken[venue] = 0.0
         return taken
 
     def renew_lanes(self, run_id: str, venues: Iterable[str], *, lease: float) -> set[str]:
@@ -165,6 +172,49 @@ class MemoryStore:
                     self._lanes[run_id, venue] = (self._token, until)
                     held.add(venue)
         return held
+
+    def loading_elsewhere(self, run_id: str) -> bool:
+        """No other process: never."""
+        return False
+
+    def lease_is_fresh(self, run_id: str, venue: str) -> bool:
+        """One process holds every lane: always."""
+        return True
+
+    def reset_resumable(self, run_id: str, venue: str) -> None:
+        """Failed and skipped orders of the venue lose that outcome."""
+        with self._lock:
+            for order in self._orders.values():
+                if order.run_id == run_id and order.venue == venue and order.state == PENDING:
+                    order.outcome = None
+
+    def in_flight_orders(self, run_id: str, venue: str) -> list[int]:
+        """The venue's orders with an attempt in flight."""
+        with self._lock:
+            return [
+                pk
+                for pk, o in self._orders.items()
+                if o.run_id == run_id and o.venue == venue and o.state == SENDING
+            ]
+
+    def release_in_flight(
+        self, run_id: str, venue: str, order_pks: Sequence[int]
+    ) -> list[OrderToSend]:
+        """These orders' unanswered attempts are closed; the orders become sendable."""
+        released = []
+        with self._lock:
+            for pk in sorted(order_pks):
+                o = self._orders[pk]
+                if o.state != SENDING:
+                    continue
+                attempt = self._attempts.get((pk, o.attempts))
+                if attempt is not None and attempt.verdict is None:
+                    attempt.verdict, attempt.detail = "transient", IN_FLIGHT_LOST
+                o.state = PENDING
+                released.append(
+                    OrderToSend(pk, o.venue, o.order_id, o.account_id, o.symbol, o.attempts)
+                )
+        return released
 
     def release_lanes(self, run_id: str, venues: Iterable[str]) -> None:
         """Give up this store's leases on these venues."""
@@ -211,8 +261,11 @@ class MemoryStore:
                         break
         return page
 
-    def write_batch(self, run_id: str, begins: Sequence[Begin], answers: Sequence[Answer]) -> None:
-        """Apply answers, then record attempts about to be sent (one "transaction")."""
+    def write_batch(
+        self, run_id: str, begins: Sequence[Begin], answers: Sequence[Answer]
+    ) -> set[str]:
+        """Apply answers, then record attempts about to be sent (one "transaction"); no
+        lane is ever lost in one process."""
         with self._lock:
             for a in answers:
                 attempt = self._attempts.get((a.order_pk, a.attempt))
@@ -236,6 +289,7 @@ class MemoryStore:
                 order.attempts = b.attempt
                 if order.first_sent_at is None:
                     order.first_sent_at = b.sent_at
+        return set()
 
     def settle_unsent(self, run_id: str, venue: str | None, outcome: Outcome, reason: str) -> int:
         """Give every unsent order (of one venue, or all) a resumable outcome."""

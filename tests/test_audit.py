@@ -6,8 +6,8 @@ import asyncio
 import csv
 import io
 import json
+import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -136,6 +136,13 @@ def answer(
         outcome=outcome,
         reason=reason,
     )
+
+
+# A child process prints the lock token it would hold (host:pid:identity:token), then exits.
+PRINT_TOKEN = (
+    "import os, socket; from batchcancel.audit.store import _process_identity; "
+    "print(f'{socket.gethostname()}:{os.getpid()}:{_process_identity()}:c0de', flush=True)"
+)
 
 
 def set_lock(engine: sa.Engine, run_id: str, *, owner: str | None = None, age_s: float) -> None:
@@ -505,9 +512,8 @@ class TestRunLock:
 
     def test_dead_pid_on_this_host_is_taken_over(self, store: AuditStore, other: sa.Engine) -> None:
         """A fresh lock whose owner is a dead process on this host is taken over at once."""
-        proc = subprocess.Popen([sys.executable, "-c", "pass"])
-        proc.wait()
-        dead = f"{socket.gethostname()}:{proc.pid}:x"
+        proc = subprocess.run([sys.executable, "-c", PRINT_TOKEN], capture_output=True, text=True)
+        dead = proc.stdout.strip()
         run_id = new_run(store)
         set_lock(other, run_id, owner=dead, age_s=0)
         store.lock_run(run_id)
@@ -517,15 +523,55 @@ class TestRunLock:
         self, store: AuditStore, other: sa.Engine
     ) -> None:
         """A fresh lock whose owner is a live process on this host is respected."""
-        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        proc = subprocess.Popen(
+            [sys.executable, "-c", f"{PRINT_TOKEN}; import time; time.sleep(30)"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
+            assert proc.stdout is not None
+            live = proc.stdout.readline().strip()
             run_id = new_run(store)
-            set_lock(other, run_id, owner=f"{socket.gethostname()}:{proc.pid}:x", age_s=0)
+            set_lock(other, run_id, owner=live, age_s=0)
             with pytest.raises(RunLockedError):
                 store.lock_run(run_id)
         finally:
             proc.kill()
             proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    @pytest.mark.parametrize(
+        "where",
+        ["another pid namespace", "another boot", "a token without identity"],
+    )
+    def test_same_hostname_elsewhere_is_not_judged_dead(
+        self, store: AuditStore, other: sa.Engine, where: str
+    ) -> None:
+        """Containers share a hostname: a pid that does not exist *here* may be a live process
+        of another pid namespace or machine. Only its lease or heartbeat expiry frees it."""
+        proc = subprocess.run([sys.executable, "-c", PRINT_TOKEN], capture_output=True, text=True)
+        host, pid, identity, token = proc.stdout.strip().split(":")
+        boot, namespace, started = identity.split(".", 2)
+        owner = {
+            "another pid namespace": f"{host}:{pid}:{boot}.1{namespace}.{started}:{token}",
+            "another boot": f"{host}:{pid}:{boot[::-1]}x.{namespace}.{started}:{token}",
+            "a token without identity": f"{host}:{pid}:{token}",
+        }[where]
+        run_id = new_run(store)
+        set_lock(other, run_id, owner=owner, age_s=0)
+        with pytest.raises(RunLockedError):
+            store.lock_run(run_id)
+
+    def test_reused_pid_is_judged_dead(self, store: AuditStore, other: sa.Engine) -> None:
+        """The owner's pid now names another process (started at another time): dead."""
+        mine = store._lock_token.split(":")
+        boot, namespace, _ = mine[2].split(".", 2)
+        owner = f"{mine[0]}:{os.getpid()}:{boot}.{namespace}.12345.67:beef"
+        run_id = new_run(store)
+        set_lock(other, run_id, owner=owner, age_s=0)
+        store.lock_run(run_id)
+        assert lock_owner(other, run_id) == store._lock_token
 
 
 # -- secrets ----------------------------------------------------------------------------------

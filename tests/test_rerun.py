@@ -8,7 +8,10 @@ keeps the run's recorded options and never repeats a cancel-all once one has gon
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import sys
 from pathlib import Path
 
 from batchcancel.simulators.base import Fault, FaultPlan, OrderState
@@ -186,3 +189,72 @@ class TestEveryCancelAllRequestIsRecorded:
         ]
         times = db_rows(audit_url, "select sent_at, answered_at from requests order by pk")
         assert times[0][1] <= times[1][0]  # the retry was sent after the first answer
+
+
+async def wait_reading_stdin(pid: int) -> None:
+    """Until process `pid` is blocked in read(0, ...) (Linux: /proc/PID/syscall); 60 s at most."""
+    for _ in range(6000):
+        try:
+            fields = Path(f"/proc/{pid}/syscall").read_text().split()
+        except OSError:
+            fields = []
+        if fields[:2] == ["0", "0x0"]:  # syscall 0 is read on x86_64, its fd is 0
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"process {pid} never read its stdin")
+
+
+class TestTheSameNewKeyAtOnce:
+    async def test_two_processes_starting_one_new_key_make_one_run(
+        self, tmp_path: Path, serve_simulators: ServeSimulators, audit_url: str
+    ) -> None:
+        """Two `run --run-key K` processes (two workers, a retry overlapping its first try)
+        both find no run K, then both record it: one used to die on a raw unique-constraint
+        error. Now the second joins run K (on SQLite, where one process works a run, it says
+        which process holds it), and every order is cancelled exactly once."""
+        simulator = SfoxSimulator(credentials=CREDENTIALS, rate_limit=None)
+        simulator.seed({f"s-{n}": OrderState.OPEN for n in range(40)})
+        text = sfox_orders(tmp_path, 40).read_bytes()
+        env = cli_env(audit_url)
+        async with serve_simulators({"sfox": simulator}) as server:
+            config = write_venues_toml(tmp_path / "v.toml", server, sfox={"rate_limit": 0})
+            args = ("run", "-", "--venues-config", str(config), "--run-key", "K", "--json")
+            processes = [
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "batchcancel",
+                    *args,
+                    env=env,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+                for _ in range(2)
+            ]
+            # Both look the key up before they read stdin: hold the input back until both
+            # are blocked reading it, then give it to both at once.
+            for process in processes:
+                await wait_reading_stdin(process.pid)
+            outputs = await asyncio.gather(
+                *(asyncio.wait_for(p.communicate(text), 120) for p in processes)
+            )
+        errors = [err.decode() for _, err in outputs]
+        for err in errors:
+            assert "unique" not in err.lower() and "duplicate key" not in err.lower(), err
+            assert "internal error" not in err, err
+        assert db_rows(audit_url, "select count(*) from runs") == [(1,)]
+        assert db_rows(audit_url, "select count(*) from orders") == [(40,)]
+        assert max(simulator.requests.values()) == 1
+        assert sum(simulator.requests.values()) == 40
+        joined = [e for e in errors if "joining it as a resume" in e]
+        assert len(joined) == 1, errors
+        codes = sorted(p.returncode for p in processes)
+        if audit_url.startswith("sqlite"):
+            assert codes[0] == 0, errors
+            # the joiner finds the run locked by the process that created it (or done)
+            last = joined[0].splitlines()[-1]
+            assert codes[1] == 0 or re.search(r"by (another )?process", last), errors
+        else:
+            assert codes == [0, 0], errors
+        assert db_rows(audit_url, "select status from runs") == [("succeeded",)]

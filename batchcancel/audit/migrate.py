@@ -6,6 +6,8 @@ and the import alone took about 0.1 s of a kill's first second.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -21,6 +23,7 @@ __all__ = ["HEAD", "MIGRATIONS_DIR", "alembic_config", "is_at_head", "upgrade_to
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parents[1] / "migrations"
 # The newest migration's revision (tests/test_migrations.py checks it against Alembic's).
 HEAD: Final = "0004"
+MIGRATION_LOCK_KEY: Final = 0x62617463686361  # "batchca": the advisory lock migrations hold
 
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:
@@ -43,6 +46,25 @@ def is_at_head(engine: sa.Engine) -> bool:
         return list(revisions) == [HEAD]
 
 
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: sa.Engine) -> Iterator[None]:
+    """SQLite: hold an exclusive lock on `<database>.migrate.lock` while migrating, so that
+    two processes opening a new database at once do not both create its tables (DDL there
+    commits statement by statement). Other databases: nothing to hold."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:" or engine.url.query.get("mode") == "memory":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.migrate.lock", "a+b") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
 def upgrade_to_head(engine: sa.Engine) -> None:
     """Apply every missing migration; MigrationError with one line if that fails."""
     if not MIGRATIONS_DIR.is_dir():
@@ -54,7 +76,11 @@ def upgrade_to_head(engine: sa.Engine) -> None:
             return
         from alembic import command
 
-        with engine.begin() as conn:
+        with _sqlite_file_lock(engine), engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Two workers starting on a new database at once: one migrates, the other
+                # waits here and then finds the schema at head (DDL is transactional there).
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
             command.upgrade(alembic_config(conn), "head")
     except sa.exc.SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

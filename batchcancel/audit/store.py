@@ -9,11 +9,13 @@ second, but takes a hundred thousand rows a second in grouped commits).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import secrets
 import socket
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +28,13 @@ import sqlalchemy as sa
 from batchcancel import __version__
 from batchcancel.audit.migrate import upgrade_to_head
 from batchcancel.audit.tables import Attempt, Lane, Order, Request, Run, Session
-from batchcancel.errors import AuditError, RunLockedError, RunNotFoundError
+from batchcancel.errors import (
+    AuditError,
+    LaneLostError,
+    RunKeyTakenError,
+    RunLockedError,
+    RunNotFoundError,
+)
 from batchcancel.outcomes import FINAL, Outcome
 from batchcancel.redact import Redactor
 
@@ -61,6 +69,9 @@ LOCK_STALE_AFTER: Final = timedelta(seconds=60)
 # Hides passwords in the messages of errors raised where no store (and so no secret) is known.
 _PASSWORDS: Final = Redactor()
 IN_FLIGHT_LOST: Final = "no answer recorded: the process stopped while this request was in flight"
+IN_FLIGHT_TAKEN_OVER: Final = (
+    "no answer recorded: another worker took the lane over while this request was in flight"
+)
 
 
 # The hot statements of write_batch, with :name parameters (see AuditStore._sql).
@@ -84,6 +95,19 @@ _ADD_ORDER: Final = (
     ":outcome, :reason, 0)"
 )
 # A confirm (status) poll leaves the final order's state alone; cancels mark it in flight.
+# An answer that came back to a worker after its lane was taken over: the attempt row learns
+# it unless the new holder has closed the attempt already; the order is the new holder's.
+_ANSWER_LATE: Final = (
+    "UPDATE attempts SET answered_at = :answered_at, http_status = :http_status, "
+    "verdict = :verdict, latency_ms = :latency_ms, detail = :detail "
+    "WHERE order_pk = :pk AND attempt = :attempt AND verdict IS NULL"
+)
+# The fence: matches only while this worker still holds the lane at the epoch it claimed, and
+# locks the lane row, so a takeover cannot commit between this check and the commit it guards.
+_FENCE: Final = (
+    "UPDATE lanes SET epoch = epoch WHERE run_id = :run_id AND venue = :venue "
+    "AND owner = :owner AND epoch = :epoch"
+)
 _BEGIN_ORDER: Final = (
     "UPDATE orders SET state = CASE WHEN :kind = 'confirm' THEN state ELSE 'sending' END, "
     "attempts = :attempt, first_sent_at = COALESCE(first_sent_at, :sent_at) WHERE pk = :pk"
@@ -137,6 +161,7 @@ class Begin:
     attempt: int
     sent_at: datetime
     kind: str = CANCEL
+    venue: str = ""  # the lane it is sent on: the write is fenced by that lane's lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +177,7 @@ class Answer:
     detail: str
     outcome: str | None
     reason: str
+    venue: str = ""  # the lane it came back on (see Begin.venue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +192,16 @@ class SweptOrder:
     answered_at: datetime
     latency_ms: float
     detail: str
+
+
+@dataclass(slots=True)
+class _Fence:
+    """This worker's hold on a lane: the epoch it claimed, and by when (time.monotonic) the
+    lease the database last granted runs out, counted from before that grant was asked."""
+
+    epoch: int
+    valid_until: float
+    lost: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +231,8 @@ class AuditStore:
         self.redactor = Redactor(redact, urls=(url,))
         self.engine = _create_engine(url)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        self._lock_token = f"{self.worker}:{secrets.token_hex(4)}"
+        self._lock_token = f"{self.worker}:{_process_identity()}:{secrets.token_hex(4)}"
+        self._fences: dict[tuple[str, str], _Fence] = {}
         try:
             upgrade_to_head(self.engine)
         except BaseException:
@@ -224,9 +261,43 @@ class AuditStore:
         command_line: str,
         dry_run: bool,
     ) -> str:
-        """Record a new run; its id is time-ordered and unique."""
+        """Record a new run; its id is time-ordered and unique. RunKeyTakenError when another
+        process recorded a run with `run_key` since the caller looked (it is that run)."""
         now = utcnow()
         run_id = f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+        try:
+            self._insert_run(
+                run_id,
+                now,
+                command=command,
+                run_key=run_key,
+                source=source,
+                options=options,
+                reason=reason,
+                command_line=command_line,
+                dry_run=dry_run,
+            )
+        except AuditError:
+            if run_key is not None and (taken := self.find_run_key(run_key)) is not None:
+                raise RunKeyTakenError(
+                    f"run key {run_key} was just recorded by another process (run {taken.id})"
+                ) from None
+            raise
+        return run_id
+
+    def _insert_run(
+        self,
+        run_id: str,
+        now: datetime,
+        *,
+        command: str,
+        run_key: str | None,
+        source: str,
+        options: Mapping[str, Any],
+        reason: str,
+        command_line: str,
+        dry_run: bool,
+    ) -> None:
         with self._write() as conn:
             conn.execute(
                 runs.insert().values(
@@ -247,9 +318,12 @@ class AuditStore:
                     duplicates=0,
                     created_at=now,
                     sessions=0,
+                    # Its loader holds it from the start: a process that finds it still
+                    # loading joins it instead of recording the same rows again.
+                    lock_owner=self._lock_token,
+                    lock_heartbeat=now,
                 )
             )
-        return run_id
 
     def find_run(self, run: str) -> RunInfo:
         """A run by id or run key; RunNotFoundError if neither matches."""
@@ -291,9 +365,10 @@ class AuditStore:
     # -- the run lock (single-process runs) -------------------------------------------------
 
     def lock_run(self, run_id: str) -> None:
-        """Take the run for this process; RunLockedError if another live process holds it."""
-        now = utcnow()
+        """Take the run for this process; RunLockedError if another live process holds it.
+        (The process that records a new run holds it from the start: see create_run.)"""
         with self._write() as conn:
+            now = self._db_now(conn)
             row = conn.execute(
                 sa.select(runs.c.lock_owner, runs.c.lock_heartbeat).where(runs.c.id == run_id)
             ).one()
@@ -323,8 +398,25 @@ class AuditStore:
             conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id, runs.c.lock_owner == self._lock_token)
-                .values(lock_heartbeat=utcnow())
+                .values(lock_heartbeat=self._db_now(conn))
             )
+
+    def loading_elsewhere(self, run_id: str) -> bool:
+        """Whether another live process is still recording the run's orders."""
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(runs.c.status, runs.c.lock_owner, runs.c.lock_heartbeat).where(
+                    runs.c.id == run_id
+                )
+            ).one()
+            now = self._db_now(conn)
+        owner = row.lock_owner
+        return (
+            row.status == LOADING
+            and owner is not None
+            and owner != self._lock_token
+            and not _lock_is_stale(owner, row.lock_heartbeat, now)
+        )
 
     def unlock_run(self, run_id: str) -> None:
         """Release the run lock if this process holds it."""
@@ -416,6 +508,7 @@ class AuditStore:
         """Record orders a cancel-all cancelled that the input did not list: each becomes an
         order of the run (seq 0: not from the source), final at once, with its one attempt."""
         with self._write() as conn:
+            self._require_lane(conn, run_id, venue)
             for order in swept:
                 pk = conn.execute(
                     orders.insert()
@@ -506,6 +599,8 @@ class AuditStore:
             in_run.append(orders.c.venue == venue)
         order_pks = sa.select(orders.c.pk).where(*in_run)
         with self._write() as conn:
+            if venue is not None:
+                self._require_lane(conn, run_id, venue)
             lost = conn.execute(
                 attempts.update()
                 .where(
@@ -525,6 +620,100 @@ class AuditStore:
                     .values(outcome=None)
                 )
         return int(lost or 0)
+
+    def reset_resumable(self, run_id: str, venue: str) -> None:
+        """A new holder of the lane retries the venue's failed and skipped orders afresh."""
+        with self._write() as conn:
+            self._require_lane(conn, run_id, venue)
+            conn.execute(
+                orders.update()
+                .where(
+                    orders.c.run_id == run_id,
+                    orders.c.venue == venue,
+                    orders.c.state == PENDING,
+                    orders.c.outcome.is_not(None),
+                )
+                .values(outcome=None)
+            )
+
+    def in_flight_orders(self, run_id: str, venue: str) -> list[int]:
+        """The venue's orders with an attempt in flight (the keys of their orders)."""
+        with self._read() as conn:
+            return list(
+                conn.execute(
+                    sa.select(orders.c.pk).where(
+                        orders.c.run_id == run_id,
+                        orders.c.venue == venue,
+                        orders.c.state == SENDING,
+                    )
+                ).scalars()
+            )
+
+    def release_in_flight(
+        self, run_id: str, venue: str, order_pks: Sequence[int]
+    ) -> list[OrderToSend]:
+        """Once the previous holder's request timeout is over, its in-flight orders: one whose
+        attempt it answered after all (it recorded the answer late, fenced out of the order)
+        takes that answer's outcome; the others' attempts are closed as lost and they become
+        sendable again. Those orders, to send."""
+        if not order_pks:
+            return []
+        with self._write() as conn:
+            self._require_lane(conn, run_id, venue)
+            rows = conn.execute(
+                sa.select(
+                    orders.c.pk,
+                    orders.c.venue,
+                    orders.c.order_id,
+                    orders.c.account_id,
+                    orders.c.symbol,
+                    orders.c.attempts,
+                    attempts.c.verdict,
+                    attempts.c.detail,
+                    attempts.c.http_status,
+                    attempts.c.answered_at,
+                )
+                .select_from(
+                    orders.outerjoin(
+                        attempts,
+                        sa.and_(
+                            attempts.c.order_pk == orders.c.pk,
+                            attempts.c.attempt == orders.c.attempts,
+                        ),
+                    )
+                )
+                .where(
+                    orders.c.run_id == run_id,
+                    orders.c.pk.in_(order_pks),
+                    orders.c.state == SENDING,
+                )
+                .order_by(orders.c.pk)
+            ).all()
+            answered = [row for row in rows if row.verdict in FINAL]
+            for row in answered:
+                conn.execute(
+                    orders.update()
+                    .where(orders.c.pk == row.pk)
+                    .values(
+                        state=DONE,
+                        outcome=row.verdict,
+                        reason=self.clean(
+                            f"answered to the worker that lost the lane: {row.detail}"
+                        ),
+                        last_http_status=row.http_status,
+                        last_answer_at=row.answered_at,
+                    )
+                )
+            resend = [row for row in rows if row.verdict not in FINAL]
+            pks = [row.pk for row in resend]
+            if pks:
+                conn.execute(
+                    attempts.update()
+                    .where(attempts.c.order_pk.in_(pks), attempts.c.verdict.is_(None))
+                    .values(verdict="transient", detail=IN_FLIGHT_TAKEN_OVER)
+                )
+                conn.execute(orders.update().where(orders.c.pk.in_(pks)).values(state=PENDING))
+        return [OrderToSend(*row[:6]) for row in resend]
 
     def filled_while_pending(self, run_id: str, limit: int = 20) -> list[tuple[str, str]]:
         """(venue, order_id) of orders whose pending cancel the confirm pass found filled."""
@@ -556,20 +745,32 @@ class AuditStore:
         return value if isinstance(value, datetime) else None
 
     # -- lane leases: one worker per venue of a run -----------------------------------------
+    #
+    # A lease is fenced (SPEC, "Audit and resume"): every claim raises the lane's epoch, and
+    # each write of a lane's orders commits only while the row still names this worker at the
+    # epoch it claimed (`_fenced`, in the same transaction). Expiry is judged by the database's
+    # clock, so a worker whose clock is wrong can neither take a live lane nor keep a dead one.
 
     def claim_lanes(
-        self, run_id: str, venues: Iterable[str], *, limit: int, lease: float
-    ) -> list[str]:
-        """Lease up to `limit` of these venues that no live worker holds; the ones taken.
+        self,
+        run_id: str,
+        venues: Iterable[str],
+        *,
+        limit: int,
+        lease: float,
+        request_timeout: Mapping[str, float] | None = None,
+    ) -> dict[str, float]:
+        """Lease up to `limit` of these venues that no live worker holds: venue -> seconds to
+        wait before re-sending what the previous holder left in flight (its request timeout
+        when it may still be alive, else 0). `request_timeout` is ours, for the next holder.
 
         PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent workers never wait on
         each other or take the same lane; the conditional UPDATE makes it safe on SQLite too.
         """
         wanted = sorted(set(venues))
         if not wanted or limit <= 0:
-            return []
-        now = utcnow()
-        until = now + timedelta(seconds=lease)
+            return {}
+        timeouts = request_timeout or {}
         with self._read() as conn:
             owners = set(
                 conn.execute(
@@ -579,12 +780,7 @@ class AuditStore:
                 ).scalars()
             )
         dead = [owner for owner in owners if _owner_is_dead(owner)]  # no need to await leases
-        free = sa.or_(
-            lanes.c.owner.is_(None),
-            lanes.c.owner == self._lock_token,
-            lanes.c.lease_until < now,
-            lanes.c.owner.in_(dead),
-        )
+        taken: dict[str, float] = {}
         try:
             with self._write() as conn:
                 known = set(
@@ -593,72 +789,115 @@ class AuditStore:
                 missing = [v for v in wanted if v not in known]
                 if missing:
                     conn.execute(lanes.insert(), [{"run_id": run_id, "venue": v} for v in missing])
+            started = time.monotonic()
             with self._write() as conn:
-                candidates = list(
-                    conn.execute(
-                        sa.select(lanes.c.venue)
-                        .where(lanes.c.run_id == run_id, lanes.c.venue.in_(wanted), free)
-                        .order_by(lanes.c.venue)
-                        .limit(limit)
-                        .with_for_update(skip_locked=True)
-                    ).scalars()
+                now = self._db_now(conn)
+                free = sa.or_(
+                    lanes.c.owner.is_(None),
+                    lanes.c.owner == self._lock_token,
+                    lanes.c.lease_until < now,
+                    lanes.c.owner.in_(dead),
                 )
-                taken = []
-                for venue in candidates:
+                candidates = conn.execute(
+                    sa.select(lanes.c.venue, lanes.c.owner, lanes.c.epoch, lanes.c.request_timeout)
+                    .where(lanes.c.run_id == run_id, lanes.c.venue.in_(wanted), free)
+                    .order_by(lanes.c.venue)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                ).all()
+                claimed: dict[str, _Fence] = {}
+                for row in candidates:
                     count = conn.execute(
                         lanes.update()
-                        .where(lanes.c.run_id == run_id, lanes.c.venue == venue, free)
-                        .values(owner=self._lock_token, lease_until=until)
+                        .where(
+                            lanes.c.run_id == run_id,
+                            lanes.c.venue == row.venue,
+                            lanes.c.epoch == row.epoch,
+                            free,
+                        )
+                        .values(
+                            owner=self._lock_token,
+                            lease_until=now + timedelta(seconds=lease),
+                            epoch=row.epoch + 1,
+                            request_timeout=timeouts.get(row.venue),
+                        )
                     ).rowcount
-                    if count == 1:
-                        taken.append(venue)
+                    if count != 1:
+                        continue
+                    claimed[row.venue] = _Fence(row.epoch + 1, started + lease)
+                    alive = row.owner not in (None, self._lock_token, *dead)
+                    taken[row.venue] = float(row.request_timeout or 0.0) if alive else 0.0
         except AuditError:
-            return []  # another worker inserted or took lanes at the same moment: next round
+            return {}  # another worker inserted or took lanes at the same moment: next round
+        for venue, fence in claimed.items():
+            self._fences[run_id, venue] = fence
         return taken
 
     def renew_lanes(self, run_id: str, venues: Iterable[str], *, lease: float) -> set[str]:
-        """Extend this worker's leases; the venues it still holds."""
-        wanted = list(venues)
-        if not wanted:
-            return set()
-        until = utcnow() + timedelta(seconds=lease)
+        """Extend this worker's leases; the venues it still holds (a lane taken over since
+        is lost for good: nothing more is written or sent for it)."""
+        held: set[str] = set()
+        started = time.monotonic()
         with self._write() as conn:
-            conn.execute(
-                lanes.update()
-                .where(
-                    lanes.c.run_id == run_id,
-                    lanes.c.venue.in_(wanted),
-                    lanes.c.owner == self._lock_token,
-                )
-                .values(lease_until=until)
-            )
-            held = conn.execute(
-                sa.select(lanes.c.venue).where(
-                    lanes.c.run_id == run_id, lanes.c.owner == self._lock_token
-                )
-            ).scalars()
-            return set(held) & set(wanted)
+            now = self._db_now(conn)
+            for venue in sorted(set(venues)):
+                fence = self._fences.get((run_id, venue))
+                if fence is None or fence.lost:
+                    continue
+                renewed = conn.execute(
+                    lanes.update()
+                    .where(
+                        lanes.c.run_id == run_id,
+                        lanes.c.venue == venue,
+                        lanes.c.owner == self._lock_token,
+                        lanes.c.epoch == fence.epoch,
+                    )
+                    .values(lease_until=now + timedelta(seconds=lease))
+                ).rowcount
+                if renewed == 1:
+                    held.add(venue)
+                else:
+                    fence.lost = True
+        for venue in held:
+            self._fences[run_id, venue].valid_until = started + lease
+        return held
+
+    def lease_is_fresh(self, run_id: str, venue: str) -> bool:
+        """Whether the lease, as the database last granted it, has not run out by this
+        process's monotonic clock (a stalled process finds it has). A lane this worker holds
+        no fence for (none was claimed) counts as fresh."""
+        fence = self._fences.get((run_id, venue))
+        if fence is None:
+            return True
+        return not fence.lost and time.monotonic() < fence.valid_until
+
+    def holds_lane(self, run_id: str, venue: str) -> bool:
+        """False once the lane is known to be taken over by another worker."""
+        fence = self._fences.get((run_id, venue))
+        return fence is None or not fence.lost
 
     def release_lanes(self, run_id: str, venues: Iterable[str]) -> None:
-        """Give up this worker's leases on these venues."""
-        wanted = list(venues)
-        if not wanted:
-            return
+        """Give up this worker's leases on these venues (those still held at our epoch)."""
         with self._write() as conn:
-            conn.execute(
-                lanes.update()
-                .where(
-                    lanes.c.run_id == run_id,
-                    lanes.c.venue.in_(wanted),
-                    lanes.c.owner == self._lock_token,
+            for venue in sorted(set(venues)):
+                fence = self._fences.pop((run_id, venue), None)
+                if fence is None or fence.lost:
+                    continue
+                conn.execute(
+                    lanes.update()
+                    .where(
+                        lanes.c.run_id == run_id,
+                        lanes.c.venue == venue,
+                        lanes.c.owner == self._lock_token,
+                        lanes.c.epoch == fence.epoch,
+                    )
+                    .values(owner=None, lease_until=None)
                 )
-                .values(owner=None, lease_until=None)
-            )
 
     def leased_by_others(self, run_id: str) -> set[str]:
         """Venues of the run that another live worker holds."""
-        now = utcnow()
         with self._read() as conn:
+            now = self._db_now(conn)
             return set(
                 conn.execute(
                     sa.select(lanes.c.venue).where(
@@ -680,7 +919,7 @@ class AuditStore:
                 .where(
                     lanes.c.run_id != run_id,
                     lanes.c.owner.is_not(None),
-                    lanes.c.lease_until >= utcnow(),
+                    lanes.c.lease_until >= self._db_now(conn),
                 )
                 .order_by(lanes.c.venue, lanes.c.run_id)
             ).all()
@@ -689,6 +928,33 @@ class AuditStore:
             if not _owner_is_dead(row.owner):
                 held.setdefault(row.venue, []).append((row.run_id, row.command))
         return held
+
+    def _db_now(self, conn: sa.Connection) -> datetime:
+        """The database's clock (naive UTC): what lease expiry is judged by. SQLite has no
+        server: its clock is this host's, which every process on the file shares."""
+        if self.dialect == "postgresql":
+            value = conn.execute(sa.select(sa.func.timezone("UTC", sa.func.now()))).scalar()
+            if isinstance(value, datetime):
+                return value.replace(tzinfo=None)
+        return utcnow()
+
+    def _fenced(self, conn: sa.Connection, run_id: str, venue: str) -> bool:
+        """Inside a write transaction: whether this worker still holds `venue`'s lane at the
+        epoch it claimed (True where it claimed none). False marks the lane lost for good."""
+        fence = self._fences.get((run_id, venue))
+        if fence is None:
+            return True
+        if not fence.lost:
+            matched = conn.exec_driver_sql(
+                self._sql(_FENCE),
+                {"run_id": run_id, "venue": venue, "owner": self._lock_token, "epoch": fence.epoch},
+            ).rowcount
+            fence.lost = matched != 1
+        return not fence.lost
+
+    def _require_lane(self, conn: sa.Connection, run_id: str, venue: str) -> None:
+        if not self._fenced(conn, run_id, venue):
+            raise LaneLostError(venue)
 
     def venues_with_work(self, run_id: str, *, to_confirm: bool = False) -> dict[str, int]:
         """Orders still to send (or to confirm), per venue."""
@@ -736,14 +1002,40 @@ class AuditStore:
             ).all()
         return [OrderToSend(*row) for row in rows]
 
-    def write_batch(self, run_id: str, begins: Sequence[Begin], answers: Sequence[Answer]) -> None:
-        """Commit attempt rows about to be sent and answers received, in one transaction.
+    def write_batch(
+        self, run_id: str, begins: Sequence[Begin], answers: Sequence[Answer]
+    ) -> set[str]:
+        """Commit attempt rows about to be sent and answers received, in one transaction;
+        the venues whose lane this worker has lost (their begins are not written: those
+        requests must not leave; their answers reach only still-open attempt rows).
 
         The hot path of every run: plain driver statements (executemany), which cost a
         quarter of the CPU of the same statements built by SQLAlchemy for every batch.
         """
         stamp = self._stamp
         with self._write() as conn:
+            lanes_written = {b.venue for b in begins} | {a.venue for a in answers}
+            lost = {v for v in sorted(lanes_written) if not self._fenced(conn, run_id, v)}
+            if lost:
+                begins = [b for b in begins if b.venue not in lost]
+                late = [a for a in answers if a.venue in lost]
+                answers = [a for a in answers if a.venue not in lost]
+            if lost and late:
+                conn.exec_driver_sql(
+                    self._sql(_ANSWER_LATE),
+                    [
+                        {
+                            "pk": a.order_pk,
+                            "attempt": a.attempt,
+                            "answered_at": stamp(a.answered_at),
+                            "http_status": a.http_status,
+                            "verdict": a.verdict,
+                            "latency_ms": round(a.latency_ms, 3),
+                            "detail": self.clean(a.detail),
+                        }
+                        for a in late
+                    ],
+                )
             if answers:
                 conn.exec_driver_sql(
                     self._sql(_ANSWER_ATTEMPT),
@@ -801,6 +1093,7 @@ class AuditStore:
                         for b in begins
                     ],
                 )
+        return lost
 
     def _sql(self, statement: str) -> str:
         """A statement written with :name parameters, in this driver's parameter style."""
@@ -824,6 +1117,8 @@ class AuditStore:
         if venue is not None:
             condition.append(orders.c.venue == venue)
         with self._write() as conn:
+            if venue is not None:
+                self._require_lane(conn, run_id, venue)
             count = conn.execute(
                 orders.update()
                 .where(*condition)
@@ -834,8 +1129,10 @@ class AuditStore:
     # -- requests that carry no order (cancel-all pages and their retries) ----------------
 
     def begin_request(self, run_id: str, venue: str, *, kind: str, target: str) -> int:
-        """Record a request about to leave (write-ahead); its key for `answer_request`."""
+        """Record a request about to leave (write-ahead); its key for `answer_request`.
+        LaneLostError, and nothing written, once another worker holds the venue's lane."""
         with self._write() as conn:
+            self._require_lane(conn, run_id, venue)
             pk = conn.execute(
                 requests.insert()
                 .values(
@@ -1068,10 +1365,49 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _process_identity() -> str:
+    """This process's identity (see _identity_of)."""
+    return _identity_of(os.getpid())
+
+
+@functools.lru_cache(maxsize=4)
+def _identity_of(_pid: int) -> str:
+    """What tells this process apart from any other that shares its hostname and pid: the
+    boot, the pid namespace (containers) and the process's start time."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot_file:
+            boot = boot_file.read().strip().replace("-", "")[:12]
+    except OSError:
+        boot = "noboot"
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        namespace = "nons"
+    try:
+        started = f"{psutil.Process().create_time():.2f}"
+    except psutil.Error:
+        started = "0"
+    return f"{boot}.{namespace}.{started}"
+
+
 def _owner_is_dead(owner: str) -> bool:
-    """True when `owner` (host:pid:token) is a process of this host that no longer runs."""
-    host, pid = [*owner.split(":"), "", ""][:2]
-    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+    """True when `owner` (host:pid:identity:token) is surely a process of this very host,
+    boot and pid namespace that no longer runs (its pid is gone, or now names a process
+    started at another time). Anything less certain is judged alive: its lease will expire."""
+    parts = owner.split(":")
+    if len(parts) != 4 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    boot, namespace, started = [*parts[2].split(".", 2), "", ""][:3]
+    mine_boot, mine_namespace, _ = _process_identity().split(".", 2)
+    if (boot, namespace) != (mine_boot, mine_namespace) or "no" in (boot[:2], namespace[:2]):
+        return False
+    try:
+        other = psutil.Process(int(parts[1]))
+        return f"{other.create_time():.2f}" != started
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
 
 
 def _lock_is_stale(owner: str, heartbeat: datetime | None, now: datetime) -> bool:

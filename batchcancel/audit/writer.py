@@ -1,16 +1,18 @@
 """AuditWriter: groups the engine's audit writes into few transactions, off the event loop.
 
 `begin` returns only once the attempt row is committed, so a request never leaves before its
-record; `answer` queues an answer for the next commit. While one transaction is committing in
+record; `answer` queues an answer for the next commit. A begin whose lane the store finds
+taken over by another worker is not written, and raises LaneLostError: it must not be sent. While one transaction is committing in
 a worker thread the next batch accumulates, which is what groups commits under load.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from batchcancel.audit.store import Answer, AuditStore, Begin
-from batchcancel.errors import AuditError
+from batchcancel.errors import AuditError, LaneLostError
 
 __all__ = ["AuditWriter"]
 
@@ -18,8 +20,14 @@ __all__ = ["AuditWriter"]
 class AuditWriter:
     """One per session. Start with `start()`, end with `close()` (which flushes)."""
 
-    def __init__(self, store: AuditStore, run_id: str) -> None:
+    def __init__(
+        self,
+        store: AuditStore,
+        run_id: str,
+        on_lost: Callable[[str], None] = lambda venue: None,
+    ) -> None:
         self._store = store
+        self._on_lost = on_lost
         self._run_id = run_id
         self._begins: list[tuple[tuple[Begin, ...], asyncio.Future[None]]] = []
         self._answers: list[Answer] = []
@@ -41,6 +49,11 @@ class AuditWriter:
         self._begins.append((begins, future))
         self._wake.set()
         await future
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is committed (before a lane is released:
+        its last answers are written while the lease is still ours)."""
+        await self.begin()
 
     def answer(self, answer: Answer) -> None:
         """Queue an answer for the next commit."""
@@ -66,9 +79,10 @@ class AuditWriter:
                 if self._closing:
                     return
                 continue
+            lost: set[str] = set()
             if self.failure is None:
                 try:
-                    await asyncio.to_thread(
+                    lost = await asyncio.to_thread(
                         self._store.write_batch,
                         self._run_id,
                         [b for group, _ in begins for b in group],
@@ -77,11 +91,15 @@ class AuditWriter:
                     self.commits += 1
                 except AuditError as exc:
                     self.failure = exc
-            for _, future in begins:
+            for venue in sorted(lost):
+                self._on_lost(venue)
+            for group, future in begins:
                 if future.done():
                     continue
-                if self.failure is None:
-                    future.set_result(None)
-                else:
+                if self.failure is not None:
                     future.set_exception(self.failure)
+                elif lanes_lost := {b.venue for b in group} & lost:
+                    future.set_exception(LaneLostError(min(lanes_lost)))
+                else:
+                    future.set_result(None)
             self._wake.set()  # look again: more may have queued while committing
