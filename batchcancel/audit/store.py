@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final, cast
 
 import psutil
@@ -27,6 +27,26 @@ import sqlalchemy as sa
 
 from batchcancel import __version__
 from batchcancel.audit.migrate import upgrade_to_head
+from batchcancel.audit.records import (
+    BULK,
+    CANCEL,
+    CONFIRM,
+    CONFIRMED_PREFIX,
+    DONE,
+    IN_FLIGHT_LOST,
+    IN_FLIGHT_TAKEN_OVER,
+    LOADING,
+    PENDING,
+    SENDING,
+    SWEEP,
+    Answer,
+    Begin,
+    OrderToSend,
+    PlannedOrder,
+    RunInfo,
+    SweptOrder,
+    utcnow,
+)
 from batchcancel.audit.tables import Attempt, Lane, Order, Request, Run, Session
 from batchcancel.errors import (
     AuditError,
@@ -42,7 +62,13 @@ __all__ = [
     "BULK",
     "CANCEL",
     "CONFIRM",
+    "CONFIRMED_PREFIX",
+    "DONE",
+    "IN_FLIGHT_LOST",
+    "IN_FLIGHT_TAKEN_OVER",
     "LOADING",
+    "PENDING",
+    "SENDING",
     "SWEEP",
     "Answer",
     "AuditStore",
@@ -61,19 +87,9 @@ attempts: Final = cast(sa.Table, Attempt.__table__)
 lanes: Final = cast(sa.Table, Lane.__table__)
 requests: Final = cast(sa.Table, Request.__table__)
 
-PENDING: Final = "pending"  # never sent, or resumable (failed/skipped, or between retries)
-SENDING: Final = "sending"  # an attempt is in flight
-DONE: Final = "done"  # final outcome
-LOADING: Final = "loading"  # run status until every source row is recorded
 LOCK_STALE_AFTER: Final = timedelta(seconds=60)
 # Hides passwords in the messages of errors raised where no store (and so no secret) is known.
 _PASSWORDS: Final = Redactor()
-IN_FLIGHT_LOST: Final = "no answer recorded: the process stopped while this request was in flight"
-IN_FLIGHT_TAKEN_OVER: Final = (
-    "no answer recorded: another worker took the lane over while this request was in flight"
-)
-
-
 # The hot statements of write_batch, with :name parameters (see AuditStore._sql).
 _NAMED: Final = re.compile(r":(\w+)")
 _ANSWER_ATTEMPT: Final = (
@@ -114,86 +130,6 @@ _BEGIN_ORDER: Final = (
 )
 
 
-def utcnow() -> datetime:
-    """Naive UTC now, with microseconds: what every audit timestamp is."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedOrder:
-    """One input row as planned: `invalid_reason` set means it is recorded invalid, never sent."""
-
-    seq: int
-    venue: str
-    order_id: str
-    account_id: str
-    symbol: str
-    invalid_reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OrderToSend:
-    """An order the engine may send: its audit key and its input fields."""
-
-    pk: int
-    venue: str
-    order_id: str
-    account_id: str
-    symbol: str
-    attempts: int  # attempts recorded so far, in every session
-
-
-CANCEL: Final = "cancel"  # attempt kinds
-BULK: Final = "bulk"  # a cancel carried by a bulk request with other orders
-CONFIRM: Final = "confirm"
-SWEEP: Final = "sweep"  # a cancel-all request (requests table): it names no order
-CONFIRMED_PREFIX: Final = "confirmed by order status: "  # reason of a confirm-pass outcome
-
-
-@dataclass(frozen=True, slots=True)
-class Begin:
-    """An attempt about to be sent: written (and committed) before the request leaves.
-
-    A confirm (order-status) attempt leaves its order's state alone: the order is final.
-    """
-
-    order_pk: int
-    attempt: int
-    sent_at: datetime
-    kind: str = CANCEL
-    venue: str = ""  # the lane it is sent on: the write is fenced by that lane's lease
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What came back for an attempt. `outcome` None means the order stays resumable."""
-
-    order_pk: int
-    attempt: int
-    answered_at: datetime
-    http_status: int | None
-    verdict: str  # an outcome, "transient" or "auth_refused"
-    latency_ms: float
-    detail: str
-    outcome: str | None
-    reason: str
-    venue: str = ""  # the lane it came back on (see Begin.venue)
-
-
-@dataclass(frozen=True, slots=True)
-class SweptOrder:
-    """An order a cancel-all cancelled although the input did not list it."""
-
-    order_id: str
-    symbol: str
-    outcome: str
-    reason: str
-    http_status: int | None
-    answered_at: datetime
-    latency_ms: float
-    detail: str
-
-
 @dataclass(slots=True)
 class _Fence:
     """This worker's hold on a lane: the epoch it claimed, and by when (time.monotonic) the
@@ -202,24 +138,6 @@ class _Fence:
     epoch: int
     valid_until: float
     lost: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """A run's identity and standing."""
-
-    id: str
-    run_key: str | None
-    command: str
-    status: str
-    dry_run: bool
-    source: str
-    reason: str
-    orders_total: int
-    duplicates: int
-    created_at: datetime
-    finished_at: datetime | None
-    options: Mapping[str, Any]
 
 
 class AuditStore:
