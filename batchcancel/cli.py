@@ -135,7 +135,14 @@ db_option = click.option(
 
 
 def metrics_options(func: Any) -> Any:
-    """--metrics-file and --pushgateway (SPEC, Evidence and monitoring)."""
+    """--metrics-file, --pushgateway and --notify (SPEC, Evidence and monitoring)."""
+    func = click.option(
+        "--notify",
+        envvar="BATCHCANCEL_NOTIFY",
+        metavar="URL",
+        help="POST the --json summary to this webhook at the end (a kill: also at its start); "
+        "bounded in time, never fatal [BATCHCANCEL_NOTIFY].",
+    )(func)
     func = click.option(
         "--pushgateway",
         envvar="BATCHCANCEL_PUSHGATEWAY",
@@ -154,20 +161,21 @@ def metrics_options(func: Any) -> Any:
 
 @contextmanager
 def _monitoring(
-    command: str, metrics_file: str | None, pushgateway: str | None
+    command: str, metrics_file: str | None, pushgateway: str | None, notify: str | None = None
 ) -> Iterator[Any]:
-    """The command's metrics (None when none are asked for): written whatever way the
-    command ends, a success recorded only from its summary."""
-    if not (metrics_file or pushgateway):
+    """The command's metrics and webhook (None when none are asked for): written whatever
+    way the command ends, a success recorded only from its summary."""
+    if not (metrics_file or pushgateway or notify):
         yield None
         return
-    from batchcancel.metrics import Metrics
+    from batchcancel.metrics import Monitor
 
-    metrics = Metrics(
+    metrics = Monitor(
         command,
         textfile=metrics_file,
         pushgateway=pushgateway,
-        warn=lambda message: _log("metrics", message, level="warning"),
+        notify=notify,
+        warn=lambda message: _log("monitoring", message, level="warning"),
     )
     try:
         yield metrics
@@ -187,10 +195,28 @@ def _watched(progress: Any, metrics: Any) -> Any:
     return views
 
 
+def _starting(run_id: str, run_key: str | None, plan: Any) -> dict[str, Any]:
+    """What a kill is about to cancel, in the shape of the --json summary (status running)."""
+    from batchcancel.outcomes import Outcome
+
+    zeros = {o.value: 0 for o in Outcome}
+    return {
+        "run_id": run_id,
+        "run_key": run_key,
+        "status": "running",
+        "orders": sum(plan.to_send.values()),
+        "outcomes": dict(zeros),
+        "venues": {venue: dict(zeros) for venue in sorted(plan.to_send)},
+        "elapsed_s": 0.0,
+    }
+
+
 def _record_metrics(metrics: Any, summary: Any) -> None:
     if metrics is not None:
         metrics.record(
-            success=summary.status.value == "succeeded", duration=float(summary.elapsed_s)
+            success=summary.status.value == "succeeded",
+            duration=float(summary.elapsed_s),
+            summary=redact.current().value(summary.as_json()),
         )
 
 
@@ -304,6 +330,7 @@ def _run(
     lease: float,
     metrics_file: str | None,
     pushgateway: str | None,
+    notify: str | None,
 ) -> None:
     from batchcancel.commands import Plan, start_run
     from batchcancel.drain_types import DrainOptions
@@ -311,7 +338,10 @@ def _run(
     from batchcancel.venues import get_venue
 
     with _errors(), _monitoring(
-        command, None if dry_run else metrics_file, None if dry_run else pushgateway
+        command,
+        None if dry_run else metrics_file,
+        None if dry_run else pushgateway,
+        None if dry_run else notify,
     ) as metrics:
         if (source is None) == (query is None):
             raise ConfigError("give either SOURCE (a CSV path or -) or --query with --source-db")
@@ -383,6 +413,8 @@ def _run(
                     def announce(run_id: str, plan: Plan) -> None:
                         if metrics is not None:
                             metrics.attach(store, run_id)
+                            if command == "kill":
+                                metrics.starting(_starting(run_id, run_key, plan))
                         per_venue = ", ".join(f"{v} {n}" for v, n in sorted(plan.to_send.items()))
                         total = sum(plan.to_send.values())
                         if plan.invalid < 0:  # said before validation, within a second
@@ -612,10 +644,11 @@ def resume(
     lease: float,
     metrics_file: str | None,
     pushgateway: str | None,
+    notify: str | None,
 ) -> None:
     """Continue RUN (a run id or run key) from where it stopped."""
 
-    with _errors(), _monitoring("resume", metrics_file, pushgateway) as metrics:
+    with _errors(), _monitoring("resume", metrics_file, pushgateway, notify) as metrics:
         settings = _settings(db, venues_config)
         with _open_store(settings) as store:
             run = store.find_run(run_ref)
@@ -721,12 +754,13 @@ def confirm(
     as_json: bool,
     metrics_file: str | None,
     pushgateway: str | None,
+    notify: str | None,
 ) -> None:
     """Poll order status for RUN's cancel_pending orders until final or --timeout passes."""
     from batchcancel.commands import confirm_run
     from batchcancel.drain_types import DrainOptions
 
-    with _errors(), _monitoring("confirm", metrics_file, pushgateway) as metrics:
+    with _errors(), _monitoring("confirm", metrics_file, pushgateway, notify) as metrics:
         settings = _settings(db, venues_config)
         with _open_store(settings) as store:
             run = store.find_run(run_ref)

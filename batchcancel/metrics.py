@@ -24,14 +24,25 @@ previous file's value over (read with prometheus_client's own parser); on the Pu
 success PUTs the run-wide group (replacing both values) and anything else POSTs only the
 duration (pushadd: metrics of other names in the group, the last success, stay).
 
+The webhook (`--notify URL`, or BATCHCANCEL_NOTIFY; SPEC, Notification) is a monitoring
+output too, so it lives here: the `--json` summary is POSTed when the command ends (and, for a
+kill, a summary of what it is about to cancel when it starts, status `running`, from a thread
+of its own so that the kill does not wait for it). Each POST is bounded (NOTIFY_TIMEOUT), never
+follows a redirect, and names only the URL's scheme and host in a warning (a webhook URL's
+path often holds its token).
+
 Writing never fails a run: a failure is one warning on stderr, through the caller's `warn`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -52,11 +63,13 @@ __all__ = [
     "INTERVAL_VAR",
     "JOB",
     "LAST_SUCCESS",
+    "NOTIFY_VAR",
     "ORDERS",
     "PUSHGATEWAY_VAR",
     "RATE_LIMITED",
     "REQUESTS",
-    "Metrics",
+    "Monitor",
+    "post_json",
 ]
 
 JOB: Final = "batchcancel"
@@ -64,6 +77,8 @@ PUSHGATEWAY_VAR: Final = "BATCHCANCEL_PUSHGATEWAY"
 INTERVAL_VAR: Final = "BATCHCANCEL_METRICS_INTERVAL"  # seconds between textfile writes
 DEFAULT_INTERVAL: Final = 5.0
 PUSH_TIMEOUT: Final = 10.0  # seconds per Pushgateway request
+NOTIFY_VAR: Final = "BATCHCANCEL_NOTIFY"
+NOTIFY_TIMEOUT: Final = 5.0  # seconds per webhook POST
 
 ORDERS: Final = "batchcancel_orders"
 REQUESTS: Final = "batchcancel_requests_total"
@@ -159,8 +174,42 @@ def previous_last_success(path: str, command: str) -> float | None:
     return None
 
 
-class Metrics:
-    """The metrics of one command. Call it with the lanes' views (it is a `views` callback:
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a 3xx is an answer, not an instruction: the POST is not repeated
+
+
+def _where(url: str) -> str:
+    """A URL as a warning may name it: scheme and host only."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+
+
+def post_json(url: str, payload: Mapping[str, Any], *, timeout: float = NOTIFY_TIMEOUT) -> str:
+    """POST `payload` as JSON to `url`; '' when the receiver took it (2xx), else why not."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        return f"--notify needs an http(s) URL, not {_where(url)!r}"
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "batchcancel"},
+    )
+    opener = urllib.request.build_opener(_NoRedirects)
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            status = int(response.status)
+    except urllib.error.HTTPError as exc:
+        status = int(exc.code)
+    except Exception as exc:  # never fatal: the run's outcome does not depend on a webhook
+        return f"{_where(url)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if 200 <= status < 300:
+        return ""
+    return f"{_where(url)} answered HTTP {status}"
+
+
+class Monitor:
+    """The metrics and the webhook of one command. Call it with the lanes' views (it is a `views` callback:
     it writes the textfile every few seconds, in a thread of its own so that the engine's
     loop never waits for the database); `attach` it to the run once its id is known; call
     `finish` with whether the command succeeded. A no-op when neither output is asked for."""
@@ -172,11 +221,15 @@ class Metrics:
         textfile: str | None,
         pushgateway: str | None,
         warn: Callable[[str], None],
+        notify: str | None = None,
         interval: float | None = None,
     ) -> None:
         self.command = command
         self.textfile = textfile
         self.pushgateway = pushgateway
+        self.notify = notify
+        self._notifier: threading.Thread | None = None
+        self._summary: Mapping[str, Any] | None = None
         self.warn = warn
         if interval is None:
             try:
@@ -196,8 +249,22 @@ class Metrics:
 
     @property
     def enabled(self) -> bool:
-        """Whether any metrics output was asked for."""
-        return bool(self.textfile or self.pushgateway)
+        """Whether any monitoring output was asked for."""
+        return bool(self.textfile or self.pushgateway or self.notify)
+
+    def starting(self, payload: Mapping[str, Any]) -> None:
+        """A kill starts: POST what it is about to cancel, without waiting for the answer."""
+        if not self.notify or self._notifier is not None:
+            return
+        url = self.notify
+
+        def send() -> None:
+            problem = post_json(url, payload)
+            if problem:
+                self.warn(f"notify: the start of the kill was not delivered: {problem}")
+
+        self._notifier = threading.Thread(target=send, name="batchcancel-notify", daemon=True)
+        self._notifier.start()
 
     def attach(self, store: AuditStore, run_id: str) -> None:
         """The run the metrics are about, and the audit they are read from."""
@@ -254,12 +321,17 @@ class Metrics:
         except OSError as exc:
             self._warn_once("textfile", f"metrics: cannot write {self.textfile}: {exc}")
 
-    def record(self, *, success: bool, duration: float) -> None:
+    def record(
+        self, *, success: bool, duration: float, summary: Mapping[str, Any] | None = None
+    ) -> None:
         """The command's end, while its audit is open: whether it succeeded (exit 0, status
-        succeeded), how long it worked, and the run's counts as they ended."""
+        succeeded), how long it worked, the run's counts as they ended, and the `--json`
+        summary the webhook is sent."""
         if not self.enabled:
             return
-        self._result = (success, duration, self._counts())
+        self._summary = summary
+        if self.textfile or self.pushgateway:
+            self._result = (success, duration, self._counts())
 
     def finish(self) -> None:
         """The final metrics: the textfile written once more, the Pushgateway pushed. Only a
@@ -267,6 +339,11 @@ class Metrics:
         a run (no summary) writes the run's counts and keeps the last success as it was; one
         that never reached a run (a usage error) changes nothing."""
         if not self.enabled or self._finished:
+            return
+        if self.notify:
+            self._notify_end()
+        if not (self.textfile or self.pushgateway):
+            self._finished = True
             return
         writer = self._writer
         if writer is not None:
@@ -283,6 +360,15 @@ class Metrics:
                 self._write_textfile(counts, took, success=success)
         if self.pushgateway:
             self._push(counts, took, success=success)
+
+    def _notify_end(self) -> None:
+        if self._notifier is not None:
+            self._notifier.join(timeout=NOTIFY_TIMEOUT + 1)  # the start is sent first
+        if self._summary is None:
+            return  # it ended without a summary (an error): nothing of SPEC's shape to send
+        problem = post_json(self.notify or "", self._summary)
+        if problem:
+            self.warn(f"notify: the summary was not delivered: {problem}")
 
     def _push(self, counts: MetricCounts | None, duration: float, *, success: bool) -> None:
         assert self.pushgateway is not None

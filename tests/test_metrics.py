@@ -354,3 +354,91 @@ async def test_an_unreachable_pushgateway_is_a_warning_not_a_failure(
     assert len(warnings) == 1 and "Traceback" not in result.stderr, result.stderr
     assert value(samples(prom.read_text()), "batchcancel_orders", command="run", venue="sfox",
                  outcome="canceled") == 3
+
+
+@contextlib.asynccontextmanager
+async def receiver(
+    status: int = 200, delay: float = 0.0
+) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A webhook receiver on 127.0.0.1: the JSON bodies POSTed to it, in order."""
+    from aiohttp import web
+
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        assert request.content_type == "application/json"
+        received.append(await request.json())
+        if delay:
+            await asyncio.sleep(delay)
+        return web.Response(status=status)
+
+    app = web.Application()
+    app.router.add_post("/hook/{token}", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/hook/T0KEN-in-the-path", received
+    finally:
+        await runner.cleanup()
+
+
+async def test_notify_posts_the_summary_and_a_kill_also_its_start(
+    tmp_path: Path, serve_simulators: ServeSimulators
+) -> None:
+    """--notify: a run's --json summary is POSTed once at its end; a kill (URL from
+    BATCHCANCEL_NOTIFY) POSTs what it is about to cancel (status running) first, then its
+    summary. No credential is in either."""
+    db = tmp_path / "audit.db"
+    venues = build_venues({"sfox": 4, "tanx": 3})
+    orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
+    async with receiver() as (url, received), serve_simulators(venues.simulators) as server:
+        config = venues_config(tmp_path, server, sfox=0, tanx=0)
+        ran = await run_cli("run", str(orders), "--venues-config", str(config), "--json",
+                            "--notify", url, env=cli_env(db))
+        assert ran.code == 0, ran.stderr
+        assert received == [json.loads(ran.stdout)]
+        received.clear()
+        for simulator in venues.simulators.values():
+            simulator.book.clear()
+        killed = await run_cli("kill", str(orders), "--venues-config", str(config), "--json",
+                               env={**cli_env(db), "BATCHCANCEL_NOTIFY": url})
+    assert killed.code == 1, killed.stderr
+    summary = json.loads(killed.stdout)
+    assert len(received) == 2, received
+    start, end = received
+    assert start["status"] == "running" and start["run_id"] == summary["run_id"]
+    assert start["orders"] == 7 and set(start["venues"]) == {"sfox", "tanx"}
+    assert end == summary
+    assert not any(secret in json.dumps(received) for secret in SECRET_VALUES)
+    assert "notify" not in ran.stderr + killed.stderr, "no warning when delivered"
+
+
+async def test_notify_failures_are_warnings_bounded_in_time(
+    tmp_path: Path, serve_simulators: ServeSimulators
+) -> None:
+    """A receiver that answers 500, and one that never answers within the bound: the run
+    exits as it would have, with one warning each that names the host, never the URL's
+    path (a webhook's token)."""
+    db = tmp_path / "audit.db"
+    venues = build_venues({"sfox": 2})
+    orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
+    async with serve_simulators(venues.simulators) as server:
+        config = venues_config(tmp_path, server, sfox=0)
+        async with receiver(status=500) as (url, received):
+            failed = await run_cli("run", str(orders), "--venues-config", str(config),
+                                   "--notify", url, env=cli_env(db))
+        assert failed.code == 0, failed.stderr
+        assert len(received) == 1
+        warnings = [line for line in failed.stderr.splitlines() if "notify" in line]
+        assert len(warnings) == 1 and "HTTP 500" in warnings[0], failed.stderr
+        async with receiver(delay=8) as (url, received):  # past the 5 s bound
+            slow = await run_cli("run", str(orders), "--venues-config", str(config),
+                                 "--notify", url, env=cli_env(db), timeout=60)
+        assert slow.code == 0, slow.stderr
+        warnings = [line for line in slow.stderr.splitlines() if "notify" in line]
+        assert len(warnings) == 1 and "timed out" in warnings[0].lower(), slow.stderr
+    for text in (failed.stderr, slow.stderr):
+        assert "T0KEN" not in text and "127.0.0.1" in text
