@@ -61,9 +61,11 @@ class VenueLimit:
         return self.rate_limit / self.period if self.rate_limit and self.period > 0 else 0.0
 
     def describe(self) -> str:
-        """e.g. '20 per 1 s'."""
+        """e.g. '20/s', or '250 per 10 s' for a longer window."""
         if not self.per_second:
             return "unthrottled"
+        if self.period == 1:
+            return f"{self.rate_limit}/s"
         return f"{self.rate_limit} per {self.period:g} s"
 
 
@@ -215,7 +217,7 @@ def _chart(
         )
     rate_ax.set_ylabel("requests / s")
     rate_ax.set_title(f"{venue}: requests per second ({width:g} s bins)", loc="left")
-    rate_ax.legend(loc="upper right", fontsize=7, frameon=False)
+    rate_ax.legend(loc="upper right", fontsize=7, frameon=True, framealpha=0.9)
     rate_ax.set_xlim(0, max(span, width))
     rate_ax.grid(axis="y", linewidth=0.3)
 
@@ -234,7 +236,7 @@ def _chart(
     outcome_ax.set_ylabel("orders (cumulative)")
     outcome_ax.set_xlabel("seconds since the run's first request")
     if plotted_outcomes:
-        outcome_ax.legend(loc="upper left", fontsize=7, frameon=False, ncol=2)
+        outcome_ax.legend(loc="upper left", fontsize=7, frameon=True, framealpha=0.9, ncol=2)
     outcome_ax.grid(axis="y", linewidth=0.3)
 
     latencies = sorted(line.latencies)
@@ -273,7 +275,7 @@ def _chart(
                 max(value, low), color="#c62828", linestyle=style, linewidth=1,
                 label=f"p{round(q * 100)} {value:.0f} ms",
             )
-        latency_ax.legend(loc="upper right", fontsize=7, frameon=False)
+        latency_ax.legend(loc="upper right", fontsize=7, frameon=True, framealpha=0.9)
     else:
         latency_ax.text(0.5, 0.5, "no answers", ha="center", va="center",
                         transform=latency_ax.transAxes)
@@ -327,6 +329,7 @@ code, .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace; f
 table { border-collapse: collapse; width: 100%; margin: 6px 0; }
 th, td { border: 1px solid #ccc; padding: 3px 5px; text-align: right; vertical-align: top; }
 table.wide { font-size: 11.5px; }
+table.wide td { white-space: nowrap; }
 table.wide th { font-size: 11px; }
 th { background: #f2f2f2; font-weight: 600; }
 td.text, th.text { text-align: left; }

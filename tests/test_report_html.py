@@ -368,7 +368,7 @@ async def test_report_of_a_run_with_429s_in_chromium(
     assert not any(secret in page for secret in SECRET_VALUES)
     assert "EOD &lt;cleanup&gt; &amp; check" in page  # the reason, escaped
     for venue, limit in limits.items():
-        assert f"{limit} per 1 s" in page, venue  # the limit the run was configured with
+        assert f"limit {limit}/s" in page, venue  # the limit the run was configured with
 
     opened = await open_report(html_file, tmp_path, f"run-429-{audit_url.split(':')[0]}")
     print("screenshot:", opened["png"], "report bytes:", len(page))
