@@ -35,6 +35,7 @@ MAX_BINS: Final = 150  # timeline bins at most; a long run gets wider ones
 _WIDTHS: Final = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
                   900.0, 1800.0, 3600.0)
 LATENCY_BINS: Final = 40
+CURVE_POINTS: Final = 1000  # points of a cumulative-outcome curve at most
 OUTCOME_COLOURS: Final[Mapping[str, str]] = {
     "canceled": "#2e7d32",
     "cancel_pending": "#81c784",
@@ -87,31 +88,28 @@ def _seconds(value: datetime, origin: datetime) -> float:
 def _collect(
     store: AuditStore, run_id: str, venues: list[str]
 ) -> tuple[dict[str, _Timeline], datetime | None]:
-    """Stream the run's requests and outcomes into per-venue timelines. The origin (0 s) is
-    the run's first request, the same for every venue, so their charts line up."""
-    events: dict[str, list[readback.RequestEvent]] = {v: [] for v in venues}
-    origin: datetime | None = None
-    for event in readback.request_events(store, run_id):
-        events.setdefault(event.venue, []).append(event)
-        if origin is None or event.sent_at < origin:
-            origin = event.sent_at
-    timelines = {v: _Timeline() for v in events}
+    """Stream the run's requests and outcomes into per-venue timelines: seconds as floats,
+    never a row object per request (a million requests are a few arrays of 8 MB). The origin
+    (0 s) is the run's first request, the same for every venue, so their charts line up."""
+    origin = readback.first_request_at(store, run_id)
+    timelines = {v: _Timeline() for v in venues}
     if origin is None:
         return timelines, None
-    for venue, venue_events in events.items():
-        line = timelines[venue]
-        venue_events.sort(key=lambda e: e.sent_at)
-        sends = [_seconds(e.sent_at, origin) for e in venue_events]
-        line.sent = sends
-        line.latencies = [e.latency_ms for e in venue_events if e.latency_ms is not None]
+    limited: dict[str, list[float]] = {}
+    for event in readback.request_events(store, run_id):
+        line = timelines.setdefault(event.venue, _Timeline())
+        line.sent.append(_seconds(event.sent_at, origin))
+        if event.latency_ms is not None:
+            line.latencies.append(event.latency_ms)
+        if event.http_status == 429 and event.answered_at is not None:
+            limited.setdefault(event.venue, []).append(_seconds(event.answered_at, origin))
+    for venue, line in timelines.items():
+        line.sent.sort()
         # A 429 pauses the whole venue: shade from its answer to the venue's next request.
-        for event in venue_events:
-            if event.http_status != 429 or event.answered_at is None:
-                continue
-            start = _seconds(event.answered_at, origin)
+        for start in sorted(limited.get(venue, [])):
             line.limited_at.append(start)
-            index = bisect.bisect_right(sends, start)
-            end = sends[index] if index < len(sends) else start
+            index = bisect.bisect_right(line.sent, start)
+            end = line.sent[index] if index < len(line.sent) else start
             if end > start:
                 line.pauses.append((start, end))
     for venue, outcome, when in readback.outcome_events(store, run_id):
@@ -121,14 +119,23 @@ def _collect(
     return timelines, origin
 
 
-def _merge(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def _merge(spans: list[tuple[float, float]], gap: float = 0.0) -> list[tuple[float, float]]:
     merged: list[tuple[float, float]] = []
     for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
+        if merged and start <= merged[-1][1] + gap:
             merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
         else:
             merged.append((start, end))
     return merged
+
+
+def _cumulative(times: list[float], end: float) -> tuple[list[float], list[int]]:
+    """A cumulative count's steps from sorted `times`: every step while there are few, else
+    the count at CURVE_POINTS even instants (a million orders make a light path too)."""
+    if len(times) <= CURVE_POINTS:
+        return [0.0, *times, end], [0, *range(1, len(times) + 1), len(times)]
+    xs = [end * i / CURVE_POINTS for i in range(CURVE_POINTS + 1)]
+    return xs, [bisect.bisect_right(times, x) for x in xs]
 
 
 def _bin_width(span: float) -> float:
@@ -204,7 +211,8 @@ def _chart(
         per_second, [*edges, bins * width], fill=True, color="#1565c0", linewidth=0,
         label="requests/s", gid=f"rate-{venue}",
     )
-    pauses = _merge(line.pauses)
+    # Pauses closer than a tenth of a bin read as one: a 429 storm is not ten thousand shapes.
+    pauses = _merge(line.pauses, gap=width / 10)
     for n, (start, end) in enumerate(pauses):
         rate_ax.axvspan(
             start, end, color="#ef6c00", alpha=0.25, linewidth=0,
@@ -227,8 +235,7 @@ def _chart(
         if not times:
             continue
         plotted_outcomes[outcome] = len(times)
-        xs = [0.0, *times, max(span, times[-1])]
-        ys = [0, *range(1, len(times) + 1), len(times)]
+        xs, ys = _cumulative(times, max(span, times[-1]))
         outcome_ax.step(
             xs, ys, where="post", color=OUTCOME_COLOURS[outcome], linewidth=1.4,
             label=f"{outcome} {len(times)}", gid=f"outcome-{venue}-{outcome}",

@@ -33,6 +33,7 @@ __all__ = [
     "SessionInfo",
     "VenueStats",
     "attention_orders",
+    "first_request_at",
     "metric_counts",
     "outcome_events",
     "request_events",
@@ -349,6 +350,19 @@ def metric_counts(store: AuditStore, run_id: str) -> MetricCounts:
         requests=requests,
         rate_limited={venue: s.rate_limited for venue, s in stats.items()},
     )
+
+
+def first_request_at(store: AuditStore, run_id: str) -> datetime | None:
+    """When the run's first request was sent (None: it sent none)."""
+    with _read(store) as conn:
+        first = conn.execute(
+            sa.select(sa.func.min(_attempts.c.sent_at)).where(_attempts.c.run_id == run_id)
+        ).scalar()
+        other = conn.execute(
+            sa.select(sa.func.min(_requests.c.sent_at)).where(_requests.c.run_id == run_id)
+        ).scalar()
+    known = [t for t in (first, other) if t is not None]
+    return min(known) if known else None
 
 
 def request_events(store: AuditStore, run_id: str) -> Iterator[RequestEvent]:
