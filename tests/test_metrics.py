@@ -442,3 +442,46 @@ async def test_notify_failures_are_warnings_bounded_in_time(
         assert len(warnings) == 1 and "timed out" in warnings[0].lower(), slow.stderr
     for text in (failed.stderr, slow.stderr):
         assert "T0KEN" not in text and "127.0.0.1" in text
+
+
+async def test_confirm_and_resume_write_their_own_command(
+    tmp_path: Path, serve_simulators: ServeSimulators
+) -> None:
+    """`confirm RUN --metrics-file`: series labelled command="confirm", its status polls
+    counted as kind confirm (what the venue received), the orders as the confirm left them,
+    a last success of its own; `resume RUN` then writes command="resume"."""
+    db = tmp_path / "audit.db"
+    venues = build_venues({"sfox": 4}, states=(OrderState.OPEN_ASYNC,), settle_after=0.1)
+    orders = write_orders_csv(tmp_path / "orders.csv", venues.rows)
+    confirm_prom, resume_prom = tmp_path / "confirm.prom", tmp_path / "resume.prom"
+    async with serve_simulators(venues.simulators) as server:
+        config = venues_config(tmp_path, server, sfox=0)
+        ran = await run_cli("run", str(orders), "--venues-config", str(config), "--json",
+                            env=cli_env(db))
+        assert ran.code == 0, ran.stderr
+        run_id = json.loads(ran.stdout)["run_id"]
+        assert json.loads(ran.stdout)["outcomes"]["cancel_pending"] == 4
+        confirmed = await run_cli("confirm", run_id, "--venues-config", str(config),
+                                  "--metrics-file", str(confirm_prom), env=cli_env(db))
+        assert confirmed.code == 0, confirmed.stderr
+        resumed = await run_cli("resume", run_id, "--venues-config", str(config),
+                                "--metrics-file", str(resume_prom), env=cli_env(db))
+        assert resumed.code == 0, resumed.stderr
+    found = samples(confirm_prom.read_text())
+    assert {dict(labels)["command"] for _, labels in found} == {"confirm"}
+    polls = sum(venues.simulators["sfox"].status_requests.values())
+    assert polls >= 4
+    assert value(found, "batchcancel_requests_total", command="confirm", venue="sfox",
+                 kind="confirm") == polls
+    assert value(found, "batchcancel_requests_total", command="confirm", venue="sfox",
+                 kind="cancel") == 4, "the run's cancels are the run's: counted too"
+    assert value(found, "batchcancel_orders", command="confirm", venue="sfox",
+                 outcome="canceled") == 4
+    assert value(found, "batchcancel_orders", command="confirm", venue="sfox",
+                 outcome="cancel_pending") == 0
+    assert ("batchcancel_last_success_timestamp_seconds",
+            frozenset({("command", "confirm")})) in found
+    resumed_found = samples(resume_prom.read_text())
+    assert {dict(labels)["command"] for _, labels in resumed_found} == {"resume"}
+    assert value(resumed_found, "batchcancel_orders", command="resume", venue="sfox",
+                 outcome="canceled") == 4
