@@ -145,6 +145,7 @@ class Progress:
         self._clock = clock
         # per venue: (time, requests sent, orders done), the last RATE_WINDOW seconds
         self._history: dict[str, deque[tuple[float, int, int]]] = {}
+        self._final_rate: dict[str, float] = {}  # a finished venue keeps the rate it ended at
 
     def __enter__(self) -> Progress:
         if self._live_mode:
@@ -208,6 +209,9 @@ class Progress:
         else:  # the first second: what was sent in it, so far
             rate = float(view.sent)
             done_rate = float(view.done)
+        finished = view.total > 0 and view.done >= view.total
+        if finished:  # the window would only decay from here on: keep the rate it ended at
+            rate = self._final_rate.setdefault(view.venue, rate)
         limit, limit_per_s = describe(self._limits.get(view.venue))
         pause_left = max(0.0, view.paused_until - now)
         remaining = max(0, view.total - view.done)
