@@ -12,12 +12,10 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import secrets
 import socket
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, cast
@@ -26,6 +24,7 @@ import psutil
 import sqlalchemy as sa
 
 from batchcancel import __version__
+from batchcancel.audit.db import Database
 from batchcancel.audit.migrate import upgrade_to_head
 from batchcancel.audit.records import (
     BULK,
@@ -88,10 +87,7 @@ lanes: Final = cast(sa.Table, Lane.__table__)
 requests: Final = cast(sa.Table, Request.__table__)
 
 LOCK_STALE_AFTER: Final = timedelta(seconds=60)
-# Hides passwords in the messages of errors raised where no store (and so no secret) is known.
-_PASSWORDS: Final = Redactor()
-# The hot statements of write_batch, with :name parameters (see AuditStore._sql).
-_NAMED: Final = re.compile(r":(\w+)")
+# The hot statements of write_batch, with :name parameters (see Database.sql).
 _ANSWER_ATTEMPT: Final = (
     "UPDATE attempts SET answered_at = :answered_at, http_status = :http_status, "
     "verdict = :verdict, latency_ms = :latency_ms, detail = :detail "
@@ -147,24 +143,25 @@ class AuditStore:
         self.url = url
         # The secrets, and the password of the database's own URL (an error may quote it).
         self.redactor = Redactor(redact, urls=(url,))
-        self.engine = _create_engine(url)
+        self._db = Database(url)
+        self.engine = self._db.engine
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._lock_token = f"{self.worker}:{_process_identity()}:{secrets.token_hex(4)}"
         self._fences: dict[tuple[str, str], _Fence] = {}
         try:
             upgrade_to_head(self.engine)
         except BaseException:
-            self.engine.dispose()
+            self._db.dispose()
             raise
 
     def close(self) -> None:
         """Release connections."""
-        self.engine.dispose()
+        self._db.dispose()
 
     @property
     def dialect(self) -> str:
         """sqlite or postgresql."""
-        return self.engine.dialect.name
+        return self._db.dialect
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -216,7 +213,7 @@ class AuditStore:
         command_line: str,
         dry_run: bool,
     ) -> None:
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 runs.insert().values(
                     id=run_id,
@@ -245,7 +242,7 @@ class AuditStore:
 
     def find_run(self, run: str) -> RunInfo:
         """A run by id or run key; RunNotFoundError if neither matches."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             row = conn.execute(
                 sa.select(runs).where(sa.or_(runs.c.id == run, runs.c.run_key == run))
             ).first()
@@ -255,13 +252,13 @@ class AuditStore:
 
     def find_run_key(self, run_key: str) -> RunInfo | None:
         """The run with this key, if any."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.run_key == run_key)).first()
         return None if row is None else _run_info(row)
 
     def recent_runs(self, limit: int = 20) -> list[RunInfo]:
         """The newest runs first."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(runs).order_by(runs.c.created_at.desc()).limit(limit)
             ).all()
@@ -269,7 +266,7 @@ class AuditStore:
 
     def set_run_status(self, run_id: str, status: str) -> None:
         """Record where the run stands, and when the latest session ended."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id)
@@ -285,8 +282,8 @@ class AuditStore:
     def lock_run(self, run_id: str) -> None:
         """Take the run for this process; RunLockedError if another live process holds it.
         (The process that records a new run holds it from the start: see create_run.)"""
-        with self._write() as conn:
-            now = self._db_now(conn)
+        with self._db.write() as conn:
+            now = self._db.now(conn)
             row = conn.execute(
                 sa.select(runs.c.lock_owner, runs.c.lock_heartbeat).where(runs.c.id == run_id)
             ).one()
@@ -312,22 +309,22 @@ class AuditStore:
 
     def heartbeat(self, run_id: str) -> None:
         """Keep the run lock fresh."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id, runs.c.lock_owner == self._lock_token)
-                .values(lock_heartbeat=self._db_now(conn))
+                .values(lock_heartbeat=self._db.now(conn))
             )
 
     def loading_elsewhere(self, run_id: str) -> bool:
         """Whether another live process is still recording the run's orders."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             row = conn.execute(
                 sa.select(runs.c.status, runs.c.lock_owner, runs.c.lock_heartbeat).where(
                     runs.c.id == run_id
                 )
             ).one()
-            now = self._db_now(conn)
+            now = self._db.now(conn)
         owner = row.lock_owner
         return (
             row.status == LOADING
@@ -338,7 +335,7 @@ class AuditStore:
 
     def unlock_run(self, run_id: str) -> None:
         """Release the run lock if this process holds it."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id, runs.c.lock_owner == self._lock_token)
@@ -350,7 +347,7 @@ class AuditStore:
     def start_session(self, run_id: str, *, command: str, command_line: str) -> int:
         """Record this process's turn at the run: who, where, what command line."""
         now = utcnow()
-        with self._write() as conn:
+        with self._db.write() as conn:
             session_id = conn.execute(
                 sessions.insert()
                 .values(
@@ -380,7 +377,7 @@ class AuditStore:
 
     def finish_session(self, session_id: int, status: str) -> None:
         """Record how this process's turn ended."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 sessions.update()
                 .where(sessions.c.id == session_id)
@@ -416,8 +413,8 @@ class AuditStore:
                 for key in texts:
                     row[key] = self.clean(row[key])
         if rows:
-            with self._write() as conn:
-                conn.exec_driver_sql(self._sql(_ADD_ORDER), rows)  # a million rows: plain SQL
+            with self._db.write() as conn:
+                conn.exec_driver_sql(self._db.sql(_ADD_ORDER), rows)  # a million rows: plain SQL
         return len(rows)
 
     def add_swept(
@@ -425,7 +422,7 @@ class AuditStore:
     ) -> int:
         """Record orders a cancel-all cancelled that the input did not list: each becomes an
         order of the run (seq 0: not from the source), final at once, with its one attempt."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._require_lane(conn, run_id, venue)
             for order in swept:
                 pk = conn.execute(
@@ -466,7 +463,7 @@ class AuditStore:
 
     def not_in_input(self, run_id: str) -> dict[str, int]:
         """Per venue, the orders a cancel-all cancelled that the input did not list."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(orders.c.venue, sa.func.count())
                 .where(orders.c.run_id == run_id, orders.c.seq == 0)
@@ -476,7 +473,7 @@ class AuditStore:
 
     def set_totals(self, run_id: str, *, orders_total: int, duplicates: int) -> None:
         """Record how many orders the run holds once they are all loaded: loading is over."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id)
@@ -489,7 +486,7 @@ class AuditStore:
 
     def max_seq(self, run_id: str) -> int:
         """The highest source row number recorded for the run (0 if none)."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             value = conn.execute(
                 sa.select(sa.func.max(orders.c.seq)).where(orders.c.run_id == run_id)
             ).scalar()
@@ -497,7 +494,7 @@ class AuditStore:
 
     def order_count(self, run_id: str) -> int:
         """How many orders the run holds."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             value = conn.execute(
                 sa.select(sa.func.count()).select_from(orders).where(orders.c.run_id == run_id)
             ).scalar()
@@ -516,7 +513,7 @@ class AuditStore:
         if venue is not None:
             in_run.append(orders.c.venue == venue)
         order_pks = sa.select(orders.c.pk).where(*in_run)
-        with self._write() as conn:
+        with self._db.write() as conn:
             if venue is not None:
                 self._require_lane(conn, run_id, venue)
             lost = conn.execute(
@@ -541,7 +538,7 @@ class AuditStore:
 
     def reset_resumable(self, run_id: str, venue: str) -> None:
         """A new holder of the lane retries the venue's failed and skipped orders afresh."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._require_lane(conn, run_id, venue)
             conn.execute(
                 orders.update()
@@ -556,7 +553,7 @@ class AuditStore:
 
     def in_flight_orders(self, run_id: str, venue: str) -> list[int]:
         """The venue's orders with an attempt in flight (the keys of their orders)."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             return list(
                 conn.execute(
                     sa.select(orders.c.pk).where(
@@ -576,7 +573,7 @@ class AuditStore:
         sendable again. Those orders, to send."""
         if not order_pks:
             return []
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._require_lane(conn, run_id, venue)
             rows = conn.execute(
                 sa.select(
@@ -635,7 +632,7 @@ class AuditStore:
 
     def filled_while_pending(self, run_id: str, limit: int = 20) -> list[tuple[str, str]]:
         """(venue, order_id) of orders whose pending cancel the confirm pass found filled."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(orders.c.venue, orders.c.order_id)
                 .where(
@@ -650,7 +647,7 @@ class AuditStore:
 
     def last_sent_by_others(self, run_id: str, venue: str) -> datetime | None:
         """When another process last sent a request to this venue for this run."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             value = conn.execute(
                 sa.select(sa.func.max(attempts.c.sent_at))
                 .select_from(attempts.join(orders, orders.c.pk == attempts.c.order_pk))
@@ -689,7 +686,7 @@ class AuditStore:
         if not wanted or limit <= 0:
             return {}
         timeouts = request_timeout or {}
-        with self._read() as conn:
+        with self._db.read() as conn:
             owners = set(
                 conn.execute(
                     sa.select(lanes.c.owner).where(
@@ -700,7 +697,7 @@ class AuditStore:
         dead = [owner for owner in owners if _owner_is_dead(owner)]  # no need to await leases
         taken: dict[str, float] = {}
         try:
-            with self._write() as conn:
+            with self._db.write() as conn:
                 known = set(
                     conn.execute(sa.select(lanes.c.venue).where(lanes.c.run_id == run_id)).scalars()
                 )
@@ -708,8 +705,8 @@ class AuditStore:
                 if missing:
                     conn.execute(lanes.insert(), [{"run_id": run_id, "venue": v} for v in missing])
             started = time.monotonic()
-            with self._write() as conn:
-                now = self._db_now(conn)
+            with self._db.write() as conn:
+                now = self._db.now(conn)
                 free = sa.or_(
                     lanes.c.owner.is_(None),
                     lanes.c.owner == self._lock_token,
@@ -756,8 +753,8 @@ class AuditStore:
         is lost for good: nothing more is written or sent for it)."""
         held: set[str] = set()
         started = time.monotonic()
-        with self._write() as conn:
-            now = self._db_now(conn)
+        with self._db.write() as conn:
+            now = self._db.now(conn)
             for venue in sorted(set(venues)):
                 fence = self._fences.get((run_id, venue))
                 if fence is None or fence.lost:
@@ -796,7 +793,7 @@ class AuditStore:
 
     def release_lanes(self, run_id: str, venues: Iterable[str]) -> None:
         """Give up this worker's leases on these venues (those still held at our epoch)."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             for venue in sorted(set(venues)):
                 fence = self._fences.pop((run_id, venue), None)
                 if fence is None or fence.lost:
@@ -814,8 +811,8 @@ class AuditStore:
 
     def leased_by_others(self, run_id: str) -> set[str]:
         """Venues of the run that another live worker holds."""
-        with self._read() as conn:
-            now = self._db_now(conn)
+        with self._db.read() as conn:
+            now = self._db.now(conn)
             return set(
                 conn.execute(
                     sa.select(lanes.c.venue).where(
@@ -830,14 +827,14 @@ class AuditStore:
     def venues_held_by_other_runs(self, run_id: str) -> dict[str, list[tuple[str, str]]]:
         """The venues a live process of another run holds now: venue -> those runs' (id,
         command). Each run paces itself, so runs at one venue share its limit."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(lanes.c.venue, lanes.c.run_id, lanes.c.owner, runs.c.command)
                 .select_from(lanes.join(runs, runs.c.id == lanes.c.run_id))
                 .where(
                     lanes.c.run_id != run_id,
                     lanes.c.owner.is_not(None),
-                    lanes.c.lease_until >= self._db_now(conn),
+                    lanes.c.lease_until >= self._db.now(conn),
                 )
                 .order_by(lanes.c.venue, lanes.c.run_id)
             ).all()
@@ -847,15 +844,6 @@ class AuditStore:
                 held.setdefault(row.venue, []).append((row.run_id, row.command))
         return held
 
-    def _db_now(self, conn: sa.Connection) -> datetime:
-        """The database's clock (naive UTC): what lease expiry is judged by. SQLite has no
-        server: its clock is this host's, which every process on the file shares."""
-        if self.dialect == "postgresql":
-            value = conn.execute(sa.select(sa.func.timezone("UTC", sa.func.now()))).scalar()
-            if isinstance(value, datetime):
-                return value.replace(tzinfo=None)
-        return utcnow()
-
     def _fenced(self, conn: sa.Connection, run_id: str, venue: str) -> bool:
         """Inside a write transaction: whether this worker still holds `venue`'s lane at the
         epoch it claimed (True where it claimed none). False marks the lane lost for good."""
@@ -864,7 +852,7 @@ class AuditStore:
             return True
         if not fence.lost:
             matched = conn.exec_driver_sql(
-                self._sql(_FENCE),
+                self._db.sql(_FENCE),
                 {"run_id": run_id, "venue": venue, "owner": self._lock_token, "epoch": fence.epoch},
             ).rowcount
             fence.lost = matched != 1
@@ -881,7 +869,7 @@ class AuditStore:
             if to_confirm
             else orders.c.state != DONE
         )
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(orders.c.venue, sa.func.count())
                 .where(orders.c.run_id == run_id, condition)
@@ -899,7 +887,7 @@ class AuditStore:
             if to_confirm
             else orders.c.state == PENDING
         )
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(
                     orders.c.pk,
@@ -930,8 +918,8 @@ class AuditStore:
         The hot path of every run: plain driver statements (executemany), which cost a
         quarter of the CPU of the same statements built by SQLAlchemy for every batch.
         """
-        stamp = self._stamp
-        with self._write() as conn:
+        stamp = self._db.stamp
+        with self._db.write() as conn:
             lanes_written = {b.venue for b in begins} | {a.venue for a in answers}
             lost = {v for v in sorted(lanes_written) if not self._fenced(conn, run_id, v)}
             if lost:
@@ -940,7 +928,7 @@ class AuditStore:
                 answers = [a for a in answers if a.venue not in lost]
             if lost and late:
                 conn.exec_driver_sql(
-                    self._sql(_ANSWER_LATE),
+                    self._db.sql(_ANSWER_LATE),
                     [
                         {
                             "pk": a.order_pk,
@@ -956,7 +944,7 @@ class AuditStore:
                 )
             if answers:
                 conn.exec_driver_sql(
-                    self._sql(_ANSWER_ATTEMPT),
+                    self._db.sql(_ANSWER_ATTEMPT),
                     [
                         {
                             "pk": a.order_pk,
@@ -971,7 +959,7 @@ class AuditStore:
                     ],
                 )
                 conn.exec_driver_sql(
-                    self._sql(_ANSWER_ORDER),
+                    self._db.sql(_ANSWER_ORDER),
                     [
                         {
                             "pk": a.order_pk,
@@ -986,7 +974,7 @@ class AuditStore:
                 )
             if begins:
                 conn.exec_driver_sql(
-                    self._sql(_BEGIN_ATTEMPT),
+                    self._db.sql(_BEGIN_ATTEMPT),
                     [
                         {
                             "pk": b.order_pk,
@@ -1000,7 +988,7 @@ class AuditStore:
                     ],
                 )
                 conn.exec_driver_sql(
-                    self._sql(_BEGIN_ORDER),
+                    self._db.sql(_BEGIN_ORDER),
                     [
                         {
                             "pk": b.order_pk,
@@ -1013,18 +1001,6 @@ class AuditStore:
                 )
         return lost
 
-    def _sql(self, statement: str) -> str:
-        """A statement written with :name parameters, in this driver's parameter style."""
-        if self.dialect == "sqlite":
-            return statement  # the sqlite3 module takes :name with dict parameters
-        return _NAMED.sub(r"%(\1)s", statement)
-
-    def _stamp(self, value: datetime) -> datetime | str:
-        """A timestamp as the driver should get it (SQLite: SQLAlchemy's text form)."""
-        if self.dialect == "sqlite":
-            return value.strftime("%Y-%m-%d %H:%M:%S.%f")
-        return value
-
     def settle_unsent(self, run_id: str, venue: str | None, outcome: Outcome, reason: str) -> int:
         """Give every unsent order (of one venue, or all) a resumable outcome, e.g. skipped."""
         condition = [
@@ -1034,7 +1010,7 @@ class AuditStore:
         ]
         if venue is not None:
             condition.append(orders.c.venue == venue)
-        with self._write() as conn:
+        with self._db.write() as conn:
             if venue is not None:
                 self._require_lane(conn, run_id, venue)
             count = conn.execute(
@@ -1049,7 +1025,7 @@ class AuditStore:
     def begin_request(self, run_id: str, venue: str, *, kind: str, target: str) -> int:
         """Record a request about to leave (write-ahead); its key for `answer_request`.
         LaneLostError, and nothing written, once another worker holds the venue's lane."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._require_lane(conn, run_id, venue)
             pk = conn.execute(
                 requests.insert()
@@ -1077,7 +1053,7 @@ class AuditStore:
         detail: str,
     ) -> None:
         """Record what came back for a request of `begin_request`."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 requests.update()
                 .where(requests.c.pk == pk)
@@ -1093,7 +1069,7 @@ class AuditStore:
     def swept_venues(self, run_id: str) -> set[str]:
         """Venues of the run to which a cancel-all was ever sent (or was about to be): no
         later session sends one there again."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             return set(
                 conn.execute(
                     sa.select(requests.c.venue)
@@ -1104,7 +1080,7 @@ class AuditStore:
 
     def venue_order_ids(self, run_id: str, venue: str) -> list[str]:
         """Every order id of a venue in the run, whatever its state."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             return list(
                 conn.execute(
                     sa.select(orders.c.order_id).where(
@@ -1130,13 +1106,13 @@ class AuditStore:
             .where(requests.c.run_id == run_id)
             .order_by(requests.c.pk)
         )
-        yield from self._stream(query)
+        yield from self._db.stream(query)
 
     # -- reading back -----------------------------------------------------------------------
 
     def counts(self, run_id: str) -> dict[str, dict[str, int]]:
         """Orders per venue per outcome ("" for orders without one yet)."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(orders.c.venue, orders.c.outcome, sa.func.count())
                 .where(orders.c.run_id == run_id)
@@ -1149,7 +1125,7 @@ class AuditStore:
 
     def state_counts(self, run_id: str) -> dict[str, int]:
         """Orders per state (pending / sending / done)."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(orders.c.state, sa.func.count())
                 .where(orders.c.run_id == run_id)
@@ -1175,7 +1151,7 @@ class AuditStore:
             .where(orders.c.run_id == run_id)
             .order_by(orders.c.pk)
         )
-        yield from self._stream(query)
+        yield from self._db.stream(query)
 
     def attempt_rows(self, run_id: str) -> Iterator[sa.Row[Any]]:
         """Every attempt of a run, by order then attempt number, streamed."""
@@ -1195,7 +1171,7 @@ class AuditStore:
             .where(attempts.c.run_id == run_id)
             .order_by(attempts.c.order_pk, attempts.c.attempt)
         )
-        yield from self._stream(query)
+        yield from self._db.stream(query)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -1204,83 +1180,6 @@ class AuditStore:
         hidden; NUL, control characters and lone surrogates escaped. Every text the store
         writes passes here, so that no answer or input can fail a write or store a secret."""
         return self.redactor.stored(text)
-
-    def _stream(self, query: sa.Select[Any]) -> Iterator[sa.Row[Any]]:
-        with self._read() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=5000).execute(query)
-            yield from result
-
-    @contextmanager
-    def _read(self) -> Iterator[sa.Connection]:
-        """A connection for reading; a database error is an AuditError, as for writes, so a
-        failing read stops the run in order instead of surfacing as an internal error."""
-        try:
-            with self.engine.connect() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as exc:
-            raise _audit_error(exc, "read") from None
-
-    def _write(self) -> _WriteTransaction:
-        return _WriteTransaction(self.engine)
-
-
-class _WriteTransaction:
-    """engine.begin() that turns database errors into one-line AuditErrors."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self._engine = engine
-        self._context: Any = None
-
-    def __enter__(self) -> sa.Connection:
-        try:
-            self._context = self._engine.begin()
-            return self._context.__enter__()  # type: ignore[no-any-return]
-        except sa.exc.SQLAlchemyError as exc:
-            raise _audit_error(exc) from None
-
-    def __exit__(self, *exc_info: Any) -> None:
-        try:
-            self._context.__exit__(*exc_info)
-        except sa.exc.SQLAlchemyError as exc:
-            raise _audit_error(exc) from None
-        if exc_info[1] is not None and isinstance(exc_info[1], sa.exc.SQLAlchemyError):
-            raise _audit_error(exc_info[1]) from None
-
-
-def _audit_error(exc: sa.exc.SQLAlchemyError, action: str = "write") -> AuditError:
-    # A database's message may quote a statement's parameters or the URL it was given.
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
-    detail = _PASSWORDS.text(lines[0])
-    return AuditError(f"audit database {action} failed: {detail}")
-
-
-def _create_engine(url: str) -> sa.Engine:
-    try:
-        if url.startswith("sqlite"):
-            engine = sa.create_engine(
-                url,
-                connect_args={"check_same_thread": False, "timeout": 30},
-                pool_size=4,
-                max_overflow=4,
-            )
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
-            return engine
-        return sa.create_engine(url, pool_pre_ping=True)
-    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-        raise AuditError(
-            f"--db is not a usable database URL: {type(exc).__name__}: {exc}"
-        ) from None
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers (status, report) work during a run; FULL makes each commit durable
-    # before the request it records leaves; busy_timeout waits out brief locks.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
 
 
 def _process_identity() -> str:
