@@ -9,22 +9,23 @@ second, but takes a hundred thousand rows a second in grouped commits).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import secrets
 import socket
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final, cast
 
-import psutil
 import sqlalchemy as sa
 
 from batchcancel import __version__
+from batchcancel.audit import hotpath
 from batchcancel.audit.db import Database
+from batchcancel.audit.leases import LOCK_STALE_AFTER, Leases, lock_is_stale, process_identity
+
+# Re-exported: tests start processes that import it from here by its old name.
+from batchcancel.audit.leases import process_identity as _process_identity  # noqa: F401
 from batchcancel.audit.migrate import upgrade_to_head
 from batchcancel.audit.records import (
     BULK,
@@ -49,7 +50,6 @@ from batchcancel.audit.records import (
 from batchcancel.audit.tables import Attempt, Lane, Order, Request, Run, Session
 from batchcancel.errors import (
     AuditError,
-    LaneLostError,
     RunKeyTakenError,
     RunLockedError,
     RunNotFoundError,
@@ -66,6 +66,7 @@ __all__ = [
     "IN_FLIGHT_LOST",
     "IN_FLIGHT_TAKEN_OVER",
     "LOADING",
+    "LOCK_STALE_AFTER",
     "PENDING",
     "SENDING",
     "SWEEP",
@@ -86,55 +87,6 @@ attempts: Final = cast(sa.Table, Attempt.__table__)
 lanes: Final = cast(sa.Table, Lane.__table__)
 requests: Final = cast(sa.Table, Request.__table__)
 
-LOCK_STALE_AFTER: Final = timedelta(seconds=60)
-# The hot statements of write_batch, with :name parameters (see Database.sql).
-_ANSWER_ATTEMPT: Final = (
-    "UPDATE attempts SET answered_at = :answered_at, http_status = :http_status, "
-    "verdict = :verdict, latency_ms = :latency_ms, detail = :detail "
-    "WHERE order_pk = :pk AND attempt = :attempt"
-)
-_ANSWER_ORDER: Final = (
-    "UPDATE orders SET state = :state, outcome = :outcome, reason = :reason, "
-    "last_http_status = :http_status, last_answer_at = :answered_at WHERE pk = :pk"
-)
-_BEGIN_ATTEMPT: Final = (
-    "INSERT INTO attempts (order_pk, attempt, run_id, worker, kind, sent_at, detail) "
-    "VALUES (:pk, :attempt, :run_id, :worker, :kind, :sent_at, '')"
-)
-_ADD_ORDER: Final = (
-    "INSERT INTO orders (run_id, seq, venue, order_id, account_id, symbol, state, outcome, "
-    "reason, attempts) VALUES (:run_id, :seq, :venue, :order_id, :account_id, :symbol, :state, "
-    ":outcome, :reason, 0)"
-)
-# A confirm (status) poll leaves the final order's state alone; cancels mark it in flight.
-# An answer that came back to a worker after its lane was taken over: the attempt row learns
-# it unless the new holder has closed the attempt already; the order is the new holder's.
-_ANSWER_LATE: Final = (
-    "UPDATE attempts SET answered_at = :answered_at, http_status = :http_status, "
-    "verdict = :verdict, latency_ms = :latency_ms, detail = :detail "
-    "WHERE order_pk = :pk AND attempt = :attempt AND verdict IS NULL"
-)
-# The fence: matches only while this worker still holds the lane at the epoch it claimed, and
-# locks the lane row, so a takeover cannot commit between this check and the commit it guards.
-_FENCE: Final = (
-    "UPDATE lanes SET epoch = epoch WHERE run_id = :run_id AND venue = :venue "
-    "AND owner = :owner AND epoch = :epoch"
-)
-_BEGIN_ORDER: Final = (
-    "UPDATE orders SET state = CASE WHEN :kind = 'confirm' THEN state ELSE 'sending' END, "
-    "attempts = :attempt, first_sent_at = COALESCE(first_sent_at, :sent_at) WHERE pk = :pk"
-)
-
-
-@dataclass(slots=True)
-class _Fence:
-    """This worker's hold on a lane: the epoch it claimed, and by when (time.monotonic) the
-    lease the database last granted runs out, counted from before that grant was asked."""
-
-    epoch: int
-    valid_until: float
-    lost: bool = False
-
 
 class AuditStore:
     """The audit database of one process. `redact` holds strings that must never be stored."""
@@ -146,8 +98,8 @@ class AuditStore:
         self._db = Database(url)
         self.engine = self._db.engine
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        self._lock_token = f"{self.worker}:{_process_identity()}:{secrets.token_hex(4)}"
-        self._fences: dict[tuple[str, str], _Fence] = {}
+        self._lock_token = f"{self.worker}:{process_identity()}:{secrets.token_hex(4)}"
+        self.leases = Leases(self._db, worker=self.worker, token=self._lock_token)
         try:
             upgrade_to_head(self.engine)
         except BaseException:
@@ -288,7 +240,7 @@ class AuditStore:
                 sa.select(runs.c.lock_owner, runs.c.lock_heartbeat).where(runs.c.id == run_id)
             ).one()
             owner, heartbeat = row.lock_owner, row.lock_heartbeat
-            if owner and owner != self._lock_token and not _lock_is_stale(owner, heartbeat, now):
+            if owner and owner != self._lock_token and not lock_is_stale(owner, heartbeat, now):
                 host, pid = owner.split(":")[:2]
                 raise RunLockedError(
                     f"run {run_id} is being worked by process {pid} on {host} "
@@ -330,7 +282,7 @@ class AuditStore:
             row.status == LOADING
             and owner is not None
             and owner != self._lock_token
-            and not _lock_is_stale(owner, row.lock_heartbeat, now)
+            and not lock_is_stale(owner, row.lock_heartbeat, now)
         )
 
     def unlock_run(self, run_id: str) -> None:
@@ -414,7 +366,9 @@ class AuditStore:
                     row[key] = self.clean(row[key])
         if rows:
             with self._db.write() as conn:
-                conn.exec_driver_sql(self._db.sql(_ADD_ORDER), rows)  # a million rows: plain SQL
+                conn.exec_driver_sql(
+                    self._db.sql(hotpath.ADD_ORDER), rows
+                )  # a million rows: plain SQL
         return len(rows)
 
     def add_swept(
@@ -647,24 +601,9 @@ class AuditStore:
 
     def last_sent_by_others(self, run_id: str, venue: str) -> datetime | None:
         """When another process last sent a request to this venue for this run."""
-        with self._db.read() as conn:
-            value = conn.execute(
-                sa.select(sa.func.max(attempts.c.sent_at))
-                .select_from(attempts.join(orders, orders.c.pk == attempts.c.order_pk))
-                .where(
-                    attempts.c.run_id == run_id,
-                    orders.c.venue == venue,
-                    attempts.c.worker != self.worker,
-                )
-            ).scalar()
-        return value if isinstance(value, datetime) else None
+        return self.leases.last_sent_by_others(run_id, venue)
 
-    # -- lane leases: one worker per venue of a run -----------------------------------------
-    #
-    # A lease is fenced (SPEC, "Audit and resume"): every claim raises the lane's epoch, and
-    # each write of a lane's orders commits only while the row still names this worker at the
-    # epoch it claimed (`_fenced`, in the same transaction). Expiry is judged by the database's
-    # clock, so a worker whose clock is wrong can neither take a live lane nor keep a dead one.
+    # -- lane leases: one worker per venue of a run (leases.py) ------------------------------
 
     def claim_lanes(
         self,
@@ -675,192 +614,37 @@ class AuditStore:
         lease: float,
         request_timeout: Mapping[str, float] | None = None,
     ) -> dict[str, float]:
-        """Lease up to `limit` of these venues that no live worker holds: venue -> seconds to
-        wait before re-sending what the previous holder left in flight (its request timeout
-        when it may still be alive, else 0). `request_timeout` is ours, for the next holder.
-
-        PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent workers never wait on
-        each other or take the same lane; the conditional UPDATE makes it safe on SQLite too.
-        """
-        wanted = sorted(set(venues))
-        if not wanted or limit <= 0:
-            return {}
-        timeouts = request_timeout or {}
-        with self._db.read() as conn:
-            owners = set(
-                conn.execute(
-                    sa.select(lanes.c.owner).where(
-                        lanes.c.run_id == run_id, lanes.c.owner.is_not(None)
-                    )
-                ).scalars()
-            )
-        dead = [owner for owner in owners if _owner_is_dead(owner)]  # no need to await leases
-        taken: dict[str, float] = {}
-        try:
-            with self._db.write() as conn:
-                known = set(
-                    conn.execute(sa.select(lanes.c.venue).where(lanes.c.run_id == run_id)).scalars()
-                )
-                missing = [v for v in wanted if v not in known]
-                if missing:
-                    conn.execute(lanes.insert(), [{"run_id": run_id, "venue": v} for v in missing])
-            started = time.monotonic()
-            with self._db.write() as conn:
-                now = self._db.now(conn)
-                free = sa.or_(
-                    lanes.c.owner.is_(None),
-                    lanes.c.owner == self._lock_token,
-                    lanes.c.lease_until < now,
-                    lanes.c.owner.in_(dead),
-                )
-                candidates = conn.execute(
-                    sa.select(lanes.c.venue, lanes.c.owner, lanes.c.epoch, lanes.c.request_timeout)
-                    .where(lanes.c.run_id == run_id, lanes.c.venue.in_(wanted), free)
-                    .order_by(lanes.c.venue)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                ).all()
-                claimed: dict[str, _Fence] = {}
-                for row in candidates:
-                    count = conn.execute(
-                        lanes.update()
-                        .where(
-                            lanes.c.run_id == run_id,
-                            lanes.c.venue == row.venue,
-                            lanes.c.epoch == row.epoch,
-                            free,
-                        )
-                        .values(
-                            owner=self._lock_token,
-                            lease_until=now + timedelta(seconds=lease),
-                            epoch=row.epoch + 1,
-                            request_timeout=timeouts.get(row.venue),
-                        )
-                    ).rowcount
-                    if count != 1:
-                        continue
-                    claimed[row.venue] = _Fence(row.epoch + 1, started + lease)
-                    alive = row.owner not in (None, self._lock_token, *dead)
-                    taken[row.venue] = float(row.request_timeout or 0.0) if alive else 0.0
-        except AuditError:
-            return {}  # another worker inserted or took lanes at the same moment: next round
-        for venue, fence in claimed.items():
-            self._fences[run_id, venue] = fence
-        return taken
+        """Lease free lanes: venue -> seconds to wait before re-sending what was in flight."""
+        return self.leases.claim_lanes(
+            run_id, venues, limit=limit, lease=lease, request_timeout=request_timeout
+        )
 
     def renew_lanes(self, run_id: str, venues: Iterable[str], *, lease: float) -> set[str]:
-        """Extend this worker's leases; the venues it still holds (a lane taken over since
-        is lost for good: nothing more is written or sent for it)."""
-        held: set[str] = set()
-        started = time.monotonic()
-        with self._db.write() as conn:
-            now = self._db.now(conn)
-            for venue in sorted(set(venues)):
-                fence = self._fences.get((run_id, venue))
-                if fence is None or fence.lost:
-                    continue
-                renewed = conn.execute(
-                    lanes.update()
-                    .where(
-                        lanes.c.run_id == run_id,
-                        lanes.c.venue == venue,
-                        lanes.c.owner == self._lock_token,
-                        lanes.c.epoch == fence.epoch,
-                    )
-                    .values(lease_until=now + timedelta(seconds=lease))
-                ).rowcount
-                if renewed == 1:
-                    held.add(venue)
-                else:
-                    fence.lost = True
-        for venue in held:
-            self._fences[run_id, venue].valid_until = started + lease
-        return held
+        """Extend this worker's leases; the venues it still holds."""
+        return self.leases.renew_lanes(run_id, venues, lease=lease)
 
     def lease_is_fresh(self, run_id: str, venue: str) -> bool:
-        """Whether the lease, as the database last granted it, has not run out by this
-        process's monotonic clock (a stalled process finds it has). A lane this worker holds
-        no fence for (none was claimed) counts as fresh."""
-        fence = self._fences.get((run_id, venue))
-        if fence is None:
-            return True
-        return not fence.lost and time.monotonic() < fence.valid_until
+        """Whether the lease has not run out by this process's monotonic clock."""
+        return self.leases.lease_is_fresh(run_id, venue)
 
     def holds_lane(self, run_id: str, venue: str) -> bool:
         """False once the lane is known to be taken over by another worker."""
-        fence = self._fences.get((run_id, venue))
-        return fence is None or not fence.lost
+        return self.leases.holds_lane(run_id, venue)
 
     def release_lanes(self, run_id: str, venues: Iterable[str]) -> None:
-        """Give up this worker's leases on these venues (those still held at our epoch)."""
-        with self._db.write() as conn:
-            for venue in sorted(set(venues)):
-                fence = self._fences.pop((run_id, venue), None)
-                if fence is None or fence.lost:
-                    continue
-                conn.execute(
-                    lanes.update()
-                    .where(
-                        lanes.c.run_id == run_id,
-                        lanes.c.venue == venue,
-                        lanes.c.owner == self._lock_token,
-                        lanes.c.epoch == fence.epoch,
-                    )
-                    .values(owner=None, lease_until=None)
-                )
+        """Give up this worker's leases on these venues."""
+        self.leases.release_lanes(run_id, venues)
 
     def leased_by_others(self, run_id: str) -> set[str]:
         """Venues of the run that another live worker holds."""
-        with self._db.read() as conn:
-            now = self._db.now(conn)
-            return set(
-                conn.execute(
-                    sa.select(lanes.c.venue).where(
-                        lanes.c.run_id == run_id,
-                        lanes.c.owner.is_not(None),
-                        lanes.c.owner != self._lock_token,
-                        lanes.c.lease_until >= now,
-                    )
-                ).scalars()
-            )
+        return self.leases.leased_by_others(run_id)
 
     def venues_held_by_other_runs(self, run_id: str) -> dict[str, list[tuple[str, str]]]:
-        """The venues a live process of another run holds now: venue -> those runs' (id,
-        command). Each run paces itself, so runs at one venue share its limit."""
-        with self._db.read() as conn:
-            rows = conn.execute(
-                sa.select(lanes.c.venue, lanes.c.run_id, lanes.c.owner, runs.c.command)
-                .select_from(lanes.join(runs, runs.c.id == lanes.c.run_id))
-                .where(
-                    lanes.c.run_id != run_id,
-                    lanes.c.owner.is_not(None),
-                    lanes.c.lease_until >= self._db.now(conn),
-                )
-                .order_by(lanes.c.venue, lanes.c.run_id)
-            ).all()
-        held: dict[str, list[tuple[str, str]]] = {}
-        for row in rows:
-            if not _owner_is_dead(row.owner):
-                held.setdefault(row.venue, []).append((row.run_id, row.command))
-        return held
-
-    def _fenced(self, conn: sa.Connection, run_id: str, venue: str) -> bool:
-        """Inside a write transaction: whether this worker still holds `venue`'s lane at the
-        epoch it claimed (True where it claimed none). False marks the lane lost for good."""
-        fence = self._fences.get((run_id, venue))
-        if fence is None:
-            return True
-        if not fence.lost:
-            matched = conn.exec_driver_sql(
-                self._db.sql(_FENCE),
-                {"run_id": run_id, "venue": venue, "owner": self._lock_token, "epoch": fence.epoch},
-            ).rowcount
-            fence.lost = matched != 1
-        return not fence.lost
+        """Venues a live process of another run holds: venue -> [(run id, command)]."""
+        return self.leases.venues_held_by_other_runs(run_id)
 
     def _require_lane(self, conn: sa.Connection, run_id: str, venue: str) -> None:
-        if not self._fenced(conn, run_id, venue):
-            raise LaneLostError(venue)
+        self.leases.require_lane(conn, run_id, venue)
 
     def venues_with_work(self, run_id: str, *, to_confirm: bool = False) -> dict[str, int]:
         """Orders still to send (or to confirm), per venue."""
@@ -911,95 +695,17 @@ class AuditStore:
     def write_batch(
         self, run_id: str, begins: Sequence[Begin], answers: Sequence[Answer]
     ) -> set[str]:
-        """Commit attempt rows about to be sent and answers received, in one transaction;
-        the venues whose lane this worker has lost (their begins are not written: those
-        requests must not leave; their answers reach only still-open attempt rows).
-
-        The hot path of every run: plain driver statements (executemany), which cost a
-        quarter of the CPU of the same statements built by SQLAlchemy for every batch.
-        """
-        stamp = self._db.stamp
-        with self._db.write() as conn:
-            lanes_written = {b.venue for b in begins} | {a.venue for a in answers}
-            lost = {v for v in sorted(lanes_written) if not self._fenced(conn, run_id, v)}
-            if lost:
-                begins = [b for b in begins if b.venue not in lost]
-                late = [a for a in answers if a.venue in lost]
-                answers = [a for a in answers if a.venue not in lost]
-            if lost and late:
-                conn.exec_driver_sql(
-                    self._db.sql(_ANSWER_LATE),
-                    [
-                        {
-                            "pk": a.order_pk,
-                            "attempt": a.attempt,
-                            "answered_at": stamp(a.answered_at),
-                            "http_status": a.http_status,
-                            "verdict": a.verdict,
-                            "latency_ms": round(a.latency_ms, 3),
-                            "detail": self.clean(a.detail),
-                        }
-                        for a in late
-                    ],
-                )
-            if answers:
-                conn.exec_driver_sql(
-                    self._db.sql(_ANSWER_ATTEMPT),
-                    [
-                        {
-                            "pk": a.order_pk,
-                            "attempt": a.attempt,
-                            "answered_at": stamp(a.answered_at),
-                            "http_status": a.http_status,
-                            "verdict": a.verdict,
-                            "latency_ms": round(a.latency_ms, 3),
-                            "detail": self.clean(a.detail),
-                        }
-                        for a in answers
-                    ],
-                )
-                conn.exec_driver_sql(
-                    self._db.sql(_ANSWER_ORDER),
-                    [
-                        {
-                            "pk": a.order_pk,
-                            "state": DONE if a.outcome in FINAL else PENDING,
-                            "outcome": a.outcome,
-                            "reason": self.clean(a.reason),
-                            "http_status": a.http_status,
-                            "answered_at": stamp(a.answered_at),
-                        }
-                        for a in answers
-                    ],
-                )
-            if begins:
-                conn.exec_driver_sql(
-                    self._db.sql(_BEGIN_ATTEMPT),
-                    [
-                        {
-                            "pk": b.order_pk,
-                            "attempt": b.attempt,
-                            "run_id": run_id,
-                            "worker": self.worker,
-                            "kind": b.kind,
-                            "sent_at": stamp(b.sent_at),
-                        }
-                        for b in begins
-                    ],
-                )
-                conn.exec_driver_sql(
-                    self._db.sql(_BEGIN_ORDER),
-                    [
-                        {
-                            "pk": b.order_pk,
-                            "attempt": b.attempt,
-                            "sent_at": stamp(b.sent_at),
-                            "kind": b.kind,
-                        }
-                        for b in begins
-                    ],
-                )
-        return lost
+        """Commit attempts about to be sent and answers received in one transaction; the
+        venues whose lane this worker has lost (hotpath.write_batch)."""
+        return hotpath.write_batch(
+            self._db,
+            run_id,
+            begins,
+            answers,
+            worker=self.worker,
+            clean=self.clean,
+            fenced=self.leases.fenced,
+        )
 
     def settle_unsent(self, run_id: str, venue: str | None, outcome: Outcome, reason: str) -> int:
         """Give every unsent order (of one venue, or all) a resumable outcome, e.g. skipped."""
@@ -1180,57 +886,6 @@ class AuditStore:
         hidden; NUL, control characters and lone surrogates escaped. Every text the store
         writes passes here, so that no answer or input can fail a write or store a secret."""
         return self.redactor.stored(text)
-
-
-def _process_identity() -> str:
-    """This process's identity (see _identity_of)."""
-    return _identity_of(os.getpid())
-
-
-@functools.lru_cache(maxsize=4)
-def _identity_of(_pid: int) -> str:
-    """What tells this process apart from any other that shares its hostname and pid: the
-    boot, the pid namespace (containers) and the process's start time."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot_file:
-            boot = boot_file.read().strip().replace("-", "")[:12]
-    except OSError:
-        boot = "noboot"
-    try:
-        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
-    except OSError:
-        namespace = "nons"
-    try:
-        started = f"{psutil.Process().create_time():.2f}"
-    except psutil.Error:
-        started = "0"
-    return f"{boot}.{namespace}.{started}"
-
-
-def _owner_is_dead(owner: str) -> bool:
-    """True when `owner` (host:pid:identity:token) is surely a process of this very host,
-    boot and pid namespace that no longer runs (its pid is gone, or now names a process
-    started at another time). Anything less certain is judged alive: its lease will expire."""
-    parts = owner.split(":")
-    if len(parts) != 4 or parts[0] != socket.gethostname() or not parts[1].isdigit():
-        return False
-    boot, namespace, started = [*parts[2].split(".", 2), "", ""][:3]
-    mine_boot, mine_namespace, _ = _process_identity().split(".", 2)
-    if (boot, namespace) != (mine_boot, mine_namespace) or "no" in (boot[:2], namespace[:2]):
-        return False
-    try:
-        other = psutil.Process(int(parts[1]))
-        return f"{other.create_time():.2f}" != started
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.Error:
-        return False
-
-
-def _lock_is_stale(owner: str, heartbeat: datetime | None, now: datetime) -> bool:
-    if _owner_is_dead(owner):
-        return True
-    return heartbeat is None or now - heartbeat > LOCK_STALE_AFTER
 
 
 def _os_user() -> str:
