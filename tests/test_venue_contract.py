@@ -29,17 +29,16 @@ from batchcancel.venues.base import (
     Venue,
     Verdict,
     VerdictKind,
+    supports_bulk,
+    supports_status,
+    supports_sweep,
 )
 from tests.conftest import CREDENTIALS, ServeSimulators
 from tests.test_five_venues import order_fields
 
 VENUE_PARAMS = [pytest.param(name, id=name) for name in SIMULATORS]
 # Etna documents no order-status endpoint: the confirm pass leaves its orders as they are.
-WITH_STATUS = [
-    pytest.param(name, id=name)
-    for name in SIMULATORS
-    if VENUES[name]({}).build_status(OrderRow(name, "1", "1"), now=0.0) is not None
-]
+WITH_STATUS = [pytest.param(name, id=name) for name in SIMULATORS if VENUES[name].has_status]
 TIMEOUT = 0.5  # seconds, for every request here (loopback)
 
 
@@ -309,3 +308,65 @@ async def test_a_parse_error_is_not_recorded_as_an_http_status(
     """Issue 13: the venue sent no HTTP 400; the reason says the answer was not valid HTTP."""
     reason = await _malformed_answer(serve_simulators, data)
     assert "HTTP 400" not in reason, reason
+
+
+# What each venue declares it can do (VENUES.md): bulk ids per request, a status endpoint, a
+# cancel-all endpoint and the most one cancel-all answer cancels (0: one answer covers all).
+DECLARED = {
+    "sfox": (50, True, False, 0),
+    "etna": (0, False, False, 0),
+    "crux": (0, True, False, 0),
+    "tanx": (0, True, True, 100),
+    "zebpay": (0, True, True, 0),
+}
+
+
+@pytest.mark.parametrize("venue", VENUE_PARAMS)
+def test_capabilities_are_declared_and_match_the_methods(venue: str) -> None:
+    """Each adapter declares its capabilities as class attributes, and they agree with what it
+    implements: a bulk size above 1 exactly when it builds bulk cancels, `has_sweep` exactly
+    when it has the cancel-all methods, `has_status` exactly when it builds a status request.
+    The `supports_*` readers read the declarations, of a class or an adapter alike."""
+    cls = VENUES[venue]
+    declared = (cls.bulk_size, cls.has_status, cls.has_sweep, cls.sweep_page_limit)
+    assert declared == DECLARED[venue]
+    made = adapter(venue)
+    row = order_row(venue)
+    assert (cls.bulk_size > 1) == hasattr(made, "build_bulk_cancel") == supports_bulk(made)
+    sweeps = all(hasattr(made, m) for m in ("build_sweep", "classify_sweep", "sweep_targets"))
+    assert cls.has_sweep == sweeps == supports_sweep(cls) == supports_sweep(made)
+    assert (cls.sweep_page_limit > 0) <= cls.has_sweep
+    assert cls.has_status == (made.build_status(row, now=0.0) is not None) == supports_status(cls)
+    assert not supports_sweep(None) and not supports_bulk(None) and not supports_status(None)
+
+
+@pytest.mark.parametrize("venue", VENUE_PARAMS)
+def test_json_nested_past_the_recursion_limit_is_unreadable(venue: str) -> None:
+    """A body Python's JSON reader cannot parse (RecursionError) reaches no reader as an
+    exception: cancel, status, bulk and cancel-all answers read it as unparsable, a retry."""
+    venue_adapter = adapter(venue)
+    readers: list[Callable[[Reply], Verdict | None]] = [
+        venue_adapter.classify,
+        venue_adapter.classify_status,
+    ]
+    for name in ("classify_bulk", "classify_sweep"):
+        if (read := getattr(venue_adapter, name, None)) is not None:
+            readers.append(_whole_or_note(read))
+    for body in (b"[" * 60_000 + b"]" * 60_000, b'{"a":' * 60_000 + b"1" + b"}" * 60_000):
+        for status in (200, 400, 404):
+            for read in readers:
+                verdict = read(Reply(status, {}, body))
+                assert verdict is None or verdict.kind is not VerdictKind.AUTH_REFUSED
+                assert verdict is None or verdict.outcome is not Outcome.CANCELED
+
+
+def _whole_or_note(read: Callable[[Reply], BulkAnswer]) -> Callable[[Reply], Verdict | None]:
+    """A bulk or sweep reader: its verdict for all the orders, after checking that it accounts
+    for none of them one by one (an unreadable answer cancels nothing)."""
+
+    def whole(reply: Reply) -> Verdict | None:
+        answer = read(reply)
+        assert not answer.per_order
+        return answer.whole
+
+    return whole

@@ -31,6 +31,7 @@ from typing import ClassVar, Final, Literal
 from aiohttp import web
 
 from batchcancel.outcomes import Outcome
+from batchcancel.venues.base import ListVenue
 
 __all__ = [
     "SIMULATOR_KEY",
@@ -197,17 +198,20 @@ class Simulator:
     """Base of every venue simulator. Subclasses set `name` and implement the hooks below."""
 
     name: ClassVar[str]
-    # Documented defaults; tests and the demo pass their own.
-    default_rate_limit: ClassVar[int | None] = None
-    default_period: ClassVar[float] = 1.0
-    default_penalty: ClassVar[float] = 1.0
-    # A limit of the list route of its own, on top of the venue's (sFOX: 10 per 10 s, then the
-    # route alone pauses 10 s); None where the list shares the venue's limit.
-    default_list_rate_limit: ClassVar[int | None] = None
-    default_list_period: ClassVar[float] = 10.0
-    default_list_penalty: ClassVar[float] = 10.0
-    # The outcome a first cancel of an order seeded in each state ends with (None: unknown id).
-    expected_outcomes: ClassVar[Mapping[OrderState | None, Outcome]]
+    # The adapter of this venue. Its documented limits are the simulator's defaults (tests and
+    # the demo pass their own): rate limit, period, the pause after exceeding it (the
+    # adapter's cooldown), the list route's own limit (sFOX) and the most rows a list page has.
+    venue: ClassVar[type[ListVenue]]
+    # The outcome a first cancel of an order seeded in each state ends with (None: unknown id);
+    # a venue whose cancels hand over (Crux) or cancel anything open (ZebPay) sets its own.
+    expected_outcomes: ClassVar[Mapping[OrderState | None, Outcome]] = {
+        OrderState.OPEN: Outcome.CANCELED,
+        OrderState.OPEN_ASYNC: Outcome.CANCEL_PENDING,
+        OrderState.PENDING: Outcome.CANCEL_PENDING,
+        OrderState.CANCELED: Outcome.ALREADY_CLOSED,
+        OrderState.FILLED: Outcome.ALREADY_CLOSED,
+        None: Outcome.NOT_FOUND,
+    }
 
     def __init__(
         self,
@@ -222,9 +226,10 @@ class Simulator:
         runaway: Runaway | None = None,
     ) -> None:
         self.credentials = dict(credentials)
-        self.rate_limit = self.default_rate_limit if rate_limit == -1 else rate_limit
-        self.period = period if period is not None else self.default_period
-        self.penalty = penalty if penalty is not None else self.default_penalty
+        limits = self.venue.defaults
+        self.rate_limit = limits.rate_limit if rate_limit == -1 else rate_limit
+        self.period = period if period is not None else limits.period
+        self.penalty = penalty if penalty is not None else limits.cooldown
         self.faults = faults or FaultPlan()
         self.settle_after = settle_after
         self.book: dict[str, OrderState] = {}
@@ -245,11 +250,11 @@ class Simulator:
         self._locked_until = 0.0
         # Listing.
         self.details: dict[str, BookOrder] = {}
-        self.list_rate_limit = (
-            self.default_list_rate_limit if list_rate_limit == -1 else list_rate_limit
-        )
-        self.list_period = self.default_list_period
-        self.list_penalty = self.default_list_penalty
+        route = self.venue.list_limit  # None: the list shares the venue's limit
+        default_list_limit = route.rate_limit if route is not None else None
+        self.list_rate_limit = default_list_limit if list_rate_limit == -1 else list_rate_limit
+        self.list_period = route.period if route is not None else 10.0
+        self.list_penalty = route.cooldown if route is not None else 10.0
         self.list_requests = 0  # list requests received (any answer)
         self.list_paths: list[str] = []  # each list request's path and query, as received
         self.list_rate_limited = 0  # 429s answered by the list route's own limit
@@ -260,6 +265,11 @@ class Simulator:
         self._serial = 0
         self._list_window: deque[float] = deque()
         self._list_locked_until = 0.0
+
+    @property
+    def list_max(self) -> int:
+        """The most rows a list page may have: the adapter's page size, the venue's limit."""
+        return self.venue.list_page_size
 
     # -- hooks for subclasses ---------------------------------------------------------------
 

@@ -16,7 +16,8 @@ from aiohttp import web
 
 from batchcancel.outcomes import Outcome
 from batchcancel.simulators.base import Answer, OrderState, Simulator
-from batchcancel.venues.crux import TOKEN_VAR, is_uuid
+from batchcancel.venues.base import ListVenue
+from batchcancel.venues.crux import TOKEN_VAR, CruxVenue, is_uuid
 
 __all__ = ["CruxSimulator"]
 
@@ -25,10 +26,7 @@ class CruxSimulator(Simulator):
     """Crux Connect: `Authorization: Token ...`; the book is keyed by order UUID."""
 
     name: ClassVar[str] = "crux"
-    # ASSUMED (VENUES.md): Crux documents no limit; the adapter's default, 5 per 1 s.
-    default_rate_limit: ClassVar[int | None] = 5
-    default_period: ClassVar[float] = 1.0
-    default_penalty: ClassVar[float] = 10.0
+    venue: ClassVar[type[ListVenue]] = CruxVenue
     # The outcome a first cancel of an order seeded in each state ends with (None: unknown id).
     expected_outcomes: ClassVar[Mapping[OrderState | None, Outcome]] = {
         OrderState.OPEN: Outcome.CANCEL_PENDING,
@@ -63,8 +61,6 @@ class CruxSimulator(Simulator):
         if header != f"Token {self.credentials[TOKEN_VAR]}":
             return _detail("Invalid token.", 401)
         return None
-
-    list_max: ClassVar[int] = 100  # ASSUMED: the documented example's limit is the most
 
     def is_list_request(self, request: web.Request) -> bool:
         """POST /orders/: the orders list."""

@@ -14,9 +14,9 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from batchcancel.outcomes import Outcome
 from batchcancel.simulators.base import Answer, OrderState, Simulator
-from batchcancel.venues.etna import APP_KEY_VAR, TOKEN_VAR
+from batchcancel.venues.base import ListVenue
+from batchcancel.venues.etna import APP_KEY_VAR, TOKEN_VAR, EtnaVenue
 
 __all__ = ["EtnaSimulator"]
 
@@ -25,21 +25,7 @@ class EtnaSimulator(Simulator):
     """ETNA Trader: Et-App-Key plus a Bearer token; the book is keyed by order id."""
 
     name: ClassVar[str] = "etna"
-    # ASSUMED (VENUES.md): ETNA documents no limit; the adapter's default, 20 per 1 s.
-    default_rate_limit: ClassVar[int | None] = 20
-    default_period: ClassVar[float] = 1.0
-    default_penalty: ClassVar[float] = 10.0
-    # The outcome a first cancel of an order seeded in each state ends with (None: unknown id).
-    expected_outcomes: ClassVar[Mapping[OrderState | None, Outcome]] = {
-        OrderState.OPEN: Outcome.CANCELED,
-        OrderState.OPEN_ASYNC: Outcome.CANCEL_PENDING,
-        OrderState.PENDING: Outcome.CANCEL_PENDING,
-        OrderState.CANCELED: Outcome.ALREADY_CLOSED,
-        OrderState.FILLED: Outcome.ALREADY_CLOSED,
-        None: Outcome.NOT_FOUND,
-    }
-
-    list_max: ClassVar[int] = 100  # VENUES.md: pageSize ≤ 100
+    venue: ClassVar[type[ListVenue]] = EtnaVenue
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -13,9 +13,9 @@ from typing import ClassVar, Final
 
 from aiohttp import web
 
-from batchcancel.outcomes import Outcome
 from batchcancel.simulators.base import Answer, OrderState, Simulator
-from batchcancel.venues.sfox import API_KEY_VAR
+from batchcancel.venues.base import ListVenue
+from batchcancel.venues.sfox import API_KEY_VAR, SfoxVenue
 
 __all__ = ["SfoxSimulator"]
 
@@ -24,24 +24,7 @@ class SfoxSimulator(Simulator):
     """sFOX: Bearer API key, 250 requests per 10 s per IP, then a 60 s wait (sFOX docs)."""
 
     name: ClassVar[str] = "sfox"
-    default_rate_limit: ClassVar[int | None] = 250
-    default_period: ClassVar[float] = 10.0
-    default_penalty: ClassVar[float] = 60.0
-    # VENUES.md (sfox, List open): the list route allows 10 requests per 10 s; a 429 on it
-    # pauses this route only, for 10 s.
-    default_list_rate_limit: ClassVar[int | None] = 10
-    default_list_period: ClassVar[float] = 10.0
-    default_list_penalty: ClassVar[float] = 10.0
-    list_max: ClassVar[int] = 50  # at most 50 orders a page
-    # The outcome a first cancel of an order seeded in each state ends with (None: unknown id).
-    expected_outcomes: ClassVar[Mapping[OrderState | None, Outcome]] = {
-        OrderState.OPEN: Outcome.CANCELED,
-        OrderState.OPEN_ASYNC: Outcome.CANCEL_PENDING,
-        OrderState.PENDING: Outcome.CANCEL_PENDING,
-        OrderState.CANCELED: Outcome.ALREADY_CLOSED,
-        OrderState.FILLED: Outcome.ALREADY_CLOSED,
-        None: Outcome.NOT_FOUND,
-    }
+    venue: ClassVar[type[ListVenue]] = SfoxVenue
 
     def routes(self) -> Iterable[web.RouteDef]:
         """seed 000: DELETE /v1/orders/:order_id; sFOX docs: GET /v1/orders/:order_id."""

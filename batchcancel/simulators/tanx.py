@@ -14,9 +14,15 @@ from typing import Any, ClassVar, Final
 
 from aiohttp import web
 
-from batchcancel.outcomes import Outcome
 from batchcancel.simulators.base import Answer, BookOrder, OrderState, Simulator
-from batchcancel.venues.tanx import JWT_VAR, MAX_ORDER_ID, SWEEP_LIMIT, market_of, order_id_of
+from batchcancel.venues.base import ListVenue
+from batchcancel.venues.tanx import (
+    JWT_VAR,
+    MAX_ORDER_ID,
+    TanxVenue,
+    market_of,
+    order_id_of,
+)
 
 __all__ = ["TanxSimulator"]
 
@@ -25,19 +31,7 @@ class TanxSimulator(Simulator):
     """tanX: `Authorization: JWT ...`; the book is keyed by the integer order id, as a string."""
 
     name: ClassVar[str] = "tanx"
-    # ASSUMED (VENUES.md): tanX documents no limit; the adapter's default, 10 per 1 s.
-    default_rate_limit: ClassVar[int | None] = 10
-    default_period: ClassVar[float] = 1.0
-    default_penalty: ClassVar[float] = 10.0
-    # The outcome a first cancel of an order seeded in each state ends with (None: unknown id).
-    expected_outcomes: ClassVar[Mapping[OrderState | None, Outcome]] = {
-        OrderState.OPEN: Outcome.CANCELED,
-        OrderState.OPEN_ASYNC: Outcome.CANCEL_PENDING,
-        OrderState.PENDING: Outcome.CANCEL_PENDING,
-        OrderState.CANCELED: Outcome.ALREADY_CLOSED,
-        OrderState.FILLED: Outcome.ALREADY_CLOSED,
-        None: Outcome.NOT_FOUND,
-    }
+    venue: ClassVar[type[ListVenue]] = TanxVenue
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -46,8 +40,6 @@ class TanxSimulator(Simulator):
         self.markets: dict[str, tuple[str, str]] = {}
         # How an empty list page's payload is sent: [] or {} (tanX sends either, [C]).
         self.empty_payload: list[object] | dict[str, object] = []
-
-    list_max: ClassVar[int] = 50  # ASSUMED: the limit VENUES.md lists with
 
     def new_key(self) -> str:
         """A fresh integer id above the others, while that stays within 2^53-1."""
@@ -222,8 +214,9 @@ class TanxSimulator(Simulator):
             return _error("market: This field is required.", 400)  # ASSUMED wording
         if side not in ("buy", "sell"):
             return _error("side: Must be buy or sell.", 400)  # ASSUMED wording
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= SWEEP_LIMIT:
-            return _error(f"limit: Must be between 1 and {SWEEP_LIMIT}.", 400)  # ASSUMED
+        most = self.venue.sweep_page_limit  # the most one request cancels
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= most:
+            return _error(f"limit: Must be between 1 and {most}.", 400)  # ASSUMED
         keys = [k for k in self.book if self.market_of(k) == (market, side)]
         payload = [
             {

@@ -21,7 +21,8 @@ from aiohttp import web
 
 from batchcancel.outcomes import Outcome
 from batchcancel.simulators.base import Answer, BookOrder, OrderState, Simulator
-from batchcancel.venues.zebpay import API_KEY_VAR, API_SECRET_VAR, JWT_VAR, sign
+from batchcancel.venues.base import ListVenue
+from batchcancel.venues.zebpay import API_KEY_VAR, API_SECRET_VAR, JWT_VAR, ZebpayVenue, sign
 
 __all__ = ["ZebpaySimulator"]
 
@@ -30,10 +31,7 @@ class ZebpaySimulator(Simulator):
     """ZebPay Futures: Bearer JWT or signed API key; the book is keyed by clientOrderId."""
 
     name: ClassVar[str] = "zebpay"
-    # ZebPay rate-limit docs: 180 requests per 60 s per IP; Retry-After is the window's rest.
-    default_rate_limit: ClassVar[int | None] = 180
-    default_period: ClassVar[float] = 60.0
-    default_penalty: ClassVar[float] = 60.0
+    venue: ClassVar[type[ListVenue]] = ZebpayVenue
     # The outcome a first cancel of an order seeded in each state ends with (None: unknown id).
     expected_outcomes: ClassVar[Mapping[OrderState | None, Outcome]] = {
         OrderState.OPEN: Outcome.CANCELED,
@@ -47,8 +45,6 @@ class ZebpaySimulator(Simulator):
     symbols: dict[str, str]
     # ASSUMED: the accepted clock skew of a signed timestamp (undocumented), in seconds.
     timestamp_window: float = 5.0
-
-    list_max: ClassVar[int] = 100  # VENUES.md: limit=100
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -182,7 +178,7 @@ class ZebpaySimulator(Simulator):
 
     def too_many_requests(self, retry_after: float | None) -> web.Response:
         """ZebPay rate-limit docs: the envelope, and Retry-After when given."""
-        limit = self.rate_limit if self.rate_limit is not None else self.default_rate_limit
+        limit = self.rate_limit if self.rate_limit is not None else self.venue.defaults.rate_limit
         message = f"Too many requests. Limit {limit} requests per {self.period:g} seconds."
         response = _envelope(429, message)
         if retry_after is not None:

@@ -25,10 +25,10 @@ from batchcancel.venues.base import (
     Unreadable,
     VenueDefaults,
     Verdict,
+    early_verdict,
     envelope_verdict,
     error_envelope,
     excerpt,
-    generic_transient,
     int_field,
     json_object,
     list_failure,
@@ -38,7 +38,6 @@ from batchcancel.venues.base import (
     message_text,
     message_verdict,
     never_raises,
-    redirected,
     refused_list,
     text_field,
     unclassified,
@@ -52,6 +51,8 @@ _UUID_RE: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 _CONTENT_TYPE: Final = "application/json; charset=utf-8"
 # ASSUMED (VENUES.md): error bodies are {"detail": "..."}; the others are read alike.
 _MESSAGE_KEYS: Final = ("detail", "message", "error")
+# Crux response codes: 401 bad token, 403 no cancel_order permission, 409 wrong org type.
+_AUTH_STATUSES: Final = (401, 403, 409)
 
 
 # Crux docs (line_item object): Unallocated, Allocated, Rejected, HasTracking, Backordered,
@@ -84,6 +85,10 @@ class CruxVenue:
     """The Crux Connect adapter."""
 
     name: ClassVar[str] = "crux"
+    bulk_size: ClassVar[int] = 0
+    has_status: ClassVar[bool] = True  # GET /orders/{uuid}/
+    has_sweep: ClassVar[bool] = False
+    sweep_page_limit: ClassVar[int] = 0
     required_columns: ClassVar[frozenset[str]] = frozenset({"order_id"})
     credential_vars: ClassVar[tuple[str, ...]] = (TOKEN_VAR,)
     # Crux docs: production host. ASSUMED (VENUES.md): no documented limit, so 5 per 1 s,
@@ -136,10 +141,8 @@ class CruxVenue:
 
     def classify_status(self, reply: Reply) -> Verdict:
         """Map a Crux order's line-item statuses to a confirm verdict."""
-        if (verdict := redirected(reply) or generic_transient(reply)) is not None:
+        if (verdict := early_verdict(reply, _AUTH_STATUSES)) is not None:
             return verdict
-        if reply.status in (401, 403, 409):
-            return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
         body = json_object(reply.body)
         if body is None and reply.body.strip():
             return Verdict.transient(f"HTTP {reply.status} with an unparsable body")
@@ -167,11 +170,8 @@ class CruxVenue:
 
     def classify(self, reply: Reply) -> Verdict:
         """Map a Crux answer to an outcome (VENUES.md, crux table)."""
-        if (verdict := redirected(reply) or generic_transient(reply)) is not None:
+        if (verdict := early_verdict(reply, _AUTH_STATUSES)) is not None:
             return verdict
-        # Crux response codes: 401 bad token, 403 no cancel_order permission, 409 wrong org type.
-        if reply.status in (401, 403, 409):
-            return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
         if reply.status == 204:
             # ASSUMED (VENUES.md): 204 is what a cancel returns; the supplier confirms later.
             return Verdict.final(Outcome.CANCEL_PENDING, "sent to supplier")
@@ -229,7 +229,7 @@ class CruxVenue:
     def classify_list(self, page: ListPage, reply: Reply) -> ListAnswer:
         """`{"total_results", "orders": [{"uuid", "line_items": [{"status"}]}]}`; the next page
         starts at start + len(orders) until total_results is covered [A]."""
-        if (failure := list_failure(reply, auth=(401, 403, 409))) is not None:
+        if (failure := list_failure(reply, auth=_AUTH_STATUSES)) is not None:
             return failure
         body = json_object(reply.body)
         if body is None:

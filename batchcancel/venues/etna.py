@@ -24,10 +24,10 @@ from batchcancel.venues.base import (
     Unreadable,
     VenueDefaults,
     Verdict,
+    early_verdict,
     envelope_verdict,
     error_envelope,
     excerpt,
-    generic_transient,
     id_field,
     int_field,
     is_integer_id,
@@ -72,6 +72,10 @@ class EtnaVenue:
     """The ETNA Trader adapter."""
 
     name: ClassVar[str] = "etna"
+    bulk_size: ClassVar[int] = 0
+    has_status: ClassVar[bool] = False  # VENUES.md names no order-status endpoint
+    has_sweep: ClassVar[bool] = False
+    sweep_page_limit: ClassVar[int] = 0
     required_columns: ClassVar[frozenset[str]] = frozenset({"account_id", "order_id"})
     credential_vars: ClassVar[tuple[str, ...]] = (APP_KEY_VAR, TOKEN_VAR)
     # ETNA docs: no public production host (each broker has its own base, ending in /api).
@@ -132,12 +136,10 @@ class EtnaVenue:
 
     def classify(self, reply: Reply) -> Verdict:
         """Map an ETNA answer to an outcome (VENUES.md, etna table)."""
-        if (verdict := redirected(reply) or generic_transient(reply)) is not None:
-            return verdict
         # seed 001: 401 {"Message": "Authorization has been denied..."}, 403 {"error": "Application
         # key is not defined or does not exist"}.
-        if reply.status in (401, 403):
-            return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
+        if (verdict := early_verdict(reply)) is not None:
+            return verdict
         if reply.status == 204:
             return Verdict.final(Outcome.CANCELED, "HTTP 204")  # seed 001
         body = json_object(reply.body)

@@ -28,10 +28,9 @@ from batchcancel.venues.base import (
     VenueDefaults,
     Verdict,
     disputes,
+    early_verdict,
     envelope_verdict,
     error_envelope,
-    excerpt,
-    generic_transient,
     int_field,
     json_object,
     list_failure,
@@ -41,8 +40,8 @@ from batchcancel.venues.base import (
     message_text,
     message_verdict,
     never_raises,
-    redirected,
     refused_list,
+    reply_note,
     retry_after_seconds,
     side_of,
     symbol_key,
@@ -103,6 +102,9 @@ class SfoxVenue:
 
     name: ClassVar[str] = "sfox"
     bulk_size: ClassVar[int] = 50  # ids per bulk cancel; keeps the URL short
+    has_status: ClassVar[bool] = True  # GET /v1/orders/{id}
+    has_sweep: ClassVar[bool] = False
+    sweep_page_limit: ClassVar[int] = 0
     required_columns: ClassVar[frozenset[str]] = frozenset({"order_id"})
     credential_vars: ClassVar[tuple[str, ...]] = (API_KEY_VAR,)
     # sFOX docs: production host; 250 requests per 10 s per IP; after a 429 wait 60 s.
@@ -155,10 +157,8 @@ class SfoxVenue:
 
     def classify_status(self, reply: Reply) -> Verdict:
         """Map an sFOX order (its `status`, else its `status_code`) to a confirm verdict."""
-        if (verdict := redirected(reply) or generic_transient(reply)) is not None:
+        if (verdict := early_verdict(reply)) is not None:
             return verdict
-        if reply.status in (401, 403):
-            return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
         body = json_object(reply.body)
         if body is None:
             if reply.status == 404 and not reply.body.strip():
@@ -200,12 +200,8 @@ class SfoxVenue:
     def classify_bulk(self, reply: Reply) -> BulkAnswer:
         """200 lists only the orders that began or finished cancelling; 400 when none did.
         Orders not listed are cancelled one by one, which tells why (closed, unknown)."""
-        if (verdict := redirected(reply) or generic_transient(reply)) is not None:
+        if (verdict := early_verdict(reply)) is not None:
             return BulkAnswer(verdict, {})
-        if reply.status in (401, 403):
-            return BulkAnswer(
-                Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}"), {}
-            )
         body = json_object(reply.body)
         listed = body.get("orders") if body is not None else None
         refused = error_envelope(body) or disputes(message_text(body, *_MESSAGE_KEYS))
@@ -223,15 +219,13 @@ class SfoxVenue:
             return BulkAnswer(None, per_order)
         # 400 "...invalid or ... already done/canceled": none began cancelling; anything
         # else is unknown too. Either way each order is cancelled on its own.
-        return BulkAnswer(None, {}, note=f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
+        return BulkAnswer(None, {}, note=reply_note(reply))
 
     def classify(self, reply: Reply) -> Verdict:
         """Map an sFOX answer to an outcome (VENUES.md, sfox table)."""
-        if (verdict := redirected(reply) or generic_transient(reply)) is not None:
+        if (verdict := early_verdict(reply)) is not None:
             return verdict
         body = json_object(reply.body)
-        if reply.status in (401, 403):
-            return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
         error = message_text(body, *_MESSAGE_KEYS)
         if reply.status == 200:
             if body is None:
@@ -249,7 +243,7 @@ class SfoxVenue:
                 return Verdict.transient("HTTP 400 with an unparsable body")
             return message_verdict(reply, error, not_found=_NOT_FOUND_WORDS, closed=_CLOSED_WORDS)
         if reply.status == 422:
-            return Verdict.final(Outcome.REJECTED, f"HTTP 422: {excerpt(reply.body, 120)}")
+            return Verdict.final(Outcome.REJECTED, reply_note(reply))
         return unclassified(reply)
 
     # -- list open orders (VENUES.md, sfox "List open") ---------------------------------------
@@ -300,7 +294,7 @@ class SfoxVenue:
             return failure
         try:
             value = json.loads(reply.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return malformed_list(reply, "not JSON")
         if isinstance(value, dict) or reply.status != 200:
             body = value if isinstance(value, dict) else None

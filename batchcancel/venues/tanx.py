@@ -29,7 +29,6 @@ from batchcancel.venues.base import (
     VerdictKind,
     disputes,
     error_envelope,
-    excerpt,
     generic_transient,
     id_field,
     is_integer_id,
@@ -42,6 +41,7 @@ from batchcancel.venues.base import (
     never_raises,
     redirected,
     refused_list,
+    reply_note,
     side_of,
     text_field,
     unclassified,
@@ -110,6 +110,10 @@ class TanxVenue:
     """The tanX adapter."""
 
     name: ClassVar[str] = "tanx"
+    bulk_size: ClassVar[int] = 0  # its bulk cancel is by market and side: a sweep
+    has_status: ClassVar[bool] = True  # GET /sapi/v1/orders/{id}/
+    has_sweep: ClassVar[bool] = True  # POST /sapi/v1/user/bulkcancel/
+    sweep_page_limit: ClassVar[int] = SWEEP_LIMIT
     required_columns: ClassVar[frozenset[str]] = frozenset({"order_id"})
     credential_vars: ClassVar[tuple[str, ...]] = (JWT_VAR,)
     # tanX docs: production host. ASSUMED (VENUES.md): no documented limit, so 10 per 1 s,
@@ -195,7 +199,7 @@ class TanxVenue:
             or not isinstance(payload, list)
             or disputes(message_text(body, *_MESSAGE_KEYS))
         ):
-            return BulkAnswer(None, {}, note=f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
+            return BulkAnswer(None, {}, note=reply_note(reply))
         per_order: dict[str, Verdict] = {}
         symbols: dict[str, str] = {}
         for item in payload:
@@ -366,7 +370,7 @@ def _early_verdict(reply: Reply) -> Verdict | None:
     message = message_of(body, "message", "detail", "error")
     code = message_of(payload if isinstance(payload, dict) else None, "code")
     if reply.status in (401, 403) or any(w in f"{message} {code}" for w in _AUTH_WORDS):
-        return Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
+        return Verdict.auth_refused(reply_note(reply))
     if body is None:
         # An HTML page from a proxy says nothing about the order: retry.
         return Verdict.transient(f"HTTP {reply.status} with an unparsable body")

@@ -7,9 +7,6 @@ per symbol (`GET /api/v1/trade/order/open-orders?symbol=...`), the query signed 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Final
@@ -31,23 +28,28 @@ from batchcancel.venues.base import (
     Verdict,
     VerdictKind,
     disputes,
-    excerpt,
-    generic_transient,
     int_field,
     json_object,
     list_failure,
     list_page,
     malformed_list,
     message_of,
-    message_text,
     message_verdict,
     never_raises,
-    redirected,
     refused_list,
+    reply_note,
     side_of,
     symbol_key,
     text_field,
     unclassified,
+)
+from batchcancel.venues.zebpay_envelope import (
+    compact,
+    early_answer,
+    envelope_message,
+    refused_signature,
+    sign,
+    succeeded,
 )
 
 __all__ = ["API_KEY_VAR", "API_SECRET_VAR", "JWT_VAR", "ZebpayVenue", "compact", "sign"]
@@ -59,11 +61,6 @@ API_SECRET_VAR: Final = "BATCHCANCEL_ZEBPAY_API_SECRET"
 _CLIENT_ORDER_ID_RE: Final = re.compile(r"[!-~]{1,128}")
 _SYMBOL_RE: Final = re.compile(r"[A-Z0-9]{1,32}")
 
-# ZebPay error-handling docs: 401 bad JWT or key; 400 "Invalid signature"; 403 for a missing
-# scope or a non-allowed IP. 403 "Forbidden request" is an ownership failure: rejected.
-_FORBIDDEN_WORDS: Final = ("forbidden request",)
-_TIMESTAMP_WORDS: Final = ("timestamp",)  # "Invalid or expired timestamp"
-_SIGNATURE_WORDS: Final = ("signature",)  # "Invalid signature"
 # ASSUMED (VENUES.md): undocumented 400/404 messages, matched by their words.
 _CLOSED_WORDS: Final = ("already", "filled", "canceled", "cancelled", "closed")
 _ORDER_PATH: Final = "/api/v1/trade/order"
@@ -92,20 +89,14 @@ _ORDER_STATUSES: Final[Mapping[str, Outcome]] = {
 }
 
 
-def compact(body: Mapping[str, object]) -> bytes:
-    """The body as compact JSON (separators `,` and `:`), the form ZebPay signs."""
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-def sign(secret: str, body: bytes) -> str:
-    """ZebPay's signature: lowercase hex HMAC-SHA256 of the exact body bytes, keyed by secret."""
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
 class ZebpayVenue:
     """The ZebPay Futures adapter. An API key and secret, when both are set, win over a JWT."""
 
     name: ClassVar[str] = "zebpay"
+    bulk_size: ClassVar[int] = 0
+    has_status: ClassVar[bool] = True  # GET /api/v1/trade/order?id=
+    has_sweep: ClassVar[bool] = True  # DELETE /api/v1/trade/order/all
+    sweep_page_limit: ClassVar[int] = 0  # one answer cancels every open order
     required_columns: ClassVar[frozenset[str]] = frozenset({"order_id"})
     credential_vars: ClassVar[tuple[str, ...]] = (JWT_VAR, API_KEY_VAR, API_SECRET_VAR)
     # ZebPay docs: production host; 180 requests per 60 s per IP; 429 carries Retry-After
@@ -201,11 +192,11 @@ class ZebpayVenue:
         data = body.get("data")
         if (
             reply.status != 200
-            or not _succeeded(body)
+            or not succeeded(body)
             or not isinstance(data, list)
-            or disputes(_message(body))
+            or disputes(envelope_message(body))
         ):
-            return BulkAnswer(None, {}, note=f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
+            return BulkAnswer(None, {}, note=reply_note(reply))
         per_order: dict[str, Verdict] = {}
         symbols: dict[str, str] = {}
         for item in data:
@@ -242,16 +233,16 @@ class ZebpayVenue:
 
     def classify_status(self, reply: Reply) -> Verdict:
         """Map a ZebPay order's `data.status` to a confirm verdict."""
-        if (early := _early_verdict(reply)) is not None:
+        if (early := early_answer(reply)) is not None:
             return early
         body = json_object(reply.body) or {}
-        message = _message(body)
-        if reply.status == 200 and _succeeded(body) and not disputes(message):
+        message = envelope_message(body)
+        if reply.status == 200 and succeeded(body) and not disputes(message):
             data = body.get("data")
             status = message_of(data if isinstance(data, dict) else None, "status")
             outcome = _ORDER_STATUSES.get(status)
             return Verdict.final(outcome, status) if outcome else unclassified(reply)
-        if (verdict := _refused_signature(reply, message)) is not None:
+        if (verdict := refused_signature(reply, message)) is not None:
             return verdict
         if reply.status in (200, 400, 404):
             # An error envelope, with a 2xx or not: read by its words.
@@ -260,18 +251,18 @@ class ZebpayVenue:
 
     def classify(self, reply: Reply) -> Verdict:
         """Map a ZebPay answer to an outcome (VENUES.md, zebpay table)."""
-        if (early := _early_verdict(reply)) is not None:
+        if (early := early_answer(reply)) is not None:
             return early
         body = json_object(reply.body) or {}
-        message = _message(body)
-        if reply.status == 200 and _succeeded(body) and not disputes(message):
+        message = envelope_message(body)
+        if reply.status == 200 and succeeded(body) and not disputes(message):
             # Success by HTTP status, statusCode and data.status, never statusDescription.
             data = body.get("data")
             status = message_of(data if isinstance(data, dict) else None, "status")
             if status in ("canceled", "cancelled"):
                 return Verdict.final(Outcome.CANCELED, status)
             return unclassified(reply)
-        if (verdict := _refused_signature(reply, message)) is not None:
+        if (verdict := refused_signature(reply, message)) is not None:
             return verdict
         if reply.status == 200:
             # statusCode other than 200, or words that refuse: an error envelope (VENUES.md).
@@ -321,20 +312,16 @@ class ZebpayVenue:
         """The envelope with `data` = {"data" (or "items"): [...], "totalCount",
         "nextTimestamp"}. Complete when nextTimestamp is null, the page is not full and
         totalCount is covered [A]; there is never a next page to ask for."""
-        if (verdict := redirected(reply) or generic_transient(reply)) is not None:
-            return ListAnswer.failed(verdict)
+        # Any 403 on a list is a scope or IP refusal: no order of ours is forbidden here.
+        if (failure := list_failure(reply)) is not None:
+            return failure
         body = json_object(reply.body)
-        if reply.status in (401, 403):
-            # Any 403 on a list is a scope or IP refusal: no order of ours is forbidden here.
-            return ListAnswer.failed(
-                Verdict.auth_refused(f"HTTP {reply.status}: {excerpt(reply.body, 120)}")
-            )
         if body is None:
             return malformed_list(reply, "not a JSON object")
-        message = _message(body)
-        if (verdict := _refused_signature(reply, message)) is not None:
+        message = envelope_message(body)
+        if (verdict := refused_signature(reply, message)) is not None:
             return ListAnswer.failed(verdict)
-        if reply.status != 200 or not _succeeded(body):
+        if reply.status != 200 or not succeeded(body):
             return refused_list(reply, message)
         # HTTP status and statusCode decide (VENUES.md), not words: "No open orders" is a list.
         data = body.get("data")
@@ -389,10 +376,8 @@ class ZebpayVenue:
         body = json_object(reply.body)
         data = body.get("data") if body is not None else None
         entries = data.get("symbols") if isinstance(data, dict) else None
-        if reply.status != 200 or body is None or not _succeeded(body):
-            return Verdict.transient(
-                f"markets: HTTP {reply.status}: {excerpt(reply.body, 120)}"
-            ), []
+        if reply.status != 200 or body is None or not succeeded(body):
+            return Verdict.transient(f"markets: {reply_note(reply)}"), []
         if not isinstance(entries, list):
             return Verdict.transient("markets: no data.symbols list"), []
         symbols = []
@@ -401,53 +386,3 @@ class ZebpayVenue:
             if isinstance(symbol, str) and _SYMBOL_RE.fullmatch(symbol):
                 symbols.append(symbol)
         return None, list(dict.fromkeys(symbols))
-
-
-def _succeeded(body: Mapping[str, object]) -> bool:
-    """The envelope's statusCode says success: 200 (VENUES.md), a number or its digits."""
-    code = body.get("statusCode")
-    return not isinstance(code, bool) and str(code) == "200"
-
-
-def _message(body: Mapping[str, object]) -> str:
-    """The envelope's words: statusDescription, and customMessage when it adds to it."""
-    # Errors repeat their message in statusDescription and customMessage: match both.
-    text = message_text(body, "statusDescription", "message")
-    extra = message_text(body, "customMessage")
-    return text if extra in text else f"{text} {extra}".strip()
-
-
-def _early_verdict(reply: Reply) -> Verdict | None:
-    """What any ZebPay answer may mean before its body is read: redirected, retry, refused,
-    unparsable."""
-    if (verdict := redirected(reply) or generic_transient(reply)) is not None:
-        return verdict
-    body = json_object(reply.body)
-    if reply.status == 401:
-        return Verdict.auth_refused(f"HTTP 401: {excerpt(reply.body, 120)}")
-    if reply.status == 403:
-        if any(word in _message(body or {}).lower() for word in _FORBIDDEN_WORDS):
-            return Verdict.final(Outcome.REJECTED, "HTTP 403: forbidden request")
-        return Verdict.auth_refused(f"HTTP 403: {excerpt(reply.body, 120)}")
-    if body is None:
-        # An HTML page from a proxy says nothing about the order: retry.
-        return Verdict.transient(f"HTTP {reply.status} with an unparsable body")
-    return None
-
-
-def _refused_signature(reply: Reply, message: str) -> Verdict | None:
-    """A 400 that refuses the signature or the timestamp (ZebPay error-handling docs)."""
-    if reply.status != 400:
-        return None
-    words = message.lower()
-    if any(word in words for word in _SIGNATURE_WORDS):
-        return Verdict.auth_refused(f"HTTP 400: {message}")
-    if any(word in words for word in _TIMESTAMP_WORDS):
-        # ASSUMED (VENUES.md): a clock blip once; refused credentials if it repeats.
-        return Verdict(
-            VerdictKind.TRANSIENT,
-            None,
-            f"HTTP 400: {message}",
-            escalate_on_repeat=True,
-        )
-    return None
