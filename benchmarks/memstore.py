@@ -1,10 +1,10 @@
-"""MemoryStore: the AuditStore methods the engine calls, kept in dicts (audit "off").
+"""MemoryStore: the LaneStore the engine calls, kept in dicts (audit "off").
 
-Same semantics as batchcancel.audit.store.AuditStore for what the engine calls
-(`recover_in_flight`, `venues_with_work`, `pending_page`, `write_batch`, `settle_unsent`,
-`heartbeat`, and the lane leases `claim_lanes`, `renew_lanes`, `release_lanes`,
-`leased_by_others`), plus the few set-up and read-back methods the benchmarks use. A lock
-stands in for transactions: the engine calls these from worker threads.
+Same semantics as batchcancel.audit.store.AuditStore for every LaneStore method (the port in
+batchcancel/audit/ports.py; `_fits_lane_store` below makes mypy check both against it), plus
+the few set-up and read-back methods the benchmarks use. A lock stands in for transactions:
+the engine calls these from worker threads. One process holds every lane, so no lane is
+ever lost and no other worker ever sent anything.
 """
 
 from __future__ import annotations
@@ -15,19 +15,28 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from batchcancel.audit.store import (
+    CONFIRM,
     DONE,
     IN_FLIGHT_LOST,
+    IN_FLIGHT_TAKEN_OVER,
     PENDING,
     SENDING,
+    SWEEP,
     Answer,
     Begin,
     OrderToSend,
     PlannedOrder,
+    SweptOrder,
     utcnow,
 )
 from batchcancel.outcomes import FINAL, Outcome
+
+if TYPE_CHECKING:
+    from batchcancel.audit.ports import LaneStore
+    from batchcancel.audit.store import AuditStore
 
 CANCEL_PENDING = Outcome.CANCEL_PENDING.value
 
@@ -59,6 +68,20 @@ class _Attempt:
     detail: str = ""
 
 
+@dataclass
+class _Request:
+    run_id: str
+    venue: str
+    kind: str
+    target: str
+    sent_at: datetime
+    answered_at: datetime | None = None
+    http_status: int | None = None
+    verdict: str | None = None
+    latency_ms: float | None = None
+    detail: str = ""
+
+
 class MemoryStore:
     """An audit store that forgets everything when the process ends."""
 
@@ -67,6 +90,7 @@ class MemoryStore:
         self._orders: dict[int, _Order] = {}
         self._by_venue: dict[tuple[str, str], list[int]] = {}  # pks in order, per run and venue
         self._attempts: dict[tuple[int, int], _Attempt] = {}
+        self._requests: dict[int, _Request] = {}
         self._lanes: dict[tuple[str, str], tuple[str, datetime]] = {}  # owner, lease_until
         self._token = f"memory:{id(self)}"
         self._next_pk = 1
@@ -200,16 +224,23 @@ class MemoryStore:
     def release_in_flight(
         self, run_id: str, venue: str, order_pks: Sequence[int]
     ) -> list[OrderToSend]:
-        """These orders' unanswered attempts are closed; the orders become sendable."""
+        """These in-flight orders: one whose attempt has a final answer takes it; the others'
+        open attempts are closed as taken over and they become sendable (returned)."""
         released = []
         with self._lock:
             for pk in sorted(order_pks):
                 o = self._orders[pk]
-                if o.state != SENDING:
+                if o.run_id != run_id or o.state != SENDING:
                     continue
                 attempt = self._attempts.get((pk, o.attempts))
+                if attempt is not None and attempt.verdict in FINAL:
+                    o.state, o.outcome = DONE, attempt.verdict
+                    o.reason = f"answered to the worker that lost the lane: {attempt.detail}"
+                    o.last_http_status = attempt.http_status
+                    o.last_answer_at = attempt.answered_at
+                    continue
                 if attempt is not None and attempt.verdict is None:
-                    attempt.verdict, attempt.detail = "transient", IN_FLIGHT_LOST
+                    attempt.verdict, attempt.detail = "transient", IN_FLIGHT_TAKEN_OVER
                 o.state = PENDING
                 released.append(
                     OrderToSend(pk, o.venue, o.order_id, o.account_id, o.symbol, o.attempts)
@@ -284,7 +315,7 @@ class MemoryStore:
             for b in begins:
                 self._attempts[b.order_pk, b.attempt] = _Attempt(run_id, b.sent_at)
                 order = self._orders[b.order_pk]
-                if getattr(b, "kind", "cancel") == "cancel":  # a confirm leaves the state alone
+                if b.kind != CONFIRM:  # a confirm leaves the (final) state alone
                     order.state = SENDING
                 order.attempts = b.attempt
                 if order.first_sent_at is None:
@@ -310,3 +341,84 @@ class MemoryStore:
         """Nothing to keep fresh: no run lock in memory."""
         self.heartbeats += 1
         self.last_heartbeat = utcnow()
+
+    def last_sent_by_others(self, run_id: str, venue: str) -> datetime | None:
+        """When another process last sent to the venue: never, in one process."""
+        return None
+
+    # -- cancel-all requests ------------------------------------------------------------------
+
+    def begin_request(self, run_id: str, venue: str, *, kind: str, target: str) -> int:
+        """Record a request that names no order, before it leaves; its key."""
+        with self._lock:
+            pk = len(self._requests) + 1
+            self._requests[pk] = _Request(run_id, venue, kind, target, utcnow())
+        return pk
+
+    def answer_request(
+        self,
+        pk: int,
+        *,
+        answered_at: datetime,
+        http_status: int | None,
+        verdict: str,
+        latency_ms: float,
+        detail: str,
+    ) -> None:
+        """Record what came back for a request of `begin_request`."""
+        with self._lock:
+            request = self._requests[pk]
+            request.answered_at, request.http_status = answered_at, http_status
+            request.verdict, request.latency_ms = verdict, round(latency_ms, 3)
+            request.detail = detail
+
+    def swept_venues(self, run_id: str) -> set[str]:
+        """Venues of the run to which a cancel-all was ever sent (or was about to be)."""
+        with self._lock:
+            return {
+                r.venue for r in self._requests.values() if r.run_id == run_id and r.kind == SWEEP
+            }
+
+    def venue_order_ids(self, run_id: str, venue: str) -> list[str]:
+        """Every order id of a venue in the run, whatever its state."""
+        with self._lock:
+            return [self._orders[pk].order_id for pk in self._by_venue.get((run_id, venue), [])]
+
+    def add_swept(
+        self, run_id: str, venue: str, swept: Sequence[SweptOrder], *, sent_at: datetime
+    ) -> int:
+        """Record orders a cancel-all cancelled that the input did not list: each an order of
+        the run, final at once, with its one (bulk) attempt."""
+        with self._lock:
+            for order in swept:
+                pk, self._next_pk = self._next_pk, self._next_pk + 1
+                self._orders[pk] = _Order(
+                    run_id,
+                    venue,
+                    order.order_id,
+                    "",
+                    order.symbol,
+                    state=DONE,
+                    outcome=order.outcome,
+                    reason=order.reason,
+                    attempts=1,
+                    first_sent_at=sent_at,
+                    last_http_status=order.http_status,
+                    last_answer_at=order.answered_at,
+                )
+                self._by_venue.setdefault((run_id, venue), []).append(pk)
+                self._attempts[pk, 1] = _Attempt(
+                    run_id,
+                    sent_at,
+                    answered_at=order.answered_at,
+                    http_status=order.http_status,
+                    verdict=order.outcome,
+                    latency_ms=round(order.latency_ms, 3),
+                    detail=order.detail,
+                )
+        return len(swept)
+
+
+def _fits_lane_store(memory: MemoryStore, audit: AuditStore) -> tuple[LaneStore, LaneStore]:
+    """Never called: mypy checks here that both stores implement the engine's LaneStore."""
+    return memory, audit

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from batchcancel.audit.store import Answer, AuditStore, Begin
+from batchcancel.audit.ports import LaneStore
+from batchcancel.audit.records import Answer, Begin
 from batchcancel.errors import AuditError, LaneLostError
 
 __all__ = ["AuditWriter"]
@@ -22,7 +23,7 @@ class AuditWriter:
 
     def __init__(
         self,
-        store: AuditStore,
+        store: LaneStore,
         run_id: str,
         on_lost: Callable[[str], None] = lambda venue: None,
     ) -> None:
