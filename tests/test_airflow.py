@@ -7,8 +7,9 @@ runs the end-of-day DAG against the five venue simulators on loopback, with a SQ
 database, a SQLite audit database and SQLite for Airflow's own metadata. Running the same DAG
 run again (same run id, so the same run keys) sends nothing new.
 
-The job runner (jobs/run_job.py) is tested here too, without Airflow: command lines, the
-per-venue split of a query or a CSV, and what each exit code means for a scheduler.
+The job runner (batchcancel.jobs, behind jobs/run_job.py and the DAG) is tested here too,
+without Airflow: command lines, the per-venue split of a query or a CSV, and what each exit
+code means for a scheduler.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from batchcancel import jobs as rj
 from batchcancel.simulators import SIMULATORS
 from batchcancel.simulators.base import Fault, OrderState, Simulator
 from batchcancel.simulators.server import serve_in_thread
@@ -55,18 +56,6 @@ EOD_DAG = "batchcancel_eod_cleanup"
 KILL_DAG = "batchcancel_kill_switch"
 VENUES = ("sfox", "etna", "crux", "tanx", "zebpay")
 PER_VENUE = 12  # open orders per venue in the desk database
-
-
-def _load_runner() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("batchcancel_run_job", JOBS / "run_job.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("batchcancel_run_job", module)
-    spec.loader.exec_module(module)
-    return sys.modules["batchcancel_run_job"]
-
-
-rj = _load_runner()
 
 
 # -- the Airflow virtualenv -----------------------------------------------------------------
@@ -893,6 +882,32 @@ class TestTriggerTimeSource:
         assert done.returncode == 2, done.stderr
         assert "outside the job's source_dir" in done.stderr
         assert _children(record) == []
+
+
+class TestRunnerScript:
+    def test_runs_where_batchcancel_is_not_installed(self, tmp_path: Path) -> None:
+        """`python jobs/run_job.py` in a Python that cannot see batchcancel's installation
+        (isolated, no site-packages) takes the runner from its checkout, standard library
+        only: it reads the job and refuses it for the missing audit database, exit 2."""
+        path = _write(tmp_path / "jobs" / "kill.toml", SOURCE_JOB)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHCANCEL_")}
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", str(JOBS / "run_job.py"), str(path), "--venue", "sfox",
+             "--run-key", "k"],
+            capture_output=True, text=True, env=env, timeout=60, check=False, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "BATCHCANCEL_DB is not set" in done.stderr
+
+    def test_entry_point_is_the_package_runner(self) -> None:
+        """jobs/run_job.py re-exports batchcancel.jobs: one runner, not a copy of it."""
+        spec = importlib.util.spec_from_file_location("run_job_script", JOBS / "run_job.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for name in rj.__all__:
+            assert getattr(module, name) is getattr(rj, name), name
+        assert len((JOBS / "run_job.py").read_text(encoding="utf-8").splitlines()) < 80
 
 
 def _write(path: Path, text: str) -> Path:

@@ -2,7 +2,7 @@
 
 Each DAG maps one task over the job's venues (dynamic task mapping): the venues proceed in
 parallel on the workers, and a failing venue fails its own task only. Each task runs
-`batchcancel run|kill --venue V --run-key K --json` through jobs/run_job.py, with the run key
+`batchcancel run|kill --venue V --run-key K --json` through batchcancel.jobs, with the run key
 
     {dag_id}:{run_id}:{map_index}:{venue}
 
@@ -38,7 +38,6 @@ import sys
 import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 try:  # Airflow 3
@@ -56,31 +55,20 @@ except ImportError:
 
 JOBS_DIR_VAR = "BATCHCANCEL_JOBS_DIR"
 JOBS_DIR = Path(os.environ.get(JOBS_DIR_VAR) or Path(__file__).resolve().parent.parent)
-RUNNER_NAME = "batchcancel_run_job"
-
 log = logging.getLogger("batchcancel.dag")
 
+# The runner is batchcancel.jobs, standard library only: `pip install --no-deps batchcancel`
+# puts it in Airflow's Python. Without that, the checkout this file is in provides it.
+if importlib.util.find_spec("batchcancel") is None:
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-def _runner() -> ModuleType:
-    """jobs/run_job.py, loaded by path (the dags folder is on sys.path, jobs/ is not), anew
-    at each parse so that a long-lived DAG processor sees an edited runner."""
-    path = Path(__file__).resolve().parent.parent / "run_job.py"
-    spec = importlib.util.spec_from_file_location(RUNNER_NAME, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load the batchcancel job runner {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[RUNNER_NAME] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-run_job = _runner()
+from batchcancel import jobs as runner  # noqa: E402  (after the path above)
 
 
 def dag_run_key(context: Any, venue: str) -> str:
     """The batchcancel run key of the running mapped task: dag id, run id, map index, venue."""
     return str(
-        run_job.run_key(
+        runner.run_key(
             context["dag"].dag_id, context["run_id"], int(context["ti"].map_index), venue
         )
     )
@@ -88,7 +76,7 @@ def dag_run_key(context: Any, venue: str) -> str:
 
 def _connection_env(connection_id: str, venue: str) -> dict[str, str]:
     """Credentials from an Airflow connection's extra, keyed by variable name; {} if none.
-    Only the venue's credential variables may be there (run_job.connection_credentials):
+    Only the venue's credential variables may be there (runner.connection_credentials):
     anything else refuses the connection with a JobError."""
     try:
         try:
@@ -115,7 +103,7 @@ def _connection_env(connection_id: str, venue: str) -> dict[str, str]:
         for value in extra.values():
             if isinstance(value, str) and value:
                 mask_secret(value)
-    found: dict[str, str] = run_job.connection_credentials(
+    found: dict[str, str] = runner.connection_credentials(
         extra, venue=venue, where=f"Airflow connection {connection_id}"
     )
     log.info("credentials %s from Airflow connection %s", sorted(found), connection_id)
@@ -125,7 +113,7 @@ def _connection_env(connection_id: str, venue: str) -> dict[str, str]:
 def build_dag(job: Any) -> Any:
     """The DAG of one job file: one mapped `cancel` task over the job's venues."""
     options = job.airflow
-    bound = job.wait_bound() + run_job.TERM_GRACE + 30
+    bound = job.wait_bound() + runner.TERM_GRACE + 30
     execution_timeout = options.execution_timeout or bound
 
     @dag(
@@ -153,7 +141,7 @@ def build_dag(job: Any) -> Any:
             try:
                 environ = dict(os.environ)
                 environ.update(_connection_env(job.connection_id.format(venue=venue), venue))
-                result = run_job.run_job(
+                result = runner.run_job(
                     job,
                     venue=venue,
                     key=key,
@@ -162,9 +150,9 @@ def build_dag(job: Any) -> Any:
                     reason=conf.get("reason"),
                     log=log.info,
                 )
-            except run_job.JobError as exc:
+            except runner.JobError as exc:
                 raise AirflowFailException(str(exc)) from None
-            except run_job.JobFailed as exc:
+            except runner.JobFailed as exc:
                 if exc.retryable:
                     raise AirflowException(str(exc)) from None
                 raise AirflowFailException(str(exc)) from None
@@ -176,7 +164,7 @@ def build_dag(job: Any) -> Any:
 
 
 def _build_all() -> dict[str, Any]:
-    jobs, errors = run_job.load_jobs(JOBS_DIR)
+    jobs, errors = runner.load_jobs(JOBS_DIR)
     for path, error in errors.items():
         # Shown by Airflow as this file's warning; the other jobs' DAGs still load.
         warnings.warn(f"batchcancel job {path} skipped: {error}", stacklevel=1)
