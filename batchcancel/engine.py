@@ -39,8 +39,8 @@ from batchcancel.audit.writer import AuditWriter
 from batchcancel.config import Settings, VenueSettings
 from batchcancel.drain_types import DrainOptions, LaneView
 from batchcancel.errors import AuditError, LaneLostError, TransientVenueError
-from batchcancel.lanes import Pacer, safety_margin
 from batchcancel.outcomes import Outcome
+from batchcancel.pacing import Pacer, Slot, safety_margin
 from batchcancel.transport import MAX_BODY_BYTES, open_session, send
 from batchcancel.venues import get_venue
 from batchcancel.venues.base import (
@@ -203,10 +203,11 @@ class _Lane:
                 if self._bulk_size and job.fresh:
                     while len(jobs) < self._bulk_size and (order := await self._next_order()):
                         jobs.append(_Job(order, attempt=order.attempts))
-                if not await self.pacer.acquire():
+                slot = await self.pacer.grant()
+                if slot is None:
                     break
                 task = asyncio.create_task(
-                    self._attempt(job) if len(jobs) == 1 else self._bulk_attempt(jobs)
+                    self._attempt(job, slot) if len(jobs) == 1 else self._bulk_attempt(jobs, slot)
                 )
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
@@ -285,15 +286,17 @@ class _Lane:
                 self._exhausted = True
         return self._page.pop() if self._page else None
 
-    async def _attempt(self, job: _Job) -> None:
+    async def _attempt(self, job: _Job, slot: Slot) -> None:
         try:
-            await self._send_and_record(job)
+            with slot:
+                await self._send_and_record(job, slot)
         finally:
             self._done()
 
-    async def _bulk_attempt(self, jobs: list[_Job]) -> None:
+    async def _bulk_attempt(self, jobs: list[_Job], slot: Slot) -> None:
         try:
-            await self._send_bulk_and_record(jobs)
+            with slot:
+                await self._send_bulk_and_record(jobs, slot)
         finally:
             self._done()
 
@@ -302,10 +305,9 @@ class _Lane:
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.discard(task)  # before waking the dispatcher, which counts them
-        self.pacer.release()
         self._wake.set()
 
-    async def _send_bulk_and_record(self, jobs: list[_Job]) -> None:
+    async def _send_bulk_and_record(self, jobs: list[_Job], slot: Slot) -> None:
         """One bulk request for fresh orders; each gets its own attempt row, written first.
         Orders the answer does not account for are cancelled on their own next."""
         venue = cast(BulkVenue, self.venue)
@@ -325,14 +327,12 @@ class _Lane:
                 *(Begin(j.order.pk, j.attempt, sent_at, BULK, venue_name) for j in jobs)
             )
         except LaneLostError:
-            self.pacer.unused()
             return  # the writer told the session; the lane is halted
         except AuditError as exc:
-            self.pacer.unused()
             self.on_audit_failure(exc)
             return
         self.view.sent += len(jobs)
-        reply, heard = await self._exchange(request)
+        reply, heard = await self._exchange(request, slot)
         answer = (
             venue.classify_bulk(reply)
             if reply is not None
@@ -376,7 +376,8 @@ class _Lane:
             for order in found
         }
         targets = venue.sweep_targets(list(rows.values()))
-        if not targets or not await self.pacer.acquire():
+        slot = await self.pacer.grant() if targets else None
+        if slot is None:
             self._page = found[::-1]  # nothing to sweep with: send them one by one
             return
         jobs = [_Job(order, attempt=order.attempts + 1, fresh=False) for order in found]
@@ -392,16 +393,14 @@ class _Lane:
                     )
                 )
         except LaneLostError:
-            self.pacer.unused()
-            self.pacer.release()
+            slot.close()
             return
         except AuditError as exc:
-            self.pacer.unused()
-            self.pacer.release()
+            slot.close()
             self.on_audit_failure(exc)
             return
         self.view.sent += len(jobs)
-        swept = await self._send_sweeps(targets, pages=len(jobs) // SWEEP_PAGE_GUESS + 2)
+        swept = await self._send_sweeps(targets, slot, pages=len(jobs) // SWEEP_PAGE_GUESS + 2)
         failure = swept.failure
         refused = failure is not None and failure.kind is VerdictKind.AUTH_REFUSED
         for job in jobs:
@@ -427,44 +426,43 @@ class _Lane:
         keys = {venue.sweep_key(OrderRow(self.view.venue, order_id)) for order_id in known}
         await self._record_not_in_input(swept, keys, sent_at)
 
-    async def _send_sweeps(self, targets: list[str], *, pages: int) -> _Swept:
+    async def _send_sweeps(self, targets: list[str], first: Slot, *, pages: int) -> _Swept:
         """Send each cancel-all target, again while its answer is a full page (tanX's limit)
         but at most `pages` times. A transient answer is retried after a pause of the venue
         (Retry-After, else backoff), up to max_attempts in all; a refusal, or the last of
         those, ends the sweep. The first request's slot is already granted."""
         venue = cast(SweepVenue, self.venue)
         swept = _Swept()
-        granted, tries, warned = True, 0, False
+        granted: Slot | None = first
+        tries, warned = 0, False
         for number, target in enumerate(targets, 1):
             page = 1
             while page <= pages:
-                if not granted and not await self.pacer.acquire():
+                slot = granted or await self.pacer.grant()
+                granted = None
+                if slot is None:
                     swept.failure = Verdict.transient(f"not sent: {self.view.halted}")
                     return swept
-                granted = False
-                request = venue.build_sweep(target, now=time.time())
-                try:
-                    # Its own write-ahead record, before it leaves: it may cancel a book.
-                    record = await asyncio.to_thread(
-                        self.store.begin_request,
-                        self.run_id,
-                        self.view.venue,
-                        kind=SWEEP,
-                        target=f"{target} page {page}",
-                    )
-                except LaneLostError:
-                    self.pacer.unused()
-                    self.pacer.release()
-                    self.on_lost(self.view.venue)
-                    swept.failure = Verdict.transient(f"not sent: {LANE_LOST}")
-                    return swept
-                except AuditError as exc:
-                    self.pacer.unused()
-                    self.pacer.release()
-                    self.on_audit_failure(exc)
-                    swept.failure = Verdict.transient("not sent: the audit database failed")
-                    return swept
-                answer, swept.last = await self._send_sweep(request)
+                with slot:
+                    request = venue.build_sweep(target, now=time.time())
+                    try:
+                        # Its own write-ahead record, before it leaves: it may cancel a book.
+                        record = await asyncio.to_thread(
+                            self.store.begin_request,
+                            self.run_id,
+                            self.view.venue,
+                            kind=SWEEP,
+                            target=f"{target} page {page}",
+                        )
+                    except LaneLostError:
+                        self.on_lost(self.view.venue)
+                        swept.failure = Verdict.transient(f"not sent: {LANE_LOST}")
+                        return swept
+                    except AuditError as exc:
+                        self.on_audit_failure(exc)
+                        swept.failure = Verdict.transient("not sent: the audit database failed")
+                        return swept
+                    answer, swept.last = await self._send_sweep(request, slot)
                 await self._answer_request(record, answer, swept.last)
                 if (whole := answer.whole) is not None:
                     tries += 1
@@ -542,17 +540,15 @@ class _Lane:
             self.view.done += len(extras)
             self.view.outcomes.update(e.outcome for e in extras)
 
-    async def _send_sweep(self, request: CancelRequest) -> tuple[BulkAnswer, _Heard]:
+    async def _send_sweep(self, request: CancelRequest, slot: Slot) -> tuple[BulkAnswer, _Heard]:
         """Send one cancel-all request in a granted slot and read its answer."""
-        try:
-            reply, heard = await self._exchange(
-                request,
-                # One request does the work of thousands: worth waiting for, even in a kill.
-                timeout=max(self.settings.timeout, SWEEP_TIMEOUT),
-                max_body=SWEEP_BODY_LIMIT + 1,
-            )
-        finally:
-            self.pacer.release()
+        reply, heard = await self._exchange(
+            request,
+            slot,
+            # One request does the work of thousands: worth waiting for, even in a kill.
+            timeout=max(self.settings.timeout, SWEEP_TIMEOUT),
+            max_body=SWEEP_BODY_LIMIT + 1,
+        )
         if reply is None:
             return BulkAnswer(Verdict.transient(heard.detail), {}), heard
         if len(reply.body) > SWEEP_BODY_LIMIT:
@@ -564,6 +560,7 @@ class _Lane:
     async def _exchange(
         self,
         request: CancelRequest,
+        slot: Slot,
         *,
         timeout: float | None = None,
         max_body: int = MAX_BODY_BYTES,
@@ -573,7 +570,7 @@ class _Lane:
         started = time.monotonic()
         heard = _Heard()
         if not await self._lane_is_ours():
-            self.pacer.answered()
+            slot.answered()
             heard.detail = f"not sent: {LANE_LOST}"
             heard.answered_at = utcnow()
             return None, heard
@@ -589,7 +586,7 @@ class _Lane:
             reply = None
             heard.detail = str(exc)
         finally:
-            self.pacer.answered()
+            slot.answered()
         if reply is not None:
             heard.status = reply.status
             heard.detail = excerpt(reply.body)
@@ -614,7 +611,7 @@ class _Lane:
         self.on_lost(venue)
         return False
 
-    async def _send_and_record(self, job: _Job) -> None:
+    async def _send_and_record(self, job: _Job, slot: Slot) -> None:
         order = job.order
         row = OrderRow(order.venue, order.order_id, order.account_id, order.symbol)
         confirming = self.options.confirm
@@ -625,7 +622,6 @@ class _Lane:
             else self.venue.build_cancel(row, now=now)
         )
         if request is None:  # no status request for this order: nothing to send
-            self.pacer.unused()
             return
         job.attempt += 1
         kind = CONFIRM if confirming else CANCEL
@@ -633,15 +629,13 @@ class _Lane:
             await self.writer.begin(Begin(order.pk, job.attempt, utcnow(), kind, self.view.venue))
         except LaneLostError:
             job.attempt -= 1
-            self.pacer.unused()
             return  # the writer told the session; the lane is halted
         except AuditError as exc:
             job.attempt -= 1
-            self.pacer.unused()
             self.on_audit_failure(exc)
             return
         self.view.sent += 1
-        reply, heard = await self._exchange(request)
+        reply, heard = await self._exchange(request, slot)
         if reply is None:
             verdict = Verdict.transient(heard.detail)
         elif confirming:
