@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import tomllib
 import unicodedata
@@ -21,16 +22,26 @@ from batchcancel.venues import VENUES
 
 __all__ = [
     "DB_VAR",
+    "DEBUG_VAR",
     "DEFAULT_DB_URL",
+    "METRICS_INTERVAL_VAR",
     "VENUES_VAR",
     "Settings",
     "VenueSettings",
+    "credential_is_set",
+    "debug_enabled",
+    "environment_credentials",
     "is_loopback",
     "load_settings",
+    "metrics_interval",
+    "settings_for_run",
+    "settings_from_environment",
 ]
 
 DB_VAR: Final = "BATCHCANCEL_DB"
 VENUES_VAR: Final = "BATCHCANCEL_VENUES"
+DEBUG_VAR: Final = "BATCHCANCEL_DEBUG"  # set: an internal error keeps its traceback
+METRICS_INTERVAL_VAR: Final = "BATCHCANCEL_METRICS_INTERVAL"  # seconds between textfile writes
 DEFAULT_DB_URL: Final = "sqlite:///batchcancel.db"
 DEFAULT_MAX_IN_FLIGHT: Final = 32
 DEFAULT_TIMEOUT: Final = 10.0
@@ -102,6 +113,56 @@ def load_settings(
             _check_credential(var, value)
         venues[name] = _venue_settings(name, values, credentials)
     return Settings(db_url=db_url or environ.get(DB_VAR) or DEFAULT_DB_URL, venues=venues)
+
+
+def settings_from_environment(
+    *, db_url: str | None = None, venues_config: str | None = None
+) -> Settings:
+    """The command's Settings: its flags over this process's environment (load_settings)."""
+    return load_settings(os.environ, db_url=db_url, venues_config=venues_config)
+
+
+def settings_for_run(
+    recorded_venues_config: object,
+    *,
+    db_url: str | None,
+    venues_config: str | None,
+    loaded: Settings,
+) -> Settings:
+    """The Settings a command on an existing run uses: those of the venues config the run
+    recorded, unless one is given now (--venues-config or BATCHCANCEL_VENUES): then `loaded`,
+    the command's own."""
+    if not venues_config and recorded_venues_config and not os.environ.get(VENUES_VAR):
+        return settings_from_environment(db_url=db_url, venues_config=str(recorded_venues_config))
+    return loaded
+
+
+def environment_credentials() -> Settings | None:
+    """The environment's credentials (no venues file read), for redaction before the command
+    has read its own config; None when they are unusable (the command stops on that itself,
+    with a message that names no value)."""
+    try:
+        return load_settings(os.environ, venues_config=os.devnull)
+    except ConfigError:
+        return None
+
+
+def credential_is_set(var: str) -> bool:
+    """Whether the credential variable `var` is set (for `venues`, which never shows values)."""
+    return bool(os.environ.get(var))
+
+
+def debug_enabled() -> bool:
+    """BATCHCANCEL_DEBUG is set: an unexpected error is raised with its traceback."""
+    return bool(os.environ.get(DEBUG_VAR))
+
+
+def metrics_interval(default: float) -> float:
+    """Seconds between metrics textfile writes: BATCHCANCEL_METRICS_INTERVAL, or `default`."""
+    try:
+        return float(os.environ.get(METRICS_INTERVAL_VAR) or default)
+    except ValueError:
+        return default
 
 
 def _read_toml(path: Path) -> dict[str, dict[str, object]]:

@@ -37,7 +37,6 @@ Writing never fails a run: a failure is one warning on stderr, through the calle
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import urllib.error
@@ -53,6 +52,7 @@ from prometheus_client.exposition import write_to_textfile
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from batchcancel import config
 from batchcancel.audit import readback
 from batchcancel.audit.readback import MetricCounts
 from batchcancel.audit.store import AuditStore
@@ -74,7 +74,7 @@ __all__ = [
 
 JOB: Final = "batchcancel"
 PUSHGATEWAY_VAR: Final = "BATCHCANCEL_PUSHGATEWAY"
-INTERVAL_VAR: Final = "BATCHCANCEL_METRICS_INTERVAL"  # seconds between textfile writes
+INTERVAL_VAR: Final = config.METRICS_INTERVAL_VAR
 DEFAULT_INTERVAL: Final = 5.0
 PUSH_TIMEOUT: Final = 10.0  # seconds per Pushgateway request
 NOTIFY_VAR: Final = "BATCHCANCEL_NOTIFY"
@@ -202,7 +202,9 @@ def post_json(url: str, payload: Mapping[str, Any], *, timeout: float = NOTIFY_T
     except urllib.error.HTTPError as exc:
         status = int(exc.code)
     except Exception as exc:  # never fatal: the run's outcome does not depend on a webhook
-        return f"{_where(url)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return (
+            f"{_where(url)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
     if 200 <= status < 300:
         return ""
     return f"{_where(url)} answered HTTP {status}"
@@ -232,10 +234,7 @@ class Monitor:
         self._summary: Mapping[str, Any] | None = None
         self.warn = warn
         if interval is None:
-            try:
-                interval = float(os.environ.get(INTERVAL_VAR) or DEFAULT_INTERVAL)
-            except ValueError:
-                interval = DEFAULT_INTERVAL
+            interval = config.metrics_interval(DEFAULT_INTERVAL)
         self.interval = max(interval, 0.1)
         self.started = time.monotonic()
         self._store: AuditStore | None = None
@@ -313,9 +312,7 @@ class Monitor:
         assert self.textfile is not None
         last = time.time() if success else previous_last_success(self.textfile, self.command)
         snapshot = _Snapshot(counts, duration, last)
-        collector = _Families(
-            snapshot, fixed={"command": self.command}, venues=None, run_wide=True
-        )
+        collector = _Families(snapshot, fixed={"command": self.command}, venues=None, run_wide=True)
         try:
             write_to_textfile(self.textfile, _registry(collector))
         except OSError as exc:
