@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Final
 
 from batchcancel.audit.store import AuditStore
-from batchcancel.commands import Plan, Summary, ViewCallback, start_run
 from batchcancel.config import load_settings
 from batchcancel.drain_types import DrainOptions
 from batchcancel.outcomes import Outcome
+from batchcancel.planning import Plan
 from batchcancel.report import write_report
+from batchcancel.session import ViewCallback, start_run
 from batchcancel.simulators import SIMULATORS
 from batchcancel.simulators.base import OrderState, Simulator
 from batchcancel.simulators.server import serve_in_thread
 from batchcancel.sources import read_csv
+from batchcancel.summary import Summary
 from batchcancel.venues import VENUES
 
 __all__ = ["DEMO_PLAN", "DemoResult", "run_demo"]

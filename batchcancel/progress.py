@@ -17,7 +17,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, TextIO
 
@@ -29,6 +28,7 @@ from rich.table import Table
 
 from batchcancel import redact
 from batchcancel.drain_types import LaneView
+from batchcancel.log import record
 from batchcancel.report import format_counts
 
 __all__ = ["Progress", "VenueLine", "describe"]
@@ -255,13 +255,8 @@ class Progress:
         for view in views.values():
             line = self.line(view)
             if self._json:
-                record = {
-                    "ts": datetime.now(UTC).isoformat(),
-                    "level": "info",
-                    "event": "progress",
-                    **line.as_json(),
-                }
-                self._stream.write(json.dumps(self._redactor.value(record)) + "\n")
+                entry = {**record("progress"), **line.as_json()}
+                self._stream.write(json.dumps(self._redactor.value(entry)) + "\n")
                 continue
             self._stream.write(self._redactor.text(line.plain()) + "\n")
         self._stream.flush()

@@ -1,0 +1,116 @@
+"""A run's counts by outcome and venue and its status: the Summary `--json` prints (SPEC)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchcancel.audit.records import LOADING, RunInfo
+from batchcancel.audit.store import AuditStore
+from batchcancel.outcomes import EXIT_CODES, Outcome, RunStatus, run_status
+
+__all__ = ["Summary", "pending_count", "starting", "summarise"]
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The end of a session, as `--json` prints it (SPEC.md)."""
+
+    run_id: str
+    run_key: str | None
+    status: RunStatus
+    orders: int
+    outcomes: dict[str, int]
+    venues: dict[str, dict[str, int]]
+    elapsed_s: float
+    unfinished: int = 0
+    stopped: str = ""
+    halted: dict[str, str] = field(default_factory=dict)
+    resumed: bool = False
+    confirm: tuple[int, int] | None = None  # cancel_pending orders before and after confirming
+
+    @property
+    def exit_code(self) -> int:
+        """SPEC exit code: 0 all good, 1 attention, 3 stopped early."""
+        if self.status is RunStatus.PLANNED:
+            return 1 if self.outcomes.get(Outcome.INVALID, 0) else 0
+        return EXIT_CODES[self.status]
+
+    def as_json(self) -> dict[str, Any]:
+        """Exactly SPEC's `--json` keys."""
+        return {
+            "run_id": self.run_id,
+            "run_key": self.run_key,
+            "status": self.status.value,
+            "orders": self.orders,
+            "outcomes": self.outcomes,
+            "venues": self.venues,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+def summarise(
+    store: AuditStore,
+    run: RunInfo,
+    *,
+    elapsed: float = 0.0,
+    stopped: str = "",
+    halted: Mapping[str, str] | None = None,
+    resumed: bool = False,
+) -> Summary:
+    """Counts of a run's orders by outcome and venue, and its status."""
+    counts = store.counts(run.id)
+    loading = run.status == LOADING  # rows not recorded yet count as unfinished
+    outcomes = {o.value: 0 for o in Outcome}
+    venues: dict[str, dict[str, int]] = {}
+    unfinished = orders = 0
+    for venue, by_outcome in sorted(counts.items()):
+        venues[venue] = {o.value: 0 for o in Outcome}
+        for outcome, n in by_outcome.items():
+            orders += n
+            if outcome:
+                outcomes[outcome] += n
+                venues[venue][outcome] += n
+            else:
+                unfinished += n
+    if run.dry_run and run.status == RunStatus.PLANNED.value:
+        status = RunStatus.PLANNED
+    else:
+        status = run_status(
+            outcomes, unfinished=unfinished + int(loading), stopped_early=bool(stopped)
+        )
+    return Summary(
+        run_id=run.id,
+        run_key=run.run_key,
+        status=status,
+        orders=orders,
+        outcomes=outcomes,
+        venues=venues,
+        elapsed_s=elapsed,
+        unfinished=unfinished,
+        stopped=stopped,
+        halted=dict(halted or {}),
+        resumed=resumed,
+    )
+
+
+def pending_count(store: AuditStore, run_id: str) -> int:
+    """The run's orders whose outcome is cancel_pending."""
+    return sum(
+        counts.get(Outcome.CANCEL_PENDING.value, 0) for counts in store.counts(run_id).values()
+    )
+
+
+def starting(run_id: str, run_key: str | None, to_send: Mapping[str, int]) -> dict[str, Any]:
+    """What a kill is about to cancel, in the shape of the --json summary (status running)."""
+    zeros = {o.value: 0 for o in Outcome}
+    return {
+        "run_id": run_id,
+        "run_key": run_key,
+        "status": "running",
+        "orders": sum(to_send.values()),
+        "outcomes": dict(zeros),
+        "venues": {venue: dict(zeros) for venue in sorted(to_send)},
+        "elapsed_s": 0.0,
+    }
