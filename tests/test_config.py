@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from batchcancel import config
 from batchcancel.config import (
     DB_VAR,
     DEFAULT_BACKOFF,
@@ -292,6 +293,52 @@ class TestEnvironment:
     def test_empty_variable_is_unset(self, var: str) -> None:
         """An empty variable counts as not set."""
         assert load_settings({var: ""}) == load_settings({})
+
+
+class TestProcessEnvironment:
+    """config.py is the one reader of this process's environment: the functions the CLI and
+    the run lifecycle call instead of os.environ."""
+
+    def test_debug_and_metrics_interval(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """BATCHCANCEL_DEBUG turns the traceback on; a bad metrics interval is the default."""
+        monkeypatch.delenv(config.DEBUG_VAR, raising=False)
+        assert not config.debug_enabled()
+        monkeypatch.setenv(config.DEBUG_VAR, "1")
+        assert config.debug_enabled()
+        monkeypatch.setenv(config.METRICS_INTERVAL_VAR, "0.5")
+        assert config.metrics_interval(5.0) == 0.5
+        monkeypatch.setenv(config.METRICS_INTERVAL_VAR, "soon")
+        assert config.metrics_interval(5.0) == 5.0
+
+    def test_a_run_keeps_its_recorded_venues_config(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A command on an existing run reads the venues config the run recorded, unless one
+        is given now by flag or by BATCHCANCEL_VENUES: then the command's own settings."""
+        monkeypatch.delenv(VENUES_VAR, raising=False)
+        recorded = toml(tmp_path, FULL_SFOX, name="recorded.toml")
+        loaded = load_settings({})
+        restored = config.settings_for_run(recorded, db_url=None, venues_config=None, loaded=loaded)
+        assert restored.venues["sfox"].rate_limit == 20
+        flag = config.settings_for_run(recorded, db_url=None, venues_config="x", loaded=loaded)
+        assert flag is loaded
+        assert config.settings_for_run(None, db_url=None, venues_config=None, loaded=loaded) is (
+            loaded
+        )
+        monkeypatch.setenv(VENUES_VAR, recorded)
+        env = config.settings_for_run(recorded, db_url=None, venues_config=None, loaded=loaded)
+        assert env is loaded
+
+    def test_credentials_from_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """For redaction before the venues file is read: the environment's credentials, or
+        None when one is unusable (the command reports that itself)."""
+        var = VENUES["sfox"].credential_vars[0]
+        monkeypatch.setenv(var, "tok-123456")
+        found = config.environment_credentials()
+        assert found is not None and "tok-123456" in found.secrets
+        assert config.credential_is_set(var)
+        monkeypatch.setenv(var, "tok\n123")
+        assert config.environment_credentials() is None
 
 
 class TestCredentials:
