@@ -1,4 +1,5 @@
-"""What a drain is told (DrainOptions) and what it shows (LaneView): plain data.
+"""What a drain is told (DrainOptions, with its seams for time, randomness, threads and the
+network), what it shows (LaneView) and how it ended (DrainResult): plain data.
 
 Kept apart from the engine so the CLI can build options and say what it is about to cancel
 before aiohttp is imported (about 0.1 s of a kill's first second).
@@ -6,11 +7,90 @@ before aiohttp is imported (about 0.1 s of a kill's first second).
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final, ParamSpec, Protocol, TypeVar
 
-__all__ = ["DrainOptions", "LaneView"]
+if TYPE_CHECKING:
+    from batchcancel.venues.base import CancelRequest, Reply
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "SYSTEM_CLOCK",
+    "Clock",
+    "DrainOptions",
+    "DrainResult",
+    "LaneView",
+    "Offload",
+    "OpenTransport",
+    "Sleep",
+    "SystemClock",
+    "Transport",
+    "stamp",
+]
+
+MAX_BODY_BYTES: Final = 64 * 1024  # enough for any cancel answer; bounds memory on junk
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Clock(Protocol):
+    """Time as the engine reads it: monotonic seconds for waits, Unix time for stamps."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back."""
+        ...
+
+    def wall(self) -> float:
+        """Unix time in seconds: request signatures and audit timestamps."""
+        ...
+
+
+class SystemClock:
+    """The real clocks."""
+
+    def monotonic(self) -> float:
+        """time.monotonic()."""
+        return time.monotonic()
+
+    def wall(self) -> float:
+        """time.time()."""
+        return time.time()
+
+
+SYSTEM_CLOCK = SystemClock()
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Offload(Protocol):
+    """How a blocking audit-store call runs without holding up the event loop."""
+
+    def __call__(
+        self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Awaitable[R]: ...
+
+
+class Transport(Protocol):
+    """The one-method network boundary: send a request, get the venue's Reply. Anything on
+    the way (timeout, dropped connection, junk) raises TransientVenueError."""
+
+    async def send(
+        self, base_url: str, request: CancelRequest, *, timeout: float, max_body: int
+    ) -> Reply:
+        """Send `request` to `base_url` + its path; at most `max_body` bytes of the answer."""
+        ...
+
+
+# A lane opens its transport with its venue's in-flight bound (the connection pool size).
+OpenTransport = Callable[[int], AbstractAsyncContextManager[Transport]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +109,14 @@ class DrainOptions:
     lease: float = 30.0  # seconds a worker holds a venue lane without renewing it
     claim_all: bool = False  # take every free lane at once (kill), not one at a time
     seed: int | None = None  # for reproducible jitter in tests
+    # Seams (tests and the deterministic simulation replace them; the defaults are real).
+    clock: Clock = SYSTEM_CLOCK
+    sleep: Sleep = asyncio.sleep
+    rng: random.Random | None = None  # None: random.Random(seed)
+    offload: Offload = asyncio.to_thread
+    open_transport: OpenTransport | None = None  # None: aiohttp, imported when a lane opens
+    # `clock.monotonic` must agree with the event loop's time: waits for a wake-up with a
+    # timeout use the loop's timers (the simulation's loop runs on the same virtual clock).
 
 
 @dataclass
@@ -45,3 +133,17 @@ class LaneView:
     paused_until: float = 0.0  # time.monotonic()
     halted: str = ""  # why the lane stopped early, if it did
     started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class DrainResult:
+    """How the session ended."""
+
+    stopped: str = ""  # deadline / signal reason, empty if it ran to the end
+    lanes: dict[str, LaneView] = field(default_factory=dict)
+    lost: set[str] = field(default_factory=set)  # lanes another worker took over: theirs now
+
+
+def stamp(clock: Clock) -> datetime:
+    """Naive UTC with microseconds, as every audit timestamp is, by `clock`."""
+    return datetime.fromtimestamp(clock.wall(), UTC).replace(tzinfo=None)

@@ -1,5 +1,8 @@
 """The only aiohttp caller: send one CancelRequest, get a Reply or a TransientVenueError.
 
+`open_transport` gives the engine its default Transport (drain_types): one client session per
+lane behind the one-method boundary, so a test transport can stand in for aiohttp.
+
 aiohttp 3.x silently re-sends an idempotent request (every DELETE cancel) once when a
 kept-alive connection drops. That re-send would reach the venue with no attempt row, so a
 client middleware turns the drop into an error that aiohttp does not retry.
@@ -8,17 +11,24 @@ client middleware turns the drop into an error that aiohttp does not retry.
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+import contextlib
+from collections.abc import AsyncIterator
 
 import aiohttp
 from yarl import URL
 
+from batchcancel.drain_types import MAX_BODY_BYTES
 from batchcancel.errors import TransientVenueError
 from batchcancel.venues.base import CancelRequest, Reply
 
-__all__ = ["MAX_BODY_BYTES", "ConnectionDropped", "open_session", "send"]
-
-MAX_BODY_BYTES: Final = 64 * 1024  # enough for any cancel answer; bounds memory on junk
+__all__ = [
+    "MAX_BODY_BYTES",
+    "AiohttpTransport",
+    "ConnectionDropped",
+    "open_session",
+    "open_transport",
+    "send",
+]
 
 
 class ConnectionDropped(aiohttp.ClientError):
@@ -44,6 +54,26 @@ def open_session(*, max_connections: int) -> aiohttp.ClientSession:
         trust_env=False,
         cookie_jar=aiohttp.DummyCookieJar(),
     )
+
+
+class AiohttpTransport:
+    """The Transport of a real run: `send` over one client session."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def send(
+        self, base_url: str, request: CancelRequest, *, timeout: float, max_body: int
+    ) -> Reply:
+        """See `send`."""
+        return await send(self._session, base_url, request, timeout=timeout, max_body=max_body)
+
+
+@contextlib.asynccontextmanager
+async def open_transport(max_connections: int) -> AsyncIterator[AiohttpTransport]:
+    """A lane's transport: its own client session, closed when the lane ends."""
+    async with open_session(max_connections=max_connections) as session:
+        yield AiohttpTransport(session)
 
 
 async def send(

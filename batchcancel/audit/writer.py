@@ -2,20 +2,35 @@
 
 `begin` returns only once the attempt row is committed, so a request never leaves before its
 record; `answer` queues an answer for the next commit. A begin whose lane the store finds
-taken over by another worker is not written, and raises LaneLostError: it must not be sent. While one transaction is committing in
-a worker thread the next batch accumulates, which is what groups commits under load.
+taken over by another worker is not written, and raises LaneLostError: it must not be sent.
+While one transaction is committing in a worker thread (or wherever `offload` runs it) the
+next batch accumulates, which is what groups commits under load.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from batchcancel.audit.ports import LaneStore
 from batchcancel.audit.records import Answer, Begin
 from batchcancel.errors import AuditError, LaneLostError
 
 __all__ = ["AuditWriter"]
+
+
+class _Offload(Protocol):
+    """How a commit runs off the event loop (asyncio.to_thread; inline in a simulation)."""
+
+    def __call__(
+        self,
+        func: Callable[[str, Sequence[Begin], Sequence[Answer]], set[str]],
+        run_id: str,
+        begins: Sequence[Begin],
+        answers: Sequence[Answer],
+        /,
+    ) -> Awaitable[set[str]]: ...
 
 
 class AuditWriter:
@@ -26,8 +41,10 @@ class AuditWriter:
         store: LaneStore,
         run_id: str,
         on_lost: Callable[[str], None] = lambda venue: None,
+        offload: _Offload = asyncio.to_thread,
     ) -> None:
         self._store = store
+        self._offload = offload
         self._on_lost = on_lost
         self._run_id = run_id
         self._begins: list[tuple[tuple[Begin, ...], asyncio.Future[None]]] = []
@@ -83,7 +100,7 @@ class AuditWriter:
             lost: set[str] = set()
             if self.failure is None:
                 try:
-                    lost = await asyncio.to_thread(
+                    lost = await self._offload(
                         self._store.write_batch,
                         self._run_id,
                         [b for group, _ in begins for b in group],
