@@ -67,19 +67,12 @@ class _Attempt:
     latency_ms: float | None = None
     detail: str = ""
 
-
-@dataclass
-class _Request:
-    run_id: str
-    venue: str
-    kind: str
-    target: str
-    sent_at: datetime
-    answered_at: datetime | None = None
-    http_status: int | None = None
-    verdict: str | None = None
-    latency_ms: float | None = None
-    detail: str = ""
+    def answer(
+        self, at: datetime, status: int | None, verdict: str, ms: float, detail: str
+    ) -> None:
+        """Fill in what came back."""
+        self.answered_at, self.http_status, self.verdict = at, status, verdict
+        self.latency_ms, self.detail = round(ms, 3), detail
 
 
 class MemoryStore:
@@ -90,7 +83,7 @@ class MemoryStore:
         self._orders: dict[int, _Order] = {}
         self._by_venue: dict[tuple[str, str], list[int]] = {}  # pks in order, per run and venue
         self._attempts: dict[tuple[int, int], _Attempt] = {}
-        self._requests: dict[int, _Request] = {}
+        self._requests: dict[int, tuple[str, str, str, _Attempt]] = {}  # run, venue, kind
         self._lanes: dict[tuple[str, str], tuple[str, datetime]] = {}  # owner, lease_until
         self._token = f"memory:{id(self)}"
         self._next_pk = 1
@@ -301,11 +294,7 @@ class MemoryStore:
             for a in answers:
                 attempt = self._attempts.get((a.order_pk, a.attempt))
                 if attempt is not None:
-                    attempt.answered_at = a.answered_at
-                    attempt.http_status = a.http_status
-                    attempt.verdict = a.verdict
-                    attempt.latency_ms = round(a.latency_ms, 3)
-                    attempt.detail = a.detail
+                    attempt.answer(a.answered_at, a.http_status, a.verdict, a.latency_ms, a.detail)
                 order = self._orders[a.order_pk]
                 order.state = DONE if a.outcome in FINAL else PENDING
                 order.outcome = a.outcome
@@ -352,7 +341,7 @@ class MemoryStore:
         """Record a request that names no order, before it leaves; its key."""
         with self._lock:
             pk = len(self._requests) + 1
-            self._requests[pk] = _Request(run_id, venue, kind, target, utcnow())
+            self._requests[pk] = (run_id, venue, kind, _Attempt(run_id, utcnow()))
         return pk
 
     def answer_request(
@@ -367,16 +356,13 @@ class MemoryStore:
     ) -> None:
         """Record what came back for a request of `begin_request`."""
         with self._lock:
-            request = self._requests[pk]
-            request.answered_at, request.http_status = answered_at, http_status
-            request.verdict, request.latency_ms = verdict, round(latency_ms, 3)
-            request.detail = detail
+            self._requests[pk][3].answer(answered_at, http_status, verdict, latency_ms, detail)
 
     def swept_venues(self, run_id: str) -> set[str]:
         """Venues of the run to which a cancel-all was ever sent (or was about to be)."""
         with self._lock:
             return {
-                r.venue for r in self._requests.values() if r.run_id == run_id and r.kind == SWEEP
+                v for run, v, kind, _ in self._requests.values() if (run, kind) == (run_id, SWEEP)
             }
 
     def venue_order_ids(self, run_id: str, venue: str) -> list[str]:
@@ -393,28 +379,17 @@ class MemoryStore:
             for order in swept:
                 pk, self._next_pk = self._next_pk, self._next_pk + 1
                 self._orders[pk] = _Order(
-                    run_id,
-                    venue,
-                    order.order_id,
-                    "",
-                    order.symbol,
-                    state=DONE,
-                    outcome=order.outcome,
-                    reason=order.reason,
-                    attempts=1,
-                    first_sent_at=sent_at,
-                    last_http_status=order.http_status,
-                    last_answer_at=order.answered_at,
-                )
+                    run_id, venue, order.order_id, "", order.symbol, DONE, order.outcome,
+                    order.reason, 1, sent_at, order.http_status, order.answered_at,
+                )  # fmt: skip
                 self._by_venue.setdefault((run_id, venue), []).append(pk)
-                self._attempts[pk, 1] = _Attempt(
-                    run_id,
-                    sent_at,
-                    answered_at=order.answered_at,
-                    http_status=order.http_status,
-                    verdict=order.outcome,
-                    latency_ms=round(order.latency_ms, 3),
-                    detail=order.detail,
+                attempt = self._attempts[pk, 1] = _Attempt(run_id, sent_at)
+                attempt.answer(
+                    order.answered_at,
+                    order.http_status,
+                    order.outcome,
+                    order.latency_ms,
+                    order.detail,
                 )
         return len(swept)
 
