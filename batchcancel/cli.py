@@ -14,13 +14,13 @@ import sys
 
 import click
 
-from batchcancel import __version__, cli_read, cli_run, cli_tools
+from batchcancel import __version__, cli_evidence, cli_read, cli_run, cli_tools
 from batchcancel.cli_common import log
 from batchcancel.log import StderrLog
 
 __all__ = ["cli", "main"]
 
-COMMAND_MODULES = (cli_run, cli_read, cli_tools)
+COMMAND_MODULES = (cli_run, cli_read, cli_tools, cli_evidence)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

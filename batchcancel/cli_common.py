@@ -102,7 +102,12 @@ def open_store(settings: Settings) -> Iterator[AuditStore]:
     """The audit store, closed when the block ends; the redactor now knows the settings."""
     from batchcancel.audit.store import AuditStore
 
-    store = AuditStore(settings.db_url, redact=settings.secrets)
+    signing_key = None
+    if settings.signing_key:
+        from batchcancel.audit.signing import load_private_key
+
+        signing_key = load_private_key(settings.signing_key)
+    store = AuditStore(settings.db_url, redact=settings.secrets, signing_key=signing_key)
     install_redactor(settings)
     try:
         yield store
@@ -277,5 +282,6 @@ def print_summary(store: AuditStore, summary: Summary, *, as_json: bool, db_url:
         halted=summary.halted,
         db_url=hide_password(db_url),
         redactor=redactor,
+        digest=summary.digest,
     )
     click.echo("\n".join(lines))

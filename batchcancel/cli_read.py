@@ -60,6 +60,7 @@ def status(run_ref: str | None, db: str | None, as_json: bool) -> None:
         )
         if run.reason:
             click.echo(f"reason: {run.reason}")
+        click.echo(f"digest: {summary.digest}")
         if run.options.get("all_open"):
             click.echo(
                 "all-open: cancel-all endpoints allowed (they cancel every open order of "

@@ -40,6 +40,7 @@ __all__ = [
 
 DB_VAR: Final = "BATCHCANCEL_DB"
 VENUES_VAR: Final = "BATCHCANCEL_VENUES"
+SIGNING_KEY_VAR: Final = "BATCHCANCEL_AUDIT_SIGNING_KEY"  # Ed25519: run digests are signed
 DEBUG_VAR: Final = "BATCHCANCEL_DEBUG"  # set: an internal error keeps its traceback
 METRICS_INTERVAL_VAR: Final = "BATCHCANCEL_METRICS_INTERVAL"  # seconds between textfile writes
 DEFAULT_DB_URL: Final = "sqlite:///batchcancel.db"
@@ -78,11 +79,15 @@ class Settings:
 
     db_url: str
     venues: Mapping[str, VenueSettings]
+    signing_key: str | None = None  # the audit signing key's text (a secret, like credentials)
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every credential value, for redaction of anything that leaves the process."""
-        return tuple(v for venue in self.venues.values() for v in venue.credentials.values() if v)
+        values = [v for venue in self.venues.values() for v in venue.credentials.values() if v]
+        if self.signing_key:
+            values += [self.signing_key, *self.signing_key.strip().splitlines()[1:-1]]
+        return tuple(values)
 
 
 def load_settings(
@@ -112,7 +117,11 @@ def load_settings(
         for var, value in credentials.items():
             _check_credential(var, value)
         venues[name] = _venue_settings(name, values, credentials)
-    return Settings(db_url=db_url or environ.get(DB_VAR) or DEFAULT_DB_URL, venues=venues)
+    return Settings(
+        db_url=db_url or environ.get(DB_VAR) or DEFAULT_DB_URL,
+        venues=venues,
+        signing_key=environ.get(SIGNING_KEY_VAR) or None,
+    )
 
 
 def settings_from_environment(

@@ -143,6 +143,7 @@ def format_summary(
     halted: dict[str, str],
     db_url: str,
     redactor: Redactor | None = None,
+    digest: str = "",
 ) -> list[str]:
     """The human summary: status line, totals, one line per venue, where to look next. Each
     line goes through `redactor` (by default one that knows the password patterns only)."""
@@ -159,5 +160,7 @@ def format_summary(
         note = f"  [{halted[venue]}]" if venue in halted else ""
         lines.append(f"  {venue:<{width}}  {total:>8}  {format_counts(counts)}{note}")
     lines.append(f"audit: {db_url}")
+    if digest:
+        lines.append(f"digest: {digest} (batchcancel verify {run.id})")
     lines.append(f"report: batchcancel report {run.id} --format csv")
     return [(redactor or Redactor()).text(line) for line in lines]

@@ -135,6 +135,7 @@ def start_run(
                 on_planned(run_id, Plan(to_send, invalid, table.duplicates))
             store.set_run_status(run_id, RunStatus.PLANNED.value)
             store.unlock_run(run_id)
+            store.seal(run_id)
             return summarise(store, store.find_run(run_id), elapsed=time.monotonic() - started)
         if on_planned is not None:
             on_planned(run_id, Plan(table.venue_counts(), -1, table.duplicates))
@@ -268,9 +269,10 @@ def _work(
         status = summary.status
         if not lost:  # a lane another worker took over is still being worked: not ours to say
             store.set_run_status(run_id, status.value)
-        return summary
     finally:
         try:
-            store.finish_session(session_id, status.value)
+            store.finish_session(session_id, status.value)  # the session's last fact; sealed
         finally:
             store.unlock_run(run_id)
+    # The digest printed is the one the session left, its end included (SPEC).
+    return dataclasses.replace(summary, digest=store.digest(run_id))

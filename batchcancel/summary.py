@@ -29,6 +29,7 @@ class Summary:
     halted: dict[str, str] = field(default_factory=dict)
     resumed: bool = False
     confirm: tuple[int, int] | None = None  # cancel_pending orders before and after confirming
+    digest: str = ""  # the run's audit digest as this session left it (audit/chain.py)
 
     @property
     def exit_code(self) -> int:
@@ -47,6 +48,7 @@ class Summary:
             "outcomes": self.outcomes,
             "venues": self.venues,
             "elapsed_s": round(self.elapsed_s, 3),
+            "digest": self.digest,
         }
 
 
@@ -92,6 +94,7 @@ def summarise(
         stopped=stopped,
         halted=dict(halted or {}),
         resumed=resumed,
+        digest=store.digest(run.id),
     )
 
 

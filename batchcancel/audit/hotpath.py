@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
+from batchcancel.audit.chain import Chains, micros, stamp
 from batchcancel.audit.db import Database
 from batchcancel.audit.records import DONE, PENDING, Answer, Begin
 from batchcancel.outcomes import FINAL
@@ -79,62 +80,70 @@ def write_batch(
     worker: str,
     clean: Callable[[str], str],
     fenced: Fenced,
+    chains: Chains,
 ) -> set[str]:
     """Commit attempt rows about to be sent and answers received, in one transaction;
     the venues whose lane this worker has lost (their begins are not written: those
     requests must not leave; their answers reach only still-open attempt rows)."""
-    stamp = db.stamp
-    with db.write() as conn:
+    db_stamp = db.stamp
+    with chains.recorded(run_id, "hot") as (conn, facts):
         lanes_written = {b.venue for b in begins} | {a.venue for a in answers}
         lost = {v for v in sorted(lanes_written) if not fenced(conn, run_id, v)}
+        late: Sequence[Answer] = ()
         if lost:
             begins = [b for b in begins if b.venue not in lost]
             late = [a for a in answers if a.venue in lost]
             answers = [a for a in answers if a.venue not in lost]
-        if lost and late:
-            conn.exec_driver_sql(db.sql(ANSWER_LATE), _attempt_answers(late, stamp, clean))
+        for params in _attempt_answers(late, db_stamp, clean):  # rare: one at a time, to
+            if conn.exec_driver_sql(db.sql(ANSWER_LATE), params).rowcount == 1:  # record those
+                facts.append(_answer_fact("late", params))  # that applied
         if answers:
-            conn.exec_driver_sql(db.sql(ANSWER_ATTEMPT), _attempt_answers(answers, stamp, clean))
-            conn.exec_driver_sql(
-                db.sql(ANSWER_ORDER),
-                [
-                    {
-                        "pk": a.order_pk,
-                        "state": DONE if a.outcome in FINAL else PENDING,
-                        "outcome": a.outcome,
-                        "reason": clean(a.reason),
-                        "http_status": a.http_status,
-                        "answered_at": stamp(a.answered_at),
-                    }
-                    for a in answers
-                ],
-            )
+            attempt_params = _attempt_answers(answers, db_stamp, clean)
+            order_params = [
+                {
+                    "pk": a.order_pk,
+                    "state": DONE if a.outcome in FINAL else PENDING,
+                    "outcome": a.outcome,
+                    "reason": clean(a.reason),
+                    "http_status": a.http_status,
+                    "answered_at": db_stamp(a.answered_at),
+                }
+                for a in answers
+            ]
+            conn.exec_driver_sql(db.sql(ANSWER_ATTEMPT), attempt_params)
+            conn.exec_driver_sql(db.sql(ANSWER_ORDER), order_params)
+            for params, order in zip(attempt_params, order_params, strict=True):
+                fact = _answer_fact("answer", params)
+                fact.update(state=order["state"], outcome=order["outcome"], reason=order["reason"])
+                facts.append(fact)
         if begins:
-            conn.exec_driver_sql(
-                db.sql(BEGIN_ATTEMPT),
-                [
-                    {
-                        "pk": b.order_pk,
-                        "attempt": b.attempt,
-                        "run_id": run_id,
-                        "worker": worker,
-                        "kind": b.kind,
-                        "sent_at": stamp(b.sent_at),
-                    }
-                    for b in begins
-                ],
-            )
+            begin_params = [
+                {
+                    "pk": b.order_pk,
+                    "attempt": b.attempt,
+                    "run_id": run_id,
+                    "worker": worker,
+                    "kind": b.kind,
+                    "sent_at": db_stamp(b.sent_at),
+                }
+                for b in begins
+            ]
+            conn.exec_driver_sql(db.sql(BEGIN_ATTEMPT), begin_params)
             conn.exec_driver_sql(
                 db.sql(BEGIN_ORDER),
                 [
                     {
-                        "pk": b.order_pk,
-                        "attempt": b.attempt,
-                        "sent_at": stamp(b.sent_at),
-                        "kind": b.kind,
+                        "pk": p["pk"],
+                        "attempt": p["attempt"],
+                        "sent_at": p["sent_at"],
+                        "kind": p["kind"],
                     }
-                    for b in begins
+                    for p in begin_params
                 ],
+            )
+            facts.extend(
+                {"t": "begin", **p, "sent_at": stamp(b.sent_at)}
+                for p, b in zip(begin_params, begins, strict=True)
             )
     return lost
 
@@ -157,3 +166,18 @@ def _attempt_answers(
         }
         for a in answers
     ]
+
+
+def _answer_fact(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The chain's fact of one answer, from the parameters written (no float: microseconds)."""
+    answered_at = params["answered_at"]
+    return {
+        "t": kind,
+        "pk": params["pk"],
+        "attempt": params["attempt"],
+        "answered_at": answered_at if isinstance(answered_at, str) else stamp(answered_at),
+        "http_status": params["http_status"],
+        "verdict": params["verdict"],
+        "latency_us": micros(params["latency_ms"]),
+        "detail": params["detail"],
+    }

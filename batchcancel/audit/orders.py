@@ -4,10 +4,12 @@ unsent, and closing what a dead or displaced holder left in flight."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any, Final, cast
 
 import sqlalchemy as sa
 
+from batchcancel.audit.chain import Chains, Fact, stamp
 from batchcancel.audit.db import Database
 from batchcancel.audit.hotpath import ADD_ORDER
 from batchcancel.audit.leases import Leases
@@ -25,6 +27,11 @@ from batchcancel.outcomes import FINAL, Outcome
 
 __all__ = ["Ledger"]
 
+# The fields of each loaded order a fact keeps (audit/verify.py reads them in this order).
+_ORDER_FACT: Final = (
+    "seq", "venue", "order_id", "account_id", "symbol", "state", "outcome", "reason",
+)  # fmt: skip
+
 _orders: Final = cast(sa.Table, Order.__table__)
 _attempts: Final = cast(sa.Table, Attempt.__table__)
 
@@ -33,8 +40,11 @@ class Ledger:
     """The orders and attempts tables of every run, as the engine moves through them. A
     write to one venue's orders is fenced by `leases` (LaneLostError once the lane is lost)."""
 
-    def __init__(self, db: Database, *, leases: Leases, clean: Callable[[str], str]) -> None:
+    def __init__(
+        self, db: Database, *, leases: Leases, clean: Callable[[str], str], chains: Chains
+    ) -> None:
         self._db = db
+        self._chains = chains
         self._leases = leases
         self._clean = clean
 
@@ -65,8 +75,9 @@ class Ledger:
                 for key in texts:
                     row[key] = self._clean(row[key])
         if rows:
-            with self._db.write() as conn:
+            with self._chains.recorded(run_id, "loader") as (conn, facts):
                 conn.exec_driver_sql(self._db.sql(ADD_ORDER), rows)  # a million rows: plain SQL
+                facts.append({"t": "orders", "rows": [[r[k] for k in _ORDER_FACT] for r in rows]})
         return len(rows)
 
     def max_seq(self, run_id: str) -> int:
@@ -140,15 +151,11 @@ class Ledger:
         ]
         if venue is not None:
             condition.append(_orders.c.venue == venue)
-        with self._db.write() as conn:
+        with self._chains.recorded(run_id) as (conn, facts):
             if venue is not None:
                 self._leases.require_lane(conn, run_id, venue)
-            count = conn.execute(
-                _orders.update()
-                .where(*condition)
-                .values(outcome=outcome.value, reason=self._clean(reason))
-            ).rowcount
-        return int(count or 0)
+            values = {"outcome": outcome.value, "reason": self._clean(reason)}
+            return set_orders(conn, facts, condition, values)
 
     def recover_in_flight(
         self, run_id: str, *, venue: str | None = None, reset_resumable: bool = True
@@ -163,43 +170,36 @@ class Ledger:
         if venue is not None:
             in_run.append(_orders.c.venue == venue)
         order_pks = sa.select(_orders.c.pk).where(*in_run)
-        with self._db.write() as conn:
+        with self._chains.recorded(run_id) as (conn, facts):
             if venue is not None:
                 self._leases.require_lane(conn, run_id, venue)
-            lost = conn.execute(
-                _attempts.update()
-                .where(
+            lost = set_attempts(
+                conn,
+                facts,
+                [
                     _attempts.c.run_id == run_id,
                     _attempts.c.verdict.is_(None),
                     _attempts.c.order_pk.in_(order_pks),
-                )
-                .values(verdict="transient", detail=IN_FLIGHT_LOST)
-            ).rowcount
-            conn.execute(
-                _orders.update().where(*in_run, _orders.c.state == SENDING).values(state=PENDING)
+                ],
+                {"verdict": "transient", "detail": IN_FLIGHT_LOST},
             )
+            set_orders(conn, facts, [*in_run, _orders.c.state == SENDING], {"state": PENDING})
             if reset_resumable:
-                conn.execute(
-                    _orders.update()
-                    .where(*in_run, _orders.c.state == PENDING, _orders.c.outcome.is_not(None))
-                    .values(outcome=None)
-                )
-        return int(lost or 0)
+                resumable = [*in_run, _orders.c.state == PENDING, _orders.c.outcome.is_not(None)]
+                set_orders(conn, facts, resumable, {"outcome": None})
+        return lost
 
     def reset_resumable(self, run_id: str, venue: str) -> None:
         """A new holder of the lane retries the venue's failed and skipped orders afresh."""
-        with self._db.write() as conn:
+        with self._chains.recorded(run_id) as (conn, facts):
             self._leases.require_lane(conn, run_id, venue)
-            conn.execute(
-                _orders.update()
-                .where(
-                    _orders.c.run_id == run_id,
-                    _orders.c.venue == venue,
-                    _orders.c.state == PENDING,
-                    _orders.c.outcome.is_not(None),
-                )
-                .values(outcome=None)
-            )
+            resumable = [
+                _orders.c.run_id == run_id,
+                _orders.c.venue == venue,
+                _orders.c.state == PENDING,
+                _orders.c.outcome.is_not(None),
+            ]
+            set_orders(conn, facts, resumable, {"outcome": None})
 
     def in_flight_orders(self, run_id: str, venue: str) -> list[int]:
         """The venue's orders with an attempt in flight (the keys of their orders)."""
@@ -223,7 +223,7 @@ class Ledger:
         sendable again. Those orders, to send."""
         if not order_pks:
             return []
-        with self._db.write() as conn:
+        with self._chains.recorded(run_id) as (conn, facts):
             self._leases.require_lane(conn, run_id, venue)
             rows = conn.execute(
                 sa.select(
@@ -256,26 +256,60 @@ class Ledger:
             ).all()
             answered = [row for row in rows if row.verdict in FINAL]
             for row in answered:
-                conn.execute(
-                    _orders.update()
-                    .where(_orders.c.pk == row.pk)
-                    .values(
-                        state=DONE,
-                        outcome=row.verdict,
-                        reason=self._clean(
-                            f"answered to the worker that lost the lane: {row.detail}"
-                        ),
-                        last_http_status=row.http_status,
-                        last_answer_at=row.answered_at,
-                    )
-                )
+                adopted = {
+                    "state": DONE,
+                    "outcome": row.verdict,
+                    "reason": self._clean(
+                        f"answered to the worker that lost the lane: {row.detail}"
+                    ),
+                    "last_http_status": row.http_status,
+                    "last_answer_at": row.answered_at,
+                }
+                set_orders(conn, facts, [_orders.c.pk == row.pk], adopted)
             resend = [row for row in rows if row.verdict not in FINAL]
             pks = [row.pk for row in resend]
             if pks:
-                conn.execute(
-                    _attempts.update()
-                    .where(_attempts.c.order_pk.in_(pks), _attempts.c.verdict.is_(None))
-                    .values(verdict="transient", detail=IN_FLIGHT_TAKEN_OVER)
-                )
-                conn.execute(_orders.update().where(_orders.c.pk.in_(pks)).values(state=PENDING))
+                lost = [_attempts.c.order_pk.in_(pks), _attempts.c.verdict.is_(None)]
+                values = {"verdict": "transient", "detail": IN_FLIGHT_TAKEN_OVER}
+                set_attempts(conn, facts, lost, values)
+                set_orders(conn, facts, [_orders.c.pk.in_(pks)], {"state": PENDING})
         return [OrderToSend(*row[:6]) for row in resend]
+
+
+def set_orders(
+    conn: sa.Connection, facts: list[Fact], where: Sequence[Any], values: dict[str, Any]
+) -> int:
+    """UPDATE orders, and record which rows took which values (the chain's fact); how many."""
+    statement = _orders.update().where(*where).values(**values).returning(_orders.c.pk)
+    pks = [int(pk) for pk in conn.execute(statement).scalars()]
+    if pks:
+        facts.append({"t": "orders_set", "pks": pks, "values": _fact_values(values)})
+    return len(pks)
+
+
+def set_attempts(
+    conn: sa.Connection, facts: list[Fact], where: Sequence[Any], values: dict[str, Any]
+) -> int:
+    """UPDATE attempts, and record which rows took which values; how many."""
+    statement = (
+        _attempts.update()
+        .where(*where)
+        .values(**values)
+        .returning(_attempts.c.order_pk, _attempts.c.attempt)
+    )
+    keys = [[int(pk), int(n)] for pk, n in conn.execute(statement)]
+    if keys:
+        facts.append(
+            {
+                "t": "orders_set",
+                "pks": [],
+                "values": {},
+                "attempts": keys,
+                "attempt_values": _fact_values(values),
+            }
+        )
+    return len(keys)
+
+
+def _fact_values(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: stamp(v) if isinstance(v, datetime) else v for k, v in values.items()}

@@ -14,6 +14,8 @@ from typing import Any, Final, cast
 import sqlalchemy as sa
 
 from batchcancel import __version__
+from batchcancel.audit.chain import Chains, stamp
+from batchcancel.audit.clock import clock_evidence
 from batchcancel.audit.db import Database
 from batchcancel.audit.leases import lock_is_stale
 from batchcancel.audit.records import LOADING, RunInfo, utcnow
@@ -30,8 +32,12 @@ class RunBook:
     """The runs table and the sessions table. `token` is this process's lock owner; `clean`
     is the store's redactor for stored text."""
 
-    def __init__(self, db: Database, *, token: str, clean: Callable[[str], str]) -> None:
+    def __init__(
+        self, db: Database, *, token: str, clean: Callable[[str], str], chains: Chains
+    ) -> None:
         self._db = db
+        self._chains = chains
+        self._session_runs: dict[int, str] = {}
         self._token = token
         self._clean = clean
 
@@ -83,31 +89,45 @@ class RunBook:
         command_line: str,
         dry_run: bool,
     ) -> None:
-        with self._db.write() as conn:
+        row: dict[str, Any] = {
+            "run_key": run_key,
+            "command": command,
+            "status": LOADING,
+            "dry_run": dry_run,
+            "source": self._clean(source),
+            "options": self._clean(json.dumps(dict(options), sort_keys=True)),
+            "reason": self._clean(reason),
+            "os_user": _os_user(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "command_line": self._clean(command_line),
+            "version": __version__,
+            "orders_total": 0,
+            "duplicates": 0,
+            "sessions": 0,
+            "clock": json.dumps(clock_evidence(), sort_keys=True),
+        }
+        with self._chains.recorded(run_id) as (conn, facts):
             conn.execute(
                 _runs.insert().values(
                     id=run_id,
-                    run_key=run_key,
-                    command=command,
-                    status=LOADING,
-                    dry_run=dry_run,
-                    source=self._clean(source),
-                    options=self._clean(json.dumps(dict(options), sort_keys=True)),
-                    reason=self._clean(reason),
-                    os_user=_os_user(),
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                    command_line=self._clean(command_line),
-                    version=__version__,
-                    orders_total=0,
-                    duplicates=0,
                     created_at=now,
-                    sessions=0,
                     # Its loader holds it from the start: a process that finds it still
                     # loading joins it instead of recording the same rows again.
                     lock_owner=self._token,
                     lock_heartbeat=now,
+                    **row,
                 )
+            )
+            facts.append(
+                {
+                    "t": "run",
+                    "id": run_id,
+                    **row,
+                    "created_at": stamp(now),
+                    "started_at": None,
+                    "finished_at": None,
+                }
             )
 
     def find_run(self, run: str) -> RunInfo:
@@ -136,21 +156,24 @@ class RunBook:
 
     def set_run_status(self, run_id: str, status: str) -> None:
         """Record where the run stands, and when the latest session ended."""
-        with self._db.write() as conn:
-            conn.execute(
+        now = utcnow()
+        with self._chains.recorded(run_id) as (conn, facts):
+            recorded = conn.execute(
                 _runs.update()
                 .where(_runs.c.id == run_id)
                 .values(
                     # a run whose loading was cut short stays `loading`: its key loads the rest
                     status=sa.case((_runs.c.status == LOADING, LOADING), else_=status),
-                    finished_at=utcnow(),
+                    finished_at=now,
                 )
-            )
+                .returning(_runs.c.status)
+            ).scalar_one()
+            facts.append({"t": "status", "run": {"status": recorded, "finished_at": stamp(now)}})
 
     def set_totals(self, run_id: str, *, orders_total: int, duplicates: int) -> None:
         """Record how many orders the run holds once they are all loaded: loading is over."""
-        with self._db.write() as conn:
-            conn.execute(
+        with self._chains.recorded(run_id) as (conn, facts):
+            status = conn.execute(
                 _runs.update()
                 .where(_runs.c.id == run_id)
                 .values(
@@ -158,7 +181,10 @@ class RunBook:
                     duplicates=duplicates,
                     status=sa.case((_runs.c.status == LOADING, "running"), else_=_runs.c.status),
                 )
-            )
+                .returning(_runs.c.status)
+            ).scalar_one()
+            totals = {"orders_total": orders_total, "duplicates": duplicates, "status": status}
+            facts.append({"t": "totals", "run": totals})
 
     def lock_run(self, run_id: str) -> None:
         """Take the run for this process; RunLockedError if another live process holds it.
@@ -226,23 +252,22 @@ class RunBook:
     def start_session(self, run_id: str, *, command: str, command_line: str) -> int:
         """Record this process's turn at the run: who, where, what command line."""
         now = utcnow()
-        with self._db.write() as conn:
+        session = {
+            "command": command,
+            "os_user": _os_user(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "command_line": self._clean(command_line),
+            "version": __version__,
+            "status": "running",
+        }
+        with self._chains.recorded(run_id) as (conn, facts):
             session_id = conn.execute(
                 _sessions.insert()
-                .values(
-                    run_id=run_id,
-                    command=command,
-                    os_user=_os_user(),
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                    command_line=self._clean(command_line),
-                    version=__version__,
-                    started_at=now,
-                    status="running",
-                )
+                .values(run_id=run_id, started_at=now, **session)
                 .returning(_sessions.c.id)
             ).scalar_one()
-            conn.execute(
+            run = conn.execute(
                 _runs.update()
                 .where(_runs.c.id == run_id)
                 .values(
@@ -251,17 +276,44 @@ class RunBook:
                     # a run still loading its orders stays `loading` until every row is in
                     status=sa.case((_runs.c.status == LOADING, LOADING), else_="running"),
                 )
+                .returning(_runs.c.sessions, _runs.c.status)
+            ).one()
+            facts.append(
+                {
+                    "t": "session",
+                    "id": int(session_id),
+                    **session,
+                    "started_at": stamp(now),
+                    "finished_at": None,
+                    "run": {
+                        "started_at": stamp(now),
+                        "sessions": int(run.sessions),
+                        "status": run.status,
+                    },
+                }
             )
+        self._session_runs[int(session_id)] = run_id
         return int(session_id)
 
-    def finish_session(self, session_id: int, status: str) -> None:
-        """Record how this process's turn ended."""
-        with self._db.write() as conn:
+    def finish_session(self, session_id: int, status: str) -> str:
+        """Record how this process's turn ended; the run it belongs to."""
+        run_id = self._session_runs.get(session_id)
+        if run_id is None:
+            with self._db.read() as conn:
+                run_id = conn.execute(
+                    sa.select(_sessions.c.run_id).where(_sessions.c.id == session_id)
+                ).scalar_one()
+        now = utcnow()
+        with self._chains.recorded(run_id) as (conn, facts):
             conn.execute(
                 _sessions.update()
                 .where(_sessions.c.id == session_id)
-                .values(finished_at=utcnow(), status=status)
+                .values(finished_at=now, status=status)
             )
+            facts.append(
+                {"t": "session_end", "id": session_id, "finished_at": stamp(now), "status": status}
+            )
+        return str(run_id)
 
 
 def _os_user() -> str:

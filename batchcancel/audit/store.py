@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from batchcancel.audit import hotpath
+from batchcancel.audit.chain import Chains, Sealed
 from batchcancel.audit.db import Database
 from batchcancel.audit.leases import LOCK_STALE_AFTER, Leases, process_identity
 
@@ -87,7 +88,7 @@ class AuditStore:
     Its parts are public for code that wants one concern only: `runs`, `orders`, `leases`,
     `sweeps`, `reading`; the methods below keep every caller's names and signatures."""
 
-    def __init__(self, url: str, *, redact: Iterable[str] = ()) -> None:
+    def __init__(self, url: str, *, redact: Iterable[str] = (), signing_key: Any = None) -> None:
         self.url = url
         # The secrets, and the password of the database's own URL (an error may quote it).
         self.redactor = Redactor(redact, urls=(url,))
@@ -95,10 +96,14 @@ class AuditStore:
         self.engine = self._db.engine
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._lock_token = f"{self.worker}:{process_identity()}:{secrets.token_hex(4)}"
+        self.signing_key = signing_key  # Ed25519 private key object, or None: digests unsigned
         self.leases = Leases(self._db, worker=self.worker, token=self._lock_token)
-        self.runs = RunBook(self._db, token=self._lock_token, clean=self.clean)
-        self.orders = Ledger(self._db, leases=self.leases, clean=self.clean)
-        self.sweeps = Sweeps(self._db, leases=self.leases, worker=self.worker, clean=self.clean)
+        self.chains = Chains(self._db, token=self._lock_token)
+        self.runs = RunBook(self._db, token=self._lock_token, clean=self.clean, chains=self.chains)
+        self.orders = Ledger(self._db, leases=self.leases, clean=self.clean, chains=self.chains)
+        self.sweeps = Sweeps(
+            self._db, leases=self.leases, worker=self.worker, clean=self.clean, chains=self.chains
+        )
         self.reading = Reading(self._db)
         try:
             upgrade_to_head(self.engine)
@@ -186,8 +191,23 @@ class AuditStore:
         return self.runs.start_session(run_id, command=command, command_line=command_line)
 
     def finish_session(self, session_id: int, status: str) -> None:
-        """Record how this process's turn ended."""
-        self.runs.finish_session(session_id, status)
+        """Record how this process's turn ended, and seal the run's digest as it stands."""
+        run_id = self.runs.finish_session(session_id, status)
+        self.seal(run_id)
+
+    # -- the hash chains (chain.py) ------------------------------------------------------------
+
+    def digest(self, run_id: str) -> str:
+        """The run's digest as the database holds it now: one hash of every chain's head."""
+        return self.chains.digest(run_id)
+
+    def seal(self, run_id: str) -> str:
+        """Record the digest on the run (signed when a signing key is configured)."""
+        return self.chains.seal(run_id, self.signing_key)
+
+    def sealed(self, run_id: str) -> Sealed:
+        """The digest sealed at the end of the run's latest session, and its signature."""
+        return self.chains.sealed(run_id)
 
     # -- the order ledger (orders.py) ----------------------------------------------------------
 
@@ -254,6 +274,7 @@ class AuditStore:
             worker=self.worker,
             clean=self.clean,
             fenced=self.leases.fenced,
+            chains=self.chains,
         )
 
     # -- lane leases (leases.py) ---------------------------------------------------------------

@@ -11,7 +11,17 @@ from datetime import datetime
 from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Attempt", "Base", "Lane", "Order", "Request", "Run", "Session", "metadata"]
+__all__ = [
+    "Attempt",
+    "Base",
+    "ChainLink",
+    "Lane",
+    "Order",
+    "Request",
+    "Run",
+    "Session",
+    "metadata",
+]
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -47,6 +57,12 @@ class Run(Base):
     sessions: Mapped[int] = mapped_column(Integer, default=0)  # run + resumes
     lock_owner: Mapped[str | None] = mapped_column(String(255))
     lock_heartbeat: Mapped[datetime | None] = mapped_column(DateTime)
+    # The host's clock evidence at the start (JSON: sync state as the OS says, wall/monotonic).
+    clock: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    # The digest of the run's chains when its latest session ended, and its Ed25519 signature.
+    digest: Mapped[str | None] = mapped_column(String(64))
+    signature: Mapped[str | None] = mapped_column(String(128))
+    public_key: Mapped[str | None] = mapped_column(String(64))
 
 
 class Session(Base):
@@ -142,6 +158,23 @@ class Request(Base):
     verdict: Mapped[str | None] = mapped_column(String(16))
     latency_ms: Mapped[float | None] = mapped_column(Float)
     detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class ChainLink(Base):
+    """One link of a hash chain over the run's facts (batchcancel/audit/chain.py): appended
+    as the last statement of the write it describes, so `pk` orders the writes."""
+
+    __tablename__ = "chain_links"
+    __table_args__ = (Index("ix_chain_links_run", "run_id", "pk"),)
+
+    pk: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    chain_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    prev: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    facts: Mapped[str] = mapped_column(Text)  # canonical JSON (RFC 8785) array of facts
+    created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 metadata = Base.metadata

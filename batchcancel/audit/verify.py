@@ -1,0 +1,394 @@
+"""`verify` and `export`: recompute a run's hash chains and check every audit row against them.
+
+Two checks, each naming the first thing that does not match. The chains: every link's hash
+recomputed from its facts (re-serialised with the rfc8785 library, independently of the writer),
+numbers without gaps, each link naming the one before. The rows: the facts replayed in the
+order the database numbered their links give what every row of the run must hold now (runs,
+sessions, orders, attempts, requests); an edited value, a deleted row or an inserted row
+differs from that. An export is the links as JSON lines, verifiable with no database.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import rfc8785
+import sqlalchemy as sa
+
+from batchcancel.audit.chain import GENESIS, ChainHead, heads_of, link_hash, run_digest, stamp
+
+__all__ = ["Verdict", "export_run", "read_links", "verify_file", "verify_links", "verify_run"]
+
+EXPORT_FORMAT: Final = "batchcancel-export/1"
+# The columns each fact kind sets; verify compares exactly these (operational columns such as
+# the run lock, lane leases and the digest itself are not facts).
+RUN_FIELDS: Final = (
+    "run_key", "command", "dry_run", "source", "options", "reason", "os_user", "host", "pid",
+    "command_line", "version", "created_at", "clock", "status", "orders_total", "duplicates",
+    "started_at", "finished_at", "sessions",
+)  # fmt: skip
+SESSION_FIELDS: Final = (
+    "command", "os_user", "host", "pid", "command_line", "version", "started_at",
+    "finished_at", "status",
+)  # fmt: skip
+ORDER_FIELDS: Final = (
+    "seq", "venue", "order_id", "account_id", "symbol", "state", "outcome", "reason",
+    "attempts", "last_http_status", "first_sent_at", "last_answer_at",
+)  # fmt: skip
+ATTEMPT_FIELDS: Final = (
+    "run_id", "worker", "kind", "sent_at", "answered_at", "http_status", "verdict",
+    "latency_us", "detail",
+)  # fmt: skip
+REQUEST_FIELDS: Final = (
+    "venue", "kind", "target", "worker", "sent_at", "answered_at", "http_status", "verdict",
+    "latency_us", "detail",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What verify found: intact with N facts and the digest, or the first problem."""
+
+    facts: int
+    digest: str
+    problem: str = ""
+
+    @property
+    def intact(self) -> bool:
+        return not self.problem
+
+    def line(self) -> str:
+        if self.intact:
+            return f"intact: {self.facts} facts, digest {self.digest}"
+        return f"not intact: {self.problem}"
+
+
+@dataclass
+class _Expected:
+    """The rows the facts say the run holds now."""
+
+    run: dict[str, Any] = field(default_factory=dict)
+    sessions: dict[int, dict[str, Any]] = field(default_factory=dict)
+    orders: dict[Any, dict[str, Any]] = field(default_factory=dict)  # by pk, or ("seq", n)
+    attempts: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    requests: dict[int, dict[str, Any]] = field(default_factory=dict)
+    where: dict[tuple[str, Any], str] = field(default_factory=dict)  # row -> link that set it
+
+
+def read_links(engine: sa.Engine, run_id: str) -> list[dict[str, Any]]:
+    """The run's links in the order the database numbered them."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT pk, chain_id, seq, prev, hash, facts FROM chain_links "
+                "WHERE run_id = :run ORDER BY pk"
+            ),
+            {"run": run_id},
+        ).mappings()
+        return [dict(row) for row in rows]
+
+
+def verify_links(run_id: str, links: Sequence[Mapping[str, Any]]) -> tuple[str, int, str]:
+    """(first problem or "", number of facts, digest) of the chains alone."""
+    last: dict[str, tuple[int, str]] = {}
+    count = 0
+    for link in links:
+        chain, seq = link["chain_id"], int(link["seq"])
+        name = f"chain {chain} link {seq}"
+        previous_seq, previous_hash = last.get(chain, (0, GENESIS))
+        if seq != previous_seq + 1:
+            return (
+                f"{name}: expected link {previous_seq + 1} (a link was deleted, inserted or moved)",
+                count,
+                "",
+            )
+        if link["prev"] != previous_hash:
+            return (
+                f"{name}: does not follow link {previous_seq} (reordered or rewritten)",
+                count,
+                "",
+            )
+        try:
+            facts = json.loads(link["facts"])
+        except ValueError:
+            return f"{name}: its facts are not JSON", count, ""
+        facts_bytes = rfc8785.dumps(facts)
+        if facts_bytes.decode() != link["facts"]:
+            return f"{name}: its facts are not in canonical form (edited)", count, ""
+        if link_hash(run_id, chain, seq, previous_hash, facts_bytes) != link["hash"]:
+            return f"{name}: its hash does not match its facts (edited)", count, ""
+        last[chain] = (seq, link["hash"])
+        count += len(facts)
+    digest = run_digest(ChainHead(c, s, h) for c, (s, h) in last.items())
+    return "", count, digest
+
+
+def _replay(links: Iterable[Mapping[str, Any]]) -> _Expected:
+    """Apply every fact, in link order, to the rows it describes."""
+    state = _Expected()
+    for link in links:
+        label = f"chain {link['chain_id']} link {link['seq']}"
+        for fact in json.loads(link["facts"]):
+            _apply(state, fact, label)
+    return state
+
+
+def _apply(state: _Expected, fact: Mapping[str, Any], label: str) -> None:
+    kind = fact["t"]
+    order = state.orders
+    if kind == "run":
+        state.run = {k: fact.get(k) for k in RUN_FIELDS}
+        state.where["runs", None] = label
+    elif kind in ("status", "totals", "session", "session_end"):
+        for key, value in fact.get("run", {}).items():
+            state.run[key] = value
+        if kind in ("session", "session_end"):
+            row = state.sessions.setdefault(fact["id"], {})
+            row.update({k: fact[k] for k in SESSION_FIELDS if k in fact})
+            state.where["sessions", fact["id"]] = label
+        state.where["runs", None] = label
+    elif kind == "orders":
+        for values in fact["rows"]:
+            row = dict(zip(("seq", "venue", "order_id", "account_id", "symbol", "state",
+                            "outcome", "reason"), values, strict=True))  # fmt: skip
+            row.update(attempts=0, last_http_status=None, first_sent_at=None, last_answer_at=None)
+            order["seq", row["seq"]] = row
+            state.where["orders", ("seq", row["seq"])] = label
+    elif kind == "swept":
+        order[fact["pk"]] = {k: fact[k] for k in ORDER_FIELDS}
+        state.attempts[fact["pk"], 1] = dict(fact["attempt"])
+        state.where["orders", fact["pk"]] = label
+        state.where["attempts", (fact["pk"], 1)] = label
+    elif kind == "begin":
+        key = (fact["pk"], fact["attempt"])
+        state.attempts[key] = {
+            "run_id": fact["run_id"], "worker": fact["worker"], "kind": fact["kind"],
+            "sent_at": fact["sent_at"], "answered_at": None, "http_status": None,
+            "verdict": None, "latency_us": None, "detail": "",
+        }  # fmt: skip
+        row = _order(state, fact["pk"])
+        if fact["kind"] != "confirm":
+            row["state"] = "sending"
+        row["attempts"] = fact["attempt"]
+        row["first_sent_at"] = row.get("first_sent_at") or fact["sent_at"]
+        state.where["attempts", key] = label
+    elif kind in ("answer", "late"):
+        key = (fact["pk"], fact["attempt"])
+        attempt = state.attempts.setdefault(key, {})
+        attempt.update({k: fact[k] for k in ATTEMPT_FIELDS[4:]})
+        state.where["attempts", key] = label
+        if kind == "answer":
+            row = _order(state, fact["pk"])
+            row.update(state=fact["state"], outcome=fact["outcome"], reason=fact["reason"],
+                       last_http_status=fact["http_status"], last_answer_at=fact["answered_at"])  # fmt: skip
+    elif kind == "orders_set":  # recover, reset, settle, release: rows and values changed
+        for pk in fact["pks"]:
+            _order(state, pk).update(fact["values"])
+        for pk, attempt in fact.get("attempts", []):
+            state.attempts.setdefault((pk, attempt), {}).update(fact.get("attempt_values", {}))
+    elif kind == "request":
+        state.requests[fact["pk"]] = {k: fact.get(k) for k in REQUEST_FIELDS}
+        state.where["requests", fact["pk"]] = label
+    elif kind == "request_answer":
+        state.requests.setdefault(fact["pk"], {}).update({k: fact[k] for k in REQUEST_FIELDS[5:]})
+    else:
+        raise ValueError(f"unknown fact {kind!r} in {label}")
+
+
+def _order(state: _Expected, pk: int) -> dict[str, Any]:
+    """An order by its key; loaded orders are known by row number until a fact names the key
+    (the mapping from key to row number is checked against the database's rows)."""
+    row = state.orders.get(pk)
+    if row is None:
+        row = state.orders.setdefault(pk, {})
+    return row
+
+
+def verify_run(engine: sa.Engine, run_id: str) -> Verdict:
+    """Recompute the run's chains from the database and check every row against them."""
+    links = read_links(engine, run_id)
+    problem, count, digest = verify_links(run_id, links)
+    if problem:
+        return Verdict(count, digest, problem)
+    if not links:
+        return Verdict(0, digest, f"run {run_id} has no recorded facts")
+    problem = _compare(engine, run_id, _replay(links))
+    return Verdict(count, digest, problem)
+
+
+def _compare(engine: sa.Engine, run_id: str, expected: _Expected) -> str:
+    with engine.connect() as conn:
+        run = (
+            conn.execute(sa.text("SELECT * FROM runs WHERE id = :r"), {"r": run_id})
+            .mappings()
+            .first()
+        )
+        if run is None:
+            return f"runs {run_id}: the row is missing"
+        for key in RUN_FIELDS:
+            if _value(run[key]) != expected.run.get(key):
+                return _differs("runs", run_id, key, run[key], expected.run.get(key))
+        rows = (
+            conn.execute(
+                sa.text("SELECT * FROM sessions WHERE run_id = :r ORDER BY id"), {"r": run_id}
+            )
+            .mappings()
+            .all()
+        )
+        problem = _same_rows(
+            "sessions", {r["id"]: dict(r) for r in rows}, expected.sessions, SESSION_FIELDS
+        )
+        if problem:
+            return problem
+        rows = (
+            conn.execute(
+                sa.text("SELECT * FROM orders WHERE run_id = :r ORDER BY pk"), {"r": run_id}
+            )
+            .mappings()
+            .all()
+        )
+        by_pk = {}
+        for row in rows:  # orders known by row number take their key from the database
+            seq_key = ("seq", row["seq"])
+            if row["seq"] and seq_key in expected.orders:
+                loaded = expected.orders.pop(seq_key)
+                loaded.update(expected.orders.pop(row["pk"], {}))
+                expected.orders[row["pk"]] = loaded
+            by_pk[row["pk"]] = dict(row)
+        problem = _same_rows("orders", by_pk, expected.orders, ORDER_FIELDS)
+        if problem:
+            return problem
+        rows = (
+            conn.execute(
+                sa.text(
+                    "SELECT a.* FROM attempts a JOIN orders o ON o.pk = a.order_pk WHERE o.run_id = :r"
+                ),
+                {"r": run_id},
+            )
+            .mappings()
+            .all()
+        )
+        problem = _same_rows(
+            "attempts", {(r["order_pk"], r["attempt"]): _with_us(dict(r)) for r in rows},
+            expected.attempts, ATTEMPT_FIELDS,
+        )  # fmt: skip
+        if problem:
+            return problem
+        rows = (
+            conn.execute(sa.text("SELECT * FROM requests WHERE run_id = :r"), {"r": run_id})
+            .mappings()
+            .all()
+        )
+        return _same_rows(
+            "requests",
+            {r["pk"]: _with_us(dict(r)) for r in rows},
+            expected.requests,
+            REQUEST_FIELDS,
+        )
+
+
+def _with_us(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row with its latency as whole microseconds, as facts hold it (facts carry no floats)."""
+    values = dict(row)
+    latency = values.get("latency_ms")
+    values["latency_us"] = None if latency is None else round(latency * 1000)
+    return values
+
+
+def _same_rows(
+    table: str,
+    actual: Mapping[Any, Mapping[str, Any]],
+    expected: Mapping[Any, Mapping[str, Any]],
+    fields: Sequence[str],
+) -> str:
+    for key in sorted(set(actual) | set(expected), key=repr):
+        if key not in actual:
+            return f"{table} {_key(key)}: the row is missing (deleted)"
+        if key not in expected:
+            return f"{table} {_key(key)}: the row is in no recorded fact (inserted)"
+        for name in fields:
+            if _value(actual[key].get(name)) != expected[key].get(name):
+                return _differs(table, key, name, actual[key].get(name), expected[key].get(name))
+    return ""
+
+
+def _value(value: Any) -> Any:
+    """A database value as facts hold it."""
+    if hasattr(value, "isoformat"):
+        return stamp(value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _differs(table: str, key: Any, name: str, actual: Any, expected: Any) -> str:
+    return f"{table} {_key(key)}: {name} is {_value(actual)!r}, the chain recorded {expected!r}"
+
+
+def _key(key: Any) -> str:
+    return "/".join(str(k) for k in key) if isinstance(key, tuple) else str(key)
+
+
+# -- export: the links as JSON lines -----------------------------------------------------------
+
+
+def export_run(engine: sa.Engine, run_id: str, path: Path) -> Verdict:
+    """Write every link of the run (its facts inside) to `path`; what verify says of them."""
+    links = read_links(engine, run_id)
+    problem, count, digest = verify_links(run_id, links)
+    with path.open("w", encoding="utf-8") as out:
+        out.write(json.dumps({"format": EXPORT_FORMAT, "run_id": run_id, "digest": digest}) + "\n")
+        for link in links:
+            out.write(
+                json.dumps({k: link[k] for k in ("chain_id", "seq", "prev", "hash", "facts")})
+                + "\n"
+            )
+    return Verdict(count, digest, problem)
+
+
+def _file_links(path: Path) -> tuple[str, str, list[dict[str, Any]]]:
+    lines = iter(path.read_text(encoding="utf-8").splitlines())
+    header = json.loads(next(lines, "{}") or "{}")
+    if header.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{path} is not a batchcancel export")
+    return (
+        str(header["run_id"]),
+        str(header.get("digest", "")),
+        [json.loads(line) for line in lines if line],
+    )
+
+
+def verify_file(path: Path) -> Verdict:
+    """Check an export on its own: its chains, and that they give the digest it states."""
+    run_id, stated, links = _file_links(path)
+    problem, count, digest = verify_links(run_id, links)
+    if not problem and stated != digest:
+        problem = f"the export states digest {stated}, its links give {digest}"
+    return Verdict(count, digest, problem)
+
+
+def verify_against(engine: sa.Engine, run_id: str, path: Path) -> Verdict:
+    """The database still holds every link of an earlier export, unchanged (a rewrite that
+    recomputed every hash is caught here), and is intact itself."""
+    exported_run, _, exported = _file_links(path)
+    if exported_run != run_id:
+        return Verdict(0, "", f"{path} is an export of run {exported_run}, not {run_id}")
+    current = {(link["chain_id"], link["seq"]): link for link in read_links(engine, run_id)}
+    for link in exported:
+        now = current.get((link["chain_id"], link["seq"]))
+        name = f"chain {link['chain_id']} link {link['seq']}"
+        if now is None:
+            return Verdict(0, "", f"{name}: in the export, no longer in the database")
+        if now["hash"] != link["hash"] or now["facts"] != link["facts"]:
+            return Verdict(0, "", f"{name}: differs from the export (rewritten)")
+    return verify_run(engine, run_id)
+
+
+def iter_heads(links: Iterable[Mapping[str, Any]]) -> Iterator[ChainHead]:
+    yield from heads_of(links)
