@@ -89,6 +89,7 @@ EXTRACT = r"""
     runId: document.getElementById('run-id').textContent,
     status: document.getElementById('run-status').textContent,
     digestAbsent: !!document.getElementById('digest-absent'),
+    digest: (document.getElementById('digest') || {}).textContent || '',
     appendix: document.getElementById('appendix').nextElementSibling.textContent,
     links: document.querySelectorAll('a[href], link, script, img, iframe').length,
     text: document.body.innerText,
@@ -360,7 +361,7 @@ async def test_report_of_a_run_with_429s_in_chromium(
             "--reason", "EOD <cleanup> & check", env=cli_env(audit_url),
         )
     assert result.code == 1, result.stderr  # unknown orders: attention
-    run_id = json.loads(result.stdout)["run_id"]
+    run_id, digest = json.loads(result.stdout)["run_id"], json.loads(result.stdout)["digest"]
     html_file = tmp_path / "run.html"
     orders, attempts, said = await reports(run_id, audit_url, html_file)
     assert "wrote the HTML report" in said
@@ -377,7 +378,7 @@ async def test_report_of_a_run_with_429s_in_chromium(
     assert_page_matches_json(opened, orders, attempts, received)
     shown = opened["shown"]
     assert shown["runId"] == run_id and shown["status"] == "attention"
-    assert shown["digestAbsent"], "no hash chain yet: the digest is said to be absent"
+    assert not shown["digestAbsent"] and shown["digest"] == digest, "the run's digest"
     assert shown["charts"]["sfox"]["pauses"] >= 1, "the 429 pauses are shaded"
     assert shown["table"]["sfox"]["rate_limited"] == 2
     for venue in ("etna", "crux", "tanx", "zebpay"):

@@ -248,21 +248,13 @@ def run_header(store: AuditStore, run_id: str) -> RunHeader:
 
 
 def run_digest(store: AuditStore, run_id: str) -> str | None:
-    """HOOK for the hash chain (SPEC, Evidence and monitoring; issue 16, not built yet): the
-    run's digest where the audit records one. Until the chain exists no run has one, and the
-    report says so instead of showing a value. When it lands, read its digest here (a
-    `digest` column of `runs` is read already, should it be added there)."""
-    try:
-        columns = {c["name"] for c in sa.inspect(store.engine).get_columns("runs")}
-    except sa.exc.SQLAlchemyError as exc:
-        raise AuditError(f"audit database read failed: {type(exc).__name__}") from None
-    if "digest" not in columns:
-        return None
+    """The run's audit digest as its chains give it now (audit/chain.py); None for a run
+    recorded before the chain existed (it has no facts)."""
     with _read(store) as conn:
-        value = conn.execute(
-            sa.text("SELECT digest FROM runs WHERE id = :id"), {"id": run_id}
+        facts = conn.execute(
+            sa.text("SELECT COUNT(*) FROM chain_links WHERE run_id = :id"), {"id": run_id}
         ).scalar()
-    return str(value) if value else None
+    return store.digest(run_id) if facts else None
 
 
 def _ensure(stats: dict[str, VenueStats], venue: str) -> VenueStats:
