@@ -155,3 +155,16 @@ def write_orders_csv(path: Path, rows: list[Mapping[str, str]]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def assert_audit_intact(url: str, run: str) -> None:
+    """`verify`'s checks on run (id or key): every chain and every row as its facts say."""
+    from batchcancel.audit.store import AuditStore
+    from batchcancel.audit.verify import verify_run
+
+    store = AuditStore(url)
+    try:
+        verdict = verify_run(store.engine, store.find_run(run).id)
+    finally:
+        store.close()
+    assert verdict.intact, verdict.problem

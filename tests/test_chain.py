@@ -117,9 +117,24 @@ class TestVerify:
                  " where facts like '%\"canceled\"%'", "link", "edited"),
                 ("update chain_links set seq = seq + 100 where seq = 2", "link", "expected link"),
             ]  # fmt: skip
+            swap = "(select pk from orders where order_id = '11')"
+            cases += [
+                ("update attempts set answered_at = sent_at where attempt = 1 and order_pk = "
+                 "(select min(pk) from orders where outcome = 'canceled')",
+                 "attempts", "answered_at"),
+                ("update runs set reason = 'routine'", "runs", "reason"),
+                # two attempts of one order swapped (in three steps: the key is unique)
+                (f"update attempts set attempt = 7 where attempt = 1 and order_pk = {swap};"
+                 f"update attempts set attempt = 1 where attempt = 2 and order_pk = {swap};"
+                 f"update attempts set attempt = 2 where attempt = 7 and order_pk = {swap}",
+                 "attempts", "is "),
+                ("delete from attempts where order_pk = (select pk from orders where "
+                 "order_id = '15');delete from orders where order_id = '15'", "", "missing"),
+            ]  # fmt: skip
             for sql, table, word in cases:
                 before = _snapshot(audit_url)
-                tamper(audit_url, sql)
+                for statement in sql.split(";"):
+                    tamper(audit_url, statement)
                 found = verify_run(store.engine, run_id)
                 assert not found.intact, sql
                 assert table in found.problem and word in found.problem, (sql, found.problem)
@@ -158,7 +173,7 @@ def _snapshot(url: str) -> dict[str, list[dict[str, Any]]]:
         with engine.connect() as conn:
             return {
                 table: [dict(r) for r in conn.execute(sa.text(f"select * from {table}")).mappings()]
-                for table in ("attempts", "orders", "chain_links")
+                for table in ("runs", "attempts", "orders", "chain_links")
             }
     finally:
         engine.dispose()
@@ -168,14 +183,15 @@ def _restore(url: str, snapshot: dict[str, list[dict[str, Any]]]) -> None:
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
-            for table in ("attempts", "chain_links"):
-                conn.execute(sa.text(f"delete from {table}"))
-            for table in ("orders", "attempts", "chain_links"):
+            for table in ("attempts", "chain_links", "orders", "runs"):
+                if table != "runs":
+                    conn.execute(sa.text(f"delete from {table}"))
+            for table in ("runs", "orders", "attempts", "chain_links"):
                 rows = snapshot[table]
-                if table == "orders":
+                if table == "runs":
                     for row in rows:
-                        sets = ", ".join(f"{k} = :{k}" for k in row if k != "pk")
-                        conn.execute(sa.text(f"update orders set {sets} where pk = :pk"), row)
+                        sets = ", ".join(f"{k} = :{k}" for k in row if k != "id")
+                        conn.execute(sa.text(f"update runs set {sets} where id = :id"), row)
                     continue
                 if rows:
                     cols = ", ".join(rows[0])

@@ -22,6 +22,7 @@ from tests.conftest import (
     CREDENTIALS,
     SECRET_VALUES,
     ServeSimulators,
+    assert_audit_intact,
     cli_env,
     db_bytes,
     db_rows,
@@ -294,6 +295,7 @@ class TestStopAndResume:
         assert all(simulator.requests[order_id] == 1 for order_id in final_before)
         assert db_rows(db, "select count(*) from orders where state != 'done'") == [(0,)]
         assert_arrivals_follow_attempt_rows(db, simulator)
+        assert_audit_intact(db, "k1")  # a crashed-and-resumed run's chains hold
         # Orders sent twice were in flight at the kill; their re-send is answered as a repeat.
         lost = {
             order_id

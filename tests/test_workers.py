@@ -18,6 +18,7 @@ from batchcancel.simulators.base import Simulator
 from tests.conftest import (
     CREDENTIALS,
     ServeSimulators,
+    assert_audit_intact,
     cli_env,
     db_rows,
     postgres_database,
@@ -163,6 +164,7 @@ async def drain_with_workers(
     assert all(n == 1 for _, n in lanes_by_worker)  # one worker per venue: limits stay whole
     workers_used = db_rows(url, "select count(distinct worker) from attempts")[0][0]
     assert workers_used >= 2  # the work is shared
+    assert_audit_intact(url, "W")  # every worker's chain, one digest
 
 
 class TestWorkers:
@@ -216,3 +218,4 @@ class TestWorkers:
                 if (venue, order_id) in final_before:
                     assert count == 1, (venue, order_id)
         assert sum(s.total_requests for s in simulators.values()) >= len(rows)
+        assert_audit_intact(url, "W")  # the killed worker's chains end where it died
