@@ -1,7 +1,8 @@
-"""What every venue simulator shares: an order book, auth, rate limiting, faults and counters.
+"""What every venue simulator shares over HTTP: auth, rate limiting, faults and counters.
 
-A simulator is a real aiohttp application. Subclasses add the venue's routes and speak its
-exact wire format; this base enforces the rate limit, injects scripted faults and canned
+A simulator is a real aiohttp application serving an `OrderBook` (book.py). Subclasses add
+the venue's routes and speak its exact wire format; this base enforces the rate limit (the
+adapter's documented one by default), injects scripted faults (faults.py) and canned
 answers (any status, body and headers: a refusal in new words, an error envelope with a 2xx, a
 redirect), and counts every request it received, per order (cancels and order-status reads
 apart), so that tests can prove what was and was not sent.
@@ -19,18 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import random
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import ClassVar, Final, Literal
+from typing import ClassVar, Final
 
 from aiohttp import web
 
 from batchcancel.outcomes import Outcome
+from batchcancel.simulators.book import (
+    WORKING,
+    Arrival,
+    BookOrder,
+    OrderBook,
+    OrderState,
+    Runaway,
+)
+from batchcancel.simulators.faults import Answer, Fault, FaultPlan
 from batchcancel.venues.base import ListVenue
 
 __all__ = [
@@ -46,155 +52,11 @@ __all__ = [
     "Simulator",
 ]
 
-
-class OrderState(StrEnum):
-    """Where a simulated order stands."""
-
-    OPEN = "open"  # a cancel completes at once
-    OPEN_ASYNC = "open_async"  # a cancel is accepted and completes later (cancel pending)
-    PENDING = "pending"  # a cancel is under way
-    CANCELED = "canceled"
-    FILLED = "filled"  # finished: nothing left to cancel
-
-
-# The states a venue's list shows as working: a pending cancel is still working until it settles.
-WORKING: Final = frozenset({OrderState.OPEN, OrderState.OPEN_ASYNC, OrderState.PENDING})
-
-
-@dataclass(frozen=True, slots=True)
-class BookOrder:
-    """What a venue's list shows of an order besides its state. '' is the venue's default."""
-
-    account_id: str = ""  # ETNA lists by account: an order without one lists under none
-    symbol: str = ""
-    side: str = ""  # "buy" | "sell"
-    listed_as: str = ""  # the venue's status word while working (tanX "pending", ETNA "Held")
-    created: float = 0.0  # time.time() when placed
-
-
-@dataclass(frozen=True, slots=True)
-class Runaway:
-    """A runaway algorithm: `count` new working orders, one every `seconds / count`, starting
-    at the simulator's first request (start="first_request") or when it starts serving
-    (start="serve"). It stops by itself after `count` orders or `seconds` (plus one interval),
-    whichever comes first; the keys it placed are in `Simulator.runaway_placed`."""
-
-    count: int
-    seconds: float
-    account_id: str = ""
-    symbol: str = ""
-    side: str = ""
-    state: OrderState = OrderState.OPEN
-    start: Literal["first_request", "serve"] = "first_request"
-
-
-class Fault(StrEnum):
-    """A scripted misbehaviour for one request."""
-
-    SERVER_ERROR = "server_error"  # 500 before touching the book
-    UNAVAILABLE = "unavailable"  # 503 before touching the book
-    DROP = "drop"  # close the connection before touching the book
-    DROP_AFTER = "drop_after"  # apply the cancel, then close the connection unanswered
-    SLOW = "slow"  # apply the cancel, answer after `slow_seconds`
-    JUNK = "junk"  # 200 with a body that is not JSON
-    TRUNCATED = "truncated"  # 200 with half a JSON body
-    RATE_LIMIT = "rate_limit"  # 429 with Retry-After
-    RATE_LIMIT_BARE = "rate_limit_bare"  # 429 without Retry-After
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A canned answer, sent exactly as given in place of the venue's own; the book is not
-    touched. Scripted like a Fault, it lets a test make a venue say anything it might."""
-
-    status: int
-    body: bytes = b""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    content_type: str = "application/json"
-    # The body is the whole answer, status line and headers included, written to the socket
-    # as it is: an answer that is not valid HTTP.
-    raw: bool = False
-
-    @classmethod
-    def json(cls, status: int, value: object) -> Answer:
-        """`value` as a JSON body."""
-        return cls(status, json.dumps(value).encode())
-
-    @classmethod
-    def redirect(cls, status: int, location: str) -> Answer:
-        """A 3xx pointing elsewhere, as a moved host or a wrong base URL answers."""
-        return cls(status, b"", {"Location": location}, "text/plain")
-
-    @classmethod
-    def malformed(cls, data: bytes) -> Answer:
-        """Bytes that are not a valid HTTP answer (a bad status line, a bad header)."""
-        return cls(0, data, raw=True)
-
-
-@dataclass
-class FaultPlan:
-    """Deterministic faults or canned answers: per order (consumed one per request), by
-    request number, or (faults only) by share.
-
-    `shares` draws from a seeded generator, so a run with the same arrival order repeats.
-    """
-
-    by_order: dict[str, deque[Fault | Answer]] = field(default_factory=dict)
-    by_request: dict[int, Fault | Answer] = field(default_factory=dict)  # 1-based number
-    on_list: deque[Fault | Answer] = field(default_factory=deque)  # the next list requests
-    shares: dict[Fault, float] = field(default_factory=dict)
-    seed: int = 0
-    slow_seconds: float = 2.0
-    retry_after: float = 0.2
-    _rng: random.Random = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._rng = random.Random(self.seed)
-
-    def script(self, key: str, *faults: Fault | Answer) -> FaultPlan:
-        """Give order `key` these faults or answers on its next requests, in order."""
-        self.by_order.setdefault(key, deque()).extend(faults)
-        return self
-
-    def script_list(self, *faults: Fault | Answer) -> FaultPlan:
-        """Give the next list requests these faults or answers, in order (then by number or
-        share, as any request without an order)."""
-        self.on_list.extend(faults)
-        return self
-
-    def pick_list(self, number: int) -> Fault | Answer | None:
-        """The fault for list request `number` (the simulator's request number), if any."""
-        if self.on_list:
-            return self.on_list.popleft()
-        return self.pick(None, number)
-
-    def pick(self, key: str | None, number: int) -> Fault | Answer | None:
-        """The fault for request `number` about order `key`, if any."""
-        queue = self.by_order.get(key) if key is not None else None
-        if queue:
-            return queue.popleft()
-        if number in self.by_request:
-            return self.by_request[number]
-        for fault, share in self.shares.items():
-            if self._rng.random() < share:
-                return fault
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Arrival:
-    """One request as the simulator received it."""
-
-    at: float  # time.time() at arrival
-    key: str | None  # the order it was about, if any
-    path: str
-
-
 SIMULATOR_KEY: Final = web.AppKey("simulator", object)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class Simulator:
+class Simulator(OrderBook):
     """Base of every venue simulator. Subclasses set `name` and implement the hooks below."""
 
     name: ClassVar[str]
@@ -225,23 +87,18 @@ class Simulator:
         list_rate_limit: int | None = -1,
         runaway: Runaway | None = None,
     ) -> None:
+        super().__init__(settle_after=settle_after)
         self.credentials = dict(credentials)
         limits = self.venue.defaults
         self.rate_limit = limits.rate_limit if rate_limit == -1 else rate_limit
         self.period = period if period is not None else limits.period
         self.penalty = penalty if penalty is not None else limits.cooldown
         self.faults = faults or FaultPlan()
-        self.settle_after = settle_after
-        self.book: dict[str, OrderState] = {}
-        self.will_fill: set[str] = set()  # pending cancels that end filled instead
-        self.pending_since: dict[str, float] = {}
         # Counters for assertions.
         self.requests: Counter[str] = Counter()  # cancel requests received per order key
         self.status_requests: Counter[str] = Counter()  # order-status (GET) requests per key
         self.arrivals: list[Arrival] = []
         self.total_requests = 0
-        self.bulk_requests = 0  # bulk-cancel requests received
-        self.bulk_ids: Counter[str] = Counter()  # times each order was named in a bulk cancel
         self.rate_limited = 0  # 429s answered because the limit was exceeded
         self.auth_refused = 0
         self.in_flight = 0
@@ -249,7 +106,6 @@ class Simulator:
         self._window: deque[float] = deque()
         self._locked_until = 0.0
         # Listing.
-        self.details: dict[str, BookOrder] = {}
         route = self.venue.list_limit  # None: the list shares the venue's limit
         default_list_limit = route.rate_limit if route is not None else None
         self.list_rate_limit = default_list_limit if list_rate_limit == -1 else list_rate_limit
@@ -258,11 +114,9 @@ class Simulator:
         self.list_requests = 0  # list requests received (any answer)
         self.list_paths: list[str] = []  # each list request's path and query, as received
         self.list_rate_limited = 0  # 429s answered by the list route's own limit
-        self.list_shows_closed = False  # also list cancelled and filled orders (as closed rows)
         self.runaway = runaway
         self.runaway_placed: list[str] = []
         self._runaway_task: asyncio.Task[None] | None = None
-        self._serial = 0
         self._list_window: deque[float] = deque()
         self._list_locked_until = 0.0
 
@@ -311,75 +165,6 @@ class Simulator:
         missing), for `FaultPlan.script_list`."""
         raise NotImplementedError
 
-    def new_key(self) -> str:
-        """A fresh order key in the venue's id form (here: a number above every numeric key,
-        so newer orders have larger ids, as sFOX's and tanX's do)."""
-        top = max((int(k) for k in self.book if k.isdigit()), default=10**9)
-        return str(top + 1)
-
-    def _placed(self, key: str, order: BookOrder) -> None:
-        """Hook: a venue keeping its own per-order tables (tanX markets, ZebPay symbols)."""
-
-    # -- the book ---------------------------------------------------------------------------
-
-    def seed(self, orders: Mapping[str, OrderState]) -> None:
-        """Add orders to the book."""
-        self.book.update(orders)
-
-    def place(
-        self,
-        key: str | None = None,
-        state: OrderState = OrderState.OPEN,
-        *,
-        account_id: str = "",
-        symbol: str = "",
-        side: str = "",
-        listed_as: str = "",
-    ) -> str:
-        """Put one order in the book, as the venue's list will show it; its key (a fresh one
-        from `new_key` when none is given). Newer orders list first."""
-        if key is None:
-            key = self.new_key()
-        order = BookOrder(account_id, symbol, side.lower(), listed_as, time.time())
-        self.book.pop(key, None)  # re-placed: it is the newest now
-        self.book[key] = state
-        self.details[key] = order
-        self._placed(key, order)
-        return key
-
-    def place_many(
-        self,
-        count: int,
-        state: OrderState = OrderState.OPEN,
-        *,
-        account_id: str = "",
-        symbol: str = "",
-        side: str = "",
-        listed_as: str = "",
-    ) -> list[str]:
-        """`count` new orders with fresh keys, oldest first (see `place`); their keys."""
-        return [
-            self.place(
-                None, state, account_id=account_id, symbol=symbol, side=side, listed_as=listed_as
-            )
-            for _ in range(count)
-        ]
-
-    def working_keys(self) -> list[str]:
-        """The keys of the working orders (open, or with a cancel still pending), newest first."""
-        return [k for k in reversed(self.book) if self.state_of(k) in WORKING]
-
-    def listed_keys(self) -> list[str]:
-        """What a list shows, newest first: the working orders, and the closed ones too when
-        `list_shows_closed` is set."""
-        if self.list_shows_closed:
-            return [k for k in reversed(self.book) if self.state_of(k) is not None]
-        return self.working_keys()
-
-    def detail(self, key: str) -> BookOrder:
-        """What the list shows of an order (defaults for one seeded without details)."""
-        return self.details.get(key) or BookOrder()
-
     def start_runaway(self) -> None:
         """Start the runaway now (from the loop that serves), once."""
         if self.runaway is None or self._runaway_task is not None:
@@ -415,41 +200,6 @@ class Simulator:
                 state=plan.state, account_id=plan.account_id, symbol=plan.symbol, side=plan.side
             )
             self.runaway_placed.append(key)
-
-    def state_of(self, key: str) -> OrderState | None:
-        """The order's state, settling a pending cancel whose time has come."""
-        state = self.book.get(key)
-        if state is OrderState.PENDING:
-            since = self.pending_since.get(key, 0.0)
-            if time.monotonic() - since >= self.settle_after:
-                state = OrderState.FILLED if key in self.will_fill else OrderState.CANCELED
-                self.book[key] = state
-        return state
-
-    def cancel(self, key: str) -> OrderState | None:
-        """Apply a cancel; return the state the order was in before it (None: unknown)."""
-        state = self.state_of(key)
-        if state is OrderState.OPEN:
-            self.book[key] = OrderState.CANCELED
-        elif state is OrderState.OPEN_ASYNC:
-            self.book[key] = OrderState.PENDING
-            self.pending_since[key] = time.monotonic()
-        return state
-
-    def sweep(self, keys: Iterable[str], limit: int | None = None) -> list[tuple[str, OrderState]]:
-        """A cancel-all: cancel each open order among `keys` (at most `limit` of them), in
-        order. Counted as one bulk request. The orders cancelled, each with its state before."""
-        self.bulk_requests += 1
-        swept: list[tuple[str, OrderState]] = []
-        for key in keys:
-            if limit is not None and len(swept) >= limit:
-                break
-            state = self.state_of(key)
-            if state in (OrderState.OPEN, OrderState.OPEN_ASYNC):
-                self.cancel(key)
-                self.bulk_ids[key] += 1
-                swept.append((key, state))
-        return swept
 
     # -- the application --------------------------------------------------------------------
 
