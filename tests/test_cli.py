@@ -27,7 +27,16 @@ from batchcancel.simulators.server import SimulatorServer, serve_in_thread
 from batchcancel.simulators.sfox import SfoxSimulator
 from tests.conftest import CREDENTIALS, SECRET_VALUES, write_orders_csv, write_venues_toml
 
-SUMMARY_KEYS = ["run_id", "run_key", "status", "orders", "outcomes", "venues", "elapsed_s"]
+SUMMARY_KEYS = [
+    "run_id",
+    "run_key",
+    "status",
+    "orders",
+    "outcomes",
+    "venues",
+    "elapsed_s",
+    "digest",
+]
 ORDERS = 30
 
 
