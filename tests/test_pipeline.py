@@ -99,7 +99,9 @@ class TestOneRun:
             "outcomes",
             "venues",
             "elapsed_s",
+            "digest",
         ]
+        assert len(summary["digest"]) == 64  # the audit's hex SHA-256 digest (SPEC)
         want = expected_counts(book)
         want["invalid"] = 2
         assert summary["outcomes"] == want
