@@ -209,15 +209,20 @@ class Pacer:
         return None
 
     async def _unless_halted(self, waiting: Awaitable[None]) -> bool:
-        """Run `waiting` to its end, or cancel it when the lane halts first; True if it ended."""
+        """Run `waiting` to its end, or cancel it when the lane halts first; True if it ended.
+        The helpers are cancelled, never awaited, so a cancellation of the caller itself
+        (its session ending) is never swallowed here."""
         task = asyncio.ensure_future(waiting)
         halted = asyncio.ensure_future(self._halted.wait())
-        await asyncio.wait({task, halted}, return_when=asyncio.FIRST_COMPLETED)
-        for pending in (task, halted):
-            pending.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return not task.cancelled()
+        try:
+            await asyncio.wait({task, halted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            halted.cancel()
+            task.cancel()  # does nothing once it ended; a cancelled wait reserves nothing
+        if task.done() and not task.cancelled():
+            task.result()
+            return True
+        return False
 
     def _answered(self) -> None:
         if self._window is not None:

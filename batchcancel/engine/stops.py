@@ -71,6 +71,4 @@ class Stops:
             if callable(handler) or isinstance(handler, int):
                 signal.signal(signum, handler)  # what the caller had before the run
         if self._timer is not None:
-            self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
+            self._timer.cancel()  # not awaited: a cancellation of the session must not be lost

@@ -21,6 +21,7 @@ __all__ = ["LOAD_POLL", "PAGE_SIZE", "WorkQueue"]
 
 PAGE_SIZE: Final = 2000
 LOAD_POLL: Final = 0.2  # seconds between looks for newly loaded orders
+MIN_WAIT: Final = 0.001  # seconds: the shortest wait for a retry or a takeover that is due
 
 
 class WorkQueue:
@@ -100,7 +101,8 @@ class WorkQueue:
                 return None
             due = [self._retries[0][0]] if self._retries else []
             due += [self._takeover[0]] if self._takeover else []
-            timeout = min(due) - now if due else None
+            # At least MIN_WAIT: a due time a hair ahead would fire as "now" and spin.
+            timeout = max(min(due) - now, MIN_WAIT) if due else None
             if loading:
                 self._exhausted = False  # look again: the loader is still adding orders
                 timeout = LOAD_POLL if timeout is None else min(timeout, LOAD_POLL)
