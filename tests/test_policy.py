@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ RULES = Rules(venue="sfox", max_attempts=3, cooldown=7.0, backoff=0.5, poll_ever
 ORDER = OrderToSend(pk=1, venue="sfox", order_id="42", account_id="", symbol="", attempts=0)
 
 
-def job(**changes: int) -> JobState:
+def job(**changes: Any) -> JobState:
     return dataclasses.replace(JobState(ORDER, attempt=1), **changes)
 
 
