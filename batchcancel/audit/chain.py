@@ -152,16 +152,6 @@ class Chain:
         return ChainHead(self.chain_id, self.seq, self.head)
 
 
-def heads_of(links: Iterable[Mapping[str, Any]]) -> list[ChainHead]:
-    """The last link of each chain, from link rows (chain_id, seq, hash)."""
-    last: dict[str, ChainHead] = {}
-    for link in links:
-        head = last.get(link["chain_id"])
-        if head is None or link["seq"] > head.seq:
-            last[link["chain_id"]] = ChainHead(link["chain_id"], link["seq"], link["hash"])
-    return list(last.values())
-
-
 @dataclass(frozen=True, slots=True)
 class Sealed:
     """A run's digest as its latest session sealed it, with the Ed25519 signature if any."""
