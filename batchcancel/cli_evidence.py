@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from batchcancel.cli_common import db_option, errors, open_store, settings
+from batchcancel.errors import InputError
 
 if TYPE_CHECKING:
     from batchcancel.audit.store import AuditStore
@@ -47,7 +48,7 @@ def verify(
 
     with errors():
         if (run_ref is None) == (export_file is None):
-            raise click.UsageError("give a RUN, or --file FILE (not both)")
+            raise InputError("verify: give a RUN, or --file FILE (not both)")
         if export_file is not None:
             verdict = checks.verify_file(Path(export_file))
             _say(verdict.line(), intact=verdict.intact)

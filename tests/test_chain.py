@@ -280,6 +280,10 @@ class TestThroughTheCli:
         export = tmp_path / "run.jsonl"
         exported = await run_cli("export", run_id, "-o", str(export), env=env)
         assert exported.code == 0, exported.stderr
+        for wrong in ((), (run_id, "--file", str(export))):  # usage: one line, exit 2
+            usage = await run_cli("verify", *wrong, env=env)
+            assert usage.code == 2 and usage.stderr.count("\n") == 1, usage.stderr
+            assert "give a RUN, or --file FILE" in usage.stderr
         alone = await run_cli("verify", "--file", str(export), env={})
         assert alone.code == 0 and f"digest {digest}" in alone.stdout, alone.stdout
         # An edited answer: named.
