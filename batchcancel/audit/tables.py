@@ -14,6 +14,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Attempt",
     "Base",
+    "Book",
     "ChainLink",
     "Lane",
     "Order",
@@ -103,6 +104,9 @@ class Order(Base):
     last_http_status: Mapped[int | None] = mapped_column(Integer)
     first_sent_at: Mapped[datetime | None] = mapped_column(DateTime)
     last_answer_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # The list request (requests.pk) that first showed the order working at its venue
+    # (`--from-venues`); NULL for an order only the input named.
+    listed_by: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Attempt(Base):
@@ -149,7 +153,7 @@ class Request(Base):
     pk: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
     venue: Mapped[str] = mapped_column(String(32))
-    kind: Mapped[str] = mapped_column(String(8))  # sweep
+    kind: Mapped[str] = mapped_column(String(8))  # sweep / list
     target: Mapped[str] = mapped_column(Text, default="", server_default="")
     worker: Mapped[str] = mapped_column(String(255), default="", server_default="")
     sent_at: Mapped[datetime] = mapped_column(DateTime)
@@ -158,6 +162,29 @@ class Request(Base):
     verdict: Mapped[str | None] = mapped_column(String(16))
     latency_ms: Mapped[float | None] = mapped_column(Float)
     detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class Book(Base):
+    """A venue's own book in a `--from-venues` run: what its listings found and the verdict
+    (flat / draining / not_flat) its last session reached. A resume lists again and
+    rewrites it."""
+
+    __tablename__ = "books"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    venue: Mapped[str] = mapped_column(String(32), primary_key=True)
+    verdict: Mapped[str] = mapped_column(String(12))
+    listed: Mapped[int] = mapped_column(Integer, default=0)  # working orders the lists showed
+    from_input: Mapped[int] = mapped_column(Integer, default=0)  # of those, also in the input
+    cancelled: Mapped[int] = mapped_column(Integer, default=0)
+    working_at_end: Mapped[int] = mapped_column(Integer, default=0)
+    lists: Mapped[int] = mapped_column(Integer, default=0)  # list requests sent
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    first_request_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_answer_at: Mapped[datetime | None] = mapped_column(DateTime)
+    flat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    seconds_to_flat: Mapped[float | None] = mapped_column(Float)
+    detail: Mapped[str] = mapped_column(Text, default="")  # why it is not flat
 
 
 class ChainLink(Base):

@@ -6,7 +6,7 @@ writer's serialisation against the rfc8785 library; that library took a quarter 
 time on a million orders, so verify uses the same C-backed form),
 numbers without gaps, each link naming the one before. The rows: the facts replayed in the
 order the database numbered their links give what every row of the run must hold now (runs,
-sessions, orders, attempts, requests); an edited value, a deleted row or an inserted row
+sessions, orders, attempts, requests, books); an edited value, a deleted row or an inserted row
 differs from that. An export is the links as JSON lines, verifiable with no database.
 """
 
@@ -45,11 +45,15 @@ SESSION_FIELDS: Final = (
 )  # fmt: skip
 ORDER_FIELDS: Final = (
     "seq", "venue", "order_id", "account_id", "symbol", "state", "outcome", "reason",
-    "attempts", "last_http_status", "first_sent_at", "last_answer_at",
+    "attempts", "last_http_status", "first_sent_at", "last_answer_at", "listed_by",
 )  # fmt: skip
 ATTEMPT_FIELDS: Final = (
     "run_id", "worker", "kind", "sent_at", "answered_at", "http_status", "verdict",
     "latency_us", "detail",
+)  # fmt: skip
+BOOK_FIELDS: Final = (
+    "verdict", "listed", "from_input", "cancelled", "working_at_end", "lists", "started_at",
+    "first_request_at", "last_answer_at", "flat_at", "seconds_to_flat_us", "detail",
 )  # fmt: skip
 REQUEST_FIELDS: Final = (
     "venue", "kind", "target", "worker", "sent_at", "answered_at", "http_status", "verdict",
@@ -84,6 +88,7 @@ class _Expected:
     orders: dict[Any, dict[str, Any]] = field(default_factory=dict)  # by pk, or ("seq", n)
     attempts: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     requests: dict[int, dict[str, Any]] = field(default_factory=dict)
+    books: dict[str, dict[str, Any]] = field(default_factory=dict)  # by venue
     where: dict[tuple[str, Any], str] = field(default_factory=dict)  # row -> link that set it
 
 
@@ -164,11 +169,19 @@ def _apply(state: _Expected, fact: Mapping[str, Any], label: str) -> None:
         for values in fact["rows"]:
             row = dict(zip(("seq", "venue", "order_id", "account_id", "symbol", "state",
                             "outcome", "reason"), values, strict=True))  # fmt: skip
-            row.update(attempts=0, last_http_status=None, first_sent_at=None, last_answer_at=None)
+            row.update(attempts=0, last_http_status=None, first_sent_at=None, last_answer_at=None,
+                       listed_by=None)  # fmt: skip
             order["seq", row["seq"]] = row
             state.where["orders", ("seq", row["seq"])] = label
+    elif kind == "listed":  # orders a venue's list showed that the run did not hold
+        for values in fact["orders"]:
+            order[values["pk"]] = {k: values.get(k) for k in ORDER_FIELDS}
+            state.where["orders", values["pk"]] = label
+    elif kind == "book":
+        state.books[fact["venue"]] = {k: fact.get(k) for k in BOOK_FIELDS}
+        state.where["books", fact["venue"]] = label
     elif kind == "swept":
-        order[fact["pk"]] = {k: fact[k] for k in ORDER_FIELDS}
+        order[fact["pk"]] = {k: fact.get(k) for k in ORDER_FIELDS}
         state.attempts[fact["pk"], 1] = dict(fact["attempt"])
         state.where["orders", fact["pk"]] = label
         state.where["attempts", (fact["pk"], 1)] = label
@@ -275,8 +288,14 @@ def _compare(engine: sa.Engine, run_id: str, expected: _Expected) -> str:
         if problem:
             return problem
         requests = _rows(conn, "SELECT * FROM requests WHERE run_id = :r", run_id)
-        return _same_rows(
+        problem = _same_rows(
             "requests", {r["pk"]: _with_us(r) for r in requests}, expected.requests, REQUEST_FIELDS
+        )
+        if problem:
+            return problem
+        books = _rows(conn, "SELECT * FROM books WHERE run_id = :r", run_id)
+        return _same_rows(
+            "books", {r["venue"]: _book_us(r) for r in books}, expected.books, BOOK_FIELDS
         )
 
 
@@ -284,6 +303,13 @@ def _with_us(values: dict[str, Any]) -> dict[str, Any]:
     """A row with its latency as whole microseconds, as facts hold it (facts carry no floats)."""
     latency = values.get("latency_ms")
     values["latency_us"] = None if latency is None else round(latency * 1000)
+    return values
+
+
+def _book_us(values: dict[str, Any]) -> dict[str, Any]:
+    """A books row with its seconds to flat as whole microseconds, as facts hold it."""
+    seconds = values.get("seconds_to_flat")
+    values["seconds_to_flat_us"] = None if seconds is None else round(seconds * 1_000_000)
     return values
 
 
