@@ -78,6 +78,23 @@ def _run_options(func: F) -> F:
             metavar="SECONDS",
             help="How long --confirm polls for.",
         ),
+        click.option(
+            "--from-venues",
+            metavar="VENUES",
+            help="Also cancel every working order the venues' own books list (a comma list, "
+            "or all), then list again until each book is flat.",
+        ),
+        click.option(
+            "--account", multiple=True, metavar="ID", help="--from-venues: only this account."
+        ),
+        click.option(
+            "--symbol", multiple=True, metavar="SYM", help="--from-venues: only this symbol."
+        ),
+        click.option(
+            "--side",
+            type=click.Choice(["buy", "sell"], case_sensitive=False),
+            help="--from-venues: only this side.",
+        ),
         lease_option,
         metrics_options,
     ]
@@ -89,7 +106,8 @@ def _run_options(func: F) -> F:
 @click.command()
 @_run_options
 def run(**options: Any) -> None:
-    """Cancel every order in SOURCE (a CSV path, or - for stdin), or in --query's result."""
+    """Cancel every order in SOURCE (a CSV path, or - for stdin), or in --query's result, or
+    in the venues' own books (--from-venues)."""
     _run("run", **options)
 
 

@@ -49,7 +49,10 @@ DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_BACKOFF: Final = 0.5  # first retry delay in seconds; doubles per attempt, with jitter
 _FLOAT_KEYS: Final = frozenset({"period", "timeout", "cooldown", "backoff"})
 _INT_KEYS: Final = frozenset({"rate_limit", "max_in_flight"})
-_KNOWN_KEYS: Final = _FLOAT_KEYS | _INT_KEYS | {"base_url", "allow_insecure"}
+# `accounts` (ETNA) and `symbols` (ZebPay): what listing a venue's book needs when the input
+# names none (SPEC "The venues' own books").
+_LIST_KEYS: Final = frozenset({"accounts", "symbols"})
+_KNOWN_KEYS: Final = _FLOAT_KEYS | _INT_KEYS | _LIST_KEYS | {"base_url", "allow_insecure"}
 # SPEC: http(s)://host[:port][/path]. Only RFC 3986 characters; `?` and `#` are refused apart.
 _URL_CHARS: Final = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
 _BAD_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -71,6 +74,8 @@ class VenueSettings:
     backoff: float
     credentials: Mapping[str, str] = field(repr=False, default_factory=dict)
     allow_insecure: bool = False  # plain http:// to a host that is not loopback
+    accounts: tuple[str, ...] = ()  # to list the book by (ETNA), when the input names none
+    symbols: tuple[str, ...] = ()  # to list the book by (ZebPay), when the input names none
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +239,7 @@ def _venue_settings(
         problem = _base_url_problem(base_url, allow_insecure=allow_insecure)
         if problem:
             raise ConfigError(f"[venues.{name}] base_url {problem}")
+    lists = {key: _strings(name, key, values.get(key, [])) for key in _LIST_KEYS}
     return VenueSettings(
         name=name,
         base_url=base_url,
@@ -245,7 +251,21 @@ def _venue_settings(
         backoff=number("backoff"),
         credentials=credentials,
         allow_insecure=allow_insecure,
+        accounts=lists["accounts"],
+        symbols=lists["symbols"],
     )
+
+
+def _strings(name: str, key: str, value: object) -> tuple[str, ...]:
+    """A list of non-empty strings (account ids may be written as numbers)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"[venues.{name}] {key} must be a list, e.g. {key} = [\"...\"]")
+    items = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, str | int) or not str(item).strip():
+            raise ConfigError(f"[venues.{name}] {key} must hold non-empty strings")
+        items.append(str(item).strip())
+    return tuple(items)
 
 
 def _base_url_problem(url: str, *, allow_insecure: bool) -> str:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_BODY_BYTES",
     "SYSTEM_CLOCK",
+    "BookView",
+    "BooksScope",
     "Clock",
     "DrainOptions",
     "DrainResult",
@@ -94,6 +96,16 @@ OpenTransport = Callable[[int], AbstractAsyncContextManager[Transport]]
 
 
 @dataclass(frozen=True, slots=True)
+class BooksScope:
+    """`--from-venues`: whose own books to cancel from, narrowed by the scope filters."""
+
+    venues: frozenset[str]
+    accounts: tuple[str, ...] = ()  # --account ('' none: every account the venue lists)
+    symbols: tuple[str, ...] = ()  # --symbol
+    side: str = ""  # --side buy|sell, '' both
+
+
+@dataclass(frozen=True, slots=True)
 class DrainOptions:
     """How one session drains a run."""
 
@@ -108,6 +120,9 @@ class DrainOptions:
     handle_signals: bool = True
     lease: float = 30.0  # seconds a worker holds a venue lane without renewing it
     claim_all: bool = False  # take every free lane at once (kill), not one at a time
+    books: BooksScope | None = None  # --from-venues: list, cancel, list again until flat
+    # A line for the operator's stderr (a lane paused for another run's kill, and resumed).
+    notice: Callable[[str], None] | None = None
     seed: int | None = None  # for reproducible jitter in tests
     # Seams (tests and the deterministic simulation replace them; the defaults are real).
     clock: Clock = SYSTEM_CLOCK
@@ -136,12 +151,39 @@ class LaneView:
 
 
 @dataclass
+class BookView:
+    """Where one venue's own book stands (`--from-venues`), as the summary shows it."""
+
+    verdict: str = "not_flat"  # flat / draining / not_flat
+    listed: int = 0  # working orders in scope the lists showed, all rounds
+    from_input: int = 0  # of those, orders the input named too
+    cancelled: int = 0  # orders of the venue this run cancelled (canceled, cancel_pending)
+    working_at_end: int = 0  # working in scope on the last list
+    lists: int = 0  # list requests sent
+    seconds_to_flat: float | None = None
+    detail: str = ""  # why it is not flat
+
+    def summary(self) -> dict[str, object]:
+        """The `--json` summary's entry (SPEC: verdict, listed, cancelled, working_at_end,
+        seconds_to_flat)."""
+        seconds = None if self.seconds_to_flat is None else round(self.seconds_to_flat, 3)
+        return {
+            "verdict": self.verdict,
+            "listed": self.listed,
+            "cancelled": self.cancelled,
+            "working_at_end": self.working_at_end,
+            "seconds_to_flat": seconds,
+        }
+
+
+@dataclass
 class DrainResult:
     """How the session ended."""
 
     stopped: str = ""  # deadline / signal reason, empty if it ran to the end
     lanes: dict[str, LaneView] = field(default_factory=dict)
     lost: set[str] = field(default_factory=set)  # lanes another worker took over: theirs now
+    books: dict[str, BookView] = field(default_factory=dict)  # --from-venues, by venue
 
 
 def stamp(clock: Clock) -> datetime:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ from batchcancel import config, contract
 from batchcancel.audit.records import LOADING, RunInfo
 from batchcancel.audit.store import AuditStore
 from batchcancel.config import Settings
-from batchcancel.drain_types import DrainOptions
+from batchcancel.drain_types import BooksScope, DrainOptions
 from batchcancel.errors import ConfigError, RunKeyTakenError, RunNotFoundError
 from batchcancel.log import Log
 from batchcancel.outcomes import RunStatus
@@ -76,6 +76,10 @@ class RunRequest:
     all_open: bool = False
     confirm: bool = False
     confirm_timeout: float = contract.CONFIRM_TIMEOUT
+    from_venues: tuple[str, ...] | None = None  # --from-venues, as venue names
+    account: tuple[str, ...] = ()
+    symbol: tuple[str, ...] = ()
+    side: str | None = None
 
     @classmethod
     def of(cls, command: str, given: Given, **options: Any) -> RunRequest:
@@ -84,8 +88,16 @@ class RunRequest:
         from batchcancel.venues import get_venue
 
         source, query = options.get("source"), options.get("query")
-        if (source is None) == (query is None):
-            raise ConfigError("give either SOURCE (a CSV path or -) or --query with --source-db")
+        books = books_venues(options.get("from_venues"))
+        scoped = options.get("account") or options.get("symbol") or options.get("side")
+        if scoped and books is None:
+            raise ConfigError("--account, --symbol and --side narrow --from-venues: give it too")
+        if source is not None and query is not None:
+            raise ConfigError("give either SOURCE (a CSV path or -) or --query, not both")
+        if source is None and query is None and books is None:
+            raise ConfigError(
+                "give SOURCE (a CSV path or -), --query with --source-db, or --from-venues"
+            )
         if query is not None and not options.get("source_db"):
             raise ConfigError("--query needs --source-db URL")
         venue = options.get("venue")
@@ -99,7 +111,24 @@ class RunRequest:
                 max_attempts=given.max_attempts or KILL_MAX_ATTEMPTS,
             )
         bulk = bool(options.get("bulk") or options.get("all_open") or command == "kill")
-        return cls(command, given, **{**options, "venue": venue, "bulk": bulk})
+        scope = {
+            "from_venues": books,
+            "account": _cleaned(options.get("account")),
+            "symbol": _cleaned(options.get("symbol")),
+            "side": (options.get("side") or "").lower() or None,
+        }
+        return cls(command, given, **{**options, **scope, "venue": venue, "bulk": bulk})
+
+    def books(self) -> BooksScope | None:
+        """The --from-venues scope, if it was given."""
+        return _scope(
+            {
+                "from_venues": self.from_venues,
+                "account": self.account,
+                "symbol": self.symbol,
+                "side": self.side,
+            }
+        )
 
     def drain_options(self) -> DrainOptions:
         """How the first session drains the run."""
@@ -110,6 +139,7 @@ class RunRequest:
             claim_all=self.command == "kill",
             bulk=self.bulk,
             all_open=self.all_open,
+            books=self.books(),
         )
 
     def confirm_options(self) -> DrainOptions | None:
@@ -131,7 +161,48 @@ class RunRequest:
             "confirm": self.confirm,
             "confirm_timeout": self.confirm_timeout,
             "venues_config": os.path.abspath(venues_config) if venues_config else None,
+            "from_venues": list(self.from_venues) if self.from_venues is not None else None,
+            "account": list(self.account),
+            "symbol": list(self.symbol),
+            "side": self.side,
         }
+
+
+def books_venues(text: str | None) -> tuple[str, ...] | None:
+    """--from-venues VENUES: a comma list of venue names, or `all`; ConfigError naming an
+    unknown one."""
+    from batchcancel.venues import VENUES, get_venue
+
+    if text is None:
+        return None
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ConfigError("--from-venues needs venue names (a comma list) or all")
+    if "all" in names:
+        return tuple(sorted(VENUES))
+    for name in names:
+        get_venue(name)  # ConfigError naming the known venues
+    return tuple(dict.fromkeys(names))
+
+
+def _cleaned(values: Iterable[str] | None) -> tuple[str, ...]:
+    items = tuple(dict.fromkeys(v.strip() for v in values or () if v.strip()))
+    if values and not items:
+        raise ConfigError("--account and --symbol need a value")
+    return items
+
+
+def _scope(recorded: Mapping[str, Any]) -> BooksScope | None:
+    """The books scope from a request's or a run's recorded options."""
+    venues = recorded.get("from_venues")
+    if venues is None:
+        return None
+    return BooksScope(
+        venues=frozenset(venues),
+        accounts=tuple(recorded.get("account") or ()),
+        symbols=tuple(recorded.get("symbol") or ()),
+        side=recorded.get("side") or "",
+    )
 
 
 def recorded_drain_options(
@@ -149,6 +220,7 @@ def recorded_drain_options(
         claim_all=run.command == "kill",
         bulk=bool(recorded.get("bulk")),
         all_open=bool(recorded.get("all_open")),
+        books=_scope(recorded),  # a resume lists the books again: it trusts no old list
     )
     confirm_options = (
         DrainOptions(
@@ -212,15 +284,17 @@ def _start(
     loading: RunInfo | None,
 ) -> Summary:
     """Read the source and start (or finish loading) the run."""
-    from batchcancel.sources import read_csv, read_query
+    from batchcancel.sources import no_input, read_csv, read_query
 
     settings = kill_profile(loaded) if request.command == "kill" else loaded
     log = watch.log
     with watch.display(settings) as views:
         if request.source is not None:
             table = read_csv(request.source, venue=request.venue)
-        else:
+        elif request.query is not None:
             table = read_query(request.query or "", request.source_db or "", venue=request.venue)
+        else:
+            table = no_input(f"the books of {', '.join(request.from_venues or ())}")
         if table.warning:  # a dialect that cannot enforce read-only itself
             log("source_warning", table.warning, level="warning")
 

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from batchcancel.errors import SourceError
 from batchcancel.venues.base import OrderRow
 
-__all__ = ["COLUMNS", "OrderTable", "plain_query_problem", "read_csv", "read_query"]
+__all__ = ["COLUMNS", "OrderTable", "no_input", "plain_query_problem", "read_csv", "read_query"]
 
 COLUMNS: Final = ("venue", "order_id", "account_id", "symbol")
 CHUNK_ROWS: Final = 20_000
@@ -84,6 +84,12 @@ class OrderTable:
             if self.invalid:
                 chunk = [NumberedRow(n.seq, n.row, self.invalid.get(n.seq)) for n in chunk]
             yield chunk
+
+
+def no_input(description: str) -> OrderTable:
+    """No orders of the operator's: a run from the venues' own books alone."""
+    frame = pd.DataFrame({name: pd.Series([], dtype=object) for name in COLUMNS})
+    return OrderTable(frame, description=description, duplicates=0)
 
 
 def read_csv(path: str, *, venue: str | None) -> OrderTable:

@@ -10,7 +10,7 @@ from batchcancel.audit.records import LOADING, RunInfo
 from batchcancel.audit.store import AuditStore
 from batchcancel.outcomes import EXIT_CODES, Outcome, RunStatus, run_status
 
-__all__ = ["Summary", "pending_count", "starting", "summarise"]
+__all__ = ["Summary", "books_of", "pending_count", "starting", "summarise"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,7 @@ class Summary:
     resumed: bool = False
     confirm: tuple[int, int] | None = None  # cancel_pending orders before and after confirming
     digest: str = ""  # the run's audit digest as this session left it (audit/chain.py)
+    books: dict[str, dict[str, Any]] | None = None  # --from-venues: each venue's verdict
 
     @property
     def exit_code(self) -> int:
@@ -49,7 +50,13 @@ class Summary:
             "venues": self.venues,
             "elapsed_s": round(self.elapsed_s, 3),
             "digest": self.digest,
+            **({"books": self.books} if self.books is not None else {}),
         }
+
+    @property
+    def flat(self) -> bool:
+        """Every venue in the books' scope is flat (True without --from-venues)."""
+        return self.books is None or all(b["verdict"] == "flat" for b in self.books.values())
 
 
 def summarise(
@@ -82,6 +89,11 @@ def summarise(
         status = run_status(
             outcomes, unfinished=unfinished + int(loading), stopped_early=bool(stopped)
         )
+    books = books_of(store, run)
+    if status is RunStatus.SUCCEEDED and books is not None and not all(
+        b["verdict"] == "flat" for b in books.values()
+    ):
+        status = RunStatus.ATTENTION  # SPEC: exit 0 only when every book is proven flat
     return Summary(
         run_id=run.id,
         run_key=run.run_key,
@@ -95,7 +107,29 @@ def summarise(
         halted=dict(halted or {}),
         resumed=resumed,
         digest=store.digest(run.id),
+        books=books,
     )
+
+
+def books_of(store: AuditStore, run: RunInfo) -> dict[str, dict[str, Any]] | None:
+    """The `--json` summary's "books" of a --from-venues run (None for any other): each
+    venue in scope, with `not_flat` for one never listed (a dry run lists nothing)."""
+    venues = run.options.get("from_venues")
+    if venues is None:
+        return None
+    records = store.book_records(run.id)
+    books = {}
+    for venue in sorted(venues):
+        record = records.get(venue)
+        seconds = record.seconds_to_flat if record is not None else None
+        books[venue] = {
+            "verdict": record.verdict if record is not None else "not_flat",
+            "listed": record.listed if record is not None else 0,
+            "cancelled": record.cancelled if record is not None else 0,
+            "working_at_end": record.working_at_end if record is not None else 0,
+            "seconds_to_flat": None if seconds is None else round(seconds, 3),
+        }
+    return books
 
 
 def pending_count(store: AuditStore, run_id: str) -> int:

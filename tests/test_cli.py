@@ -130,7 +130,7 @@ class TestRunContract:
     @pytest.mark.parametrize(
         ("args", "message"),
         [
-            (["run"], "give either SOURCE (a CSV path or -) or --query with --source-db"),
+            (["run"], "give SOURCE (a CSV path or -), --query with --source-db, or --from-venues"),
             (["run", "--query", "select 1"], "--query needs --source-db URL"),
             (["run", "-", "--venue", "nowhere"], "unknown venue"),
             (["resume", "no-such-run"], "no-such-run"),

@@ -11,10 +11,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from batchcancel.audit.records import Answer, Begin, OrderToSend, SweptOrder
+from batchcancel.audit.records import (
+    Answer,
+    Begin,
+    BookRecord,
+    KnownOrder,
+    OrderToSend,
+    SweptOrder,
+)
 from batchcancel.outcomes import Outcome
 
-__all__ = ["LaneStore"]
+__all__ = ["BookStore", "LaneStore"]
 
 
 class LaneStore(Protocol):
@@ -139,4 +146,28 @@ class LaneStore(Protocol):
         self, run_id: str, venue: str, swept: Sequence[SweptOrder], *, sent_at: datetime
     ) -> int:
         """Record orders a cancel-all cancelled that the input did not list."""
+        ...
+
+
+class BookStore(LaneStore, Protocol):
+    """What a `--from-venues` lane needs beyond the LaneStore: the orders a list shows, the
+    scope the input gives, and the venue's verdict (AuditStore has them; the benchmarks'
+    in-memory store has no books)."""
+
+    def add_listed(
+        self, run_id: str, venue: str, request_pk: int, listed: Sequence[tuple[str, str, str]]
+    ) -> list[KnownOrder]:
+        """The run's orders a list showed working; those it did not hold are recorded now."""
+        ...
+
+    def scope_values(self, run_id: str, venue: str) -> tuple[list[str], list[str]]:
+        """The account ids and symbols the run's input orders of a venue name."""
+        ...
+
+    def record_book(self, run_id: str, record: BookRecord) -> None:
+        """Write a venue's verdict on its own book."""
+        ...
+
+    def counts(self, run_id: str) -> dict[str, dict[str, int]]:
+        """Orders per venue per outcome."""
         ...

@@ -16,12 +16,15 @@ __all__ = [
     "DONE",
     "IN_FLIGHT_LOST",
     "IN_FLIGHT_TAKEN_OVER",
+    "LIST",
     "LOADING",
     "PENDING",
     "SENDING",
     "SWEEP",
     "Answer",
     "Begin",
+    "BookRecord",
+    "KnownOrder",
     "OrderToSend",
     "PlannedOrder",
     "RunInfo",
@@ -72,6 +75,7 @@ CANCEL: Final = "cancel"  # attempt kinds
 BULK: Final = "bulk"  # a cancel carried by a bulk request with other orders
 CONFIRM: Final = "confirm"
 SWEEP: Final = "sweep"  # a cancel-all request (requests table): it names no order
+LIST: Final = "list"  # a list-open-orders request (requests table; `--from-venues`)
 CONFIRMED_PREFIX: Final = "confirmed by order status: "  # reason of a confirm-pass outcome
 
 
@@ -135,3 +139,35 @@ class RunInfo:
     created_at: datetime
     finished_at: datetime | None
     options: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class KnownOrder:
+    """An order of the run that a venue's list showed working: its key, where it stands, and
+    whether this list added it to the run (it was in no input)."""
+
+    pk: int
+    order_id: str
+    state: str
+    outcome: str | None
+    from_input: bool  # in the run before any list showed it (seq > 0)
+    added: bool  # recorded by this list
+
+
+@dataclass(frozen=True, slots=True)
+class BookRecord:
+    """A venue's own book at the end of a session (the books table, one row per venue)."""
+
+    venue: str
+    verdict: str  # flat / draining / not_flat
+    listed: int = 0
+    from_input: int = 0
+    cancelled: int = 0
+    working_at_end: int = 0
+    lists: int = 0
+    started_at: datetime | None = None
+    first_request_at: datetime | None = None
+    last_answer_at: datetime | None = None
+    flat_at: datetime | None = None
+    seconds_to_flat: float | None = None
+    detail: str = ""

@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from batchcancel.audit import hotpath
+from batchcancel.audit.books import Books
 from batchcancel.audit.chain import Chains, Sealed
 from batchcancel.audit.db import Database
 from batchcancel.audit.leases import LOCK_STALE_AFTER, Leases, process_identity
@@ -47,6 +48,8 @@ from batchcancel.audit.records import (
     SWEEP,
     Answer,
     Begin,
+    BookRecord,
+    KnownOrder,
     OrderToSend,
     PlannedOrder,
     RunInfo,
@@ -104,6 +107,7 @@ class AuditStore:
         self.sweeps = Sweeps(
             self._db, leases=self.leases, worker=self.worker, clean=self.clean, chains=self.chains
         )
+        self.books = Books(self._db, leases=self.leases, clean=self.clean, chains=self.chains)
         self.reading = Reading(self._db)
         try:
             upgrade_to_head(self.engine)
@@ -360,6 +364,26 @@ class AuditStore:
     ) -> int:
         """Record orders a cancel-all cancelled that the input did not list."""
         return self.sweeps.add_swept(run_id, venue, swept, sent_at=sent_at)
+
+    # -- the venues' own books (books.py) ------------------------------------------------------
+
+    def add_listed(
+        self, run_id: str, venue: str, request_pk: int, listed: Sequence[tuple[str, str, str]]
+    ) -> list[KnownOrder]:
+        """The run's orders a list showed working; those it did not hold are recorded now."""
+        return self.books.add_listed(run_id, venue, request_pk, listed)
+
+    def scope_values(self, run_id: str, venue: str) -> tuple[list[str], list[str]]:
+        """The account ids and symbols the run's input orders of a venue name."""
+        return self.books.scope_values(run_id, venue)
+
+    def record_book(self, run_id: str, record: BookRecord) -> None:
+        """Write a venue's verdict on its own book."""
+        self.books.record_book(run_id, record)
+
+    def book_records(self, run_id: str) -> dict[str, BookRecord]:
+        """Each venue's verdict on its own book, by venue."""
+        return self.books.books(run_id)
 
     # -- reading back (reading.py) -------------------------------------------------------------
 

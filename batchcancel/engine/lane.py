@@ -1,6 +1,7 @@
 """The cancel lane of one venue: the dispatch loop, its in-flight requests, and one attempt
 (write-ahead row committed, then the request, then the policy's Decision applied). A bulk
-request or the --all-open cancel-all goes through bulk.py and sweep.py.
+request or the --all-open cancel-all goes through bulk.py and sweep.py; `--from-venues`
+runs the dispatch loop once per round of books.py.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ import asyncio
 import dataclasses
 
 from batchcancel.audit.records import CANCEL, Begin
-from batchcancel.drain_types import Transport, stamp
+from batchcancel.drain_types import BookView, Transport, stamp
 from batchcancel.engine import bulk, sweep
+from batchcancel.engine.books import BookWalk
 from batchcancel.engine.core import LaneCore, row_of
 from batchcancel.engine.exchange import Exchange
 from batchcancel.engine.policy import JobState, decide
@@ -35,12 +37,22 @@ class CancelLane:
         """Requests are in flight: their answers may queue retries."""
         return bool(self._in_flight)
 
-    async def run(self, transport: Transport) -> None:
-        """Send every unsent order of the venue, then wait for the answers."""
+    async def run(self, transport: Transport, book: BookView | None = None) -> None:
+        """Send every unsent order of the venue, then wait for the answers; with a `book`
+        (`--from-venues`), list the venue's own book and go on until it is flat."""
         core = self.core
         exchange = core.exchange(transport)
         if self.sweeps:
             await sweep.sweep(core, exchange)
+        scope = core.options.books
+        if book is not None and scope is not None:
+            await BookWalk(core, exchange, scope, book).run(lambda: self._dispatch(exchange))
+        else:
+            await self._dispatch(exchange)
+
+    async def _dispatch(self, exchange: Exchange) -> None:
+        """Send whatever the run holds unsent for the venue, then wait for the answers."""
+        core = self.core
         while not core.pacer.halted:
             job = await core.queue.next_job()
             if job is None:
@@ -56,7 +68,7 @@ class CancelLane:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
         if self._in_flight:
-            await asyncio.gather(*self._in_flight)
+            await asyncio.gather(*list(self._in_flight))
 
     async def _attempt(self, jobs: list[JobState], slot: Slot, exchange: Exchange) -> None:
         try:

@@ -12,16 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Final, cast
 
-from batchcancel.audit.ports import LaneStore
+from batchcancel.audit.ports import BookStore, LaneStore
+from batchcancel.audit.records import BookRecord
 from batchcancel.audit.writer import AuditWriter
 from batchcancel.config import Settings, VenueSettings
-from batchcancel.drain_types import DrainOptions, DrainResult, LaneView, Transport, stamp
+from batchcancel.drain_types import (
+    BookView,
+    DrainOptions,
+    DrainResult,
+    LaneView,
+    Transport,
+    stamp,
+)
 from batchcancel.engine.confirm import ConfirmLane
 from batchcancel.engine.core import LaneCore
 from batchcancel.engine.exchange import LANE_LOST
@@ -32,7 +41,7 @@ from batchcancel.errors import AuditError, LaneLostError
 from batchcancel.outcomes import Outcome
 from batchcancel.pacing import safety_margin
 from batchcancel.venues import get_venue
-from batchcancel.venues.base import BulkVenue, supports_bulk, supports_sweep
+from batchcancel.venues.base import BulkVenue, supports_bulk, supports_list, supports_sweep
 
 __all__ = ["Session", "drain"]
 
@@ -178,6 +187,10 @@ class Session:
             # recorded while the look runs is then found next time round, not left unsent.
             loaded = self.loaded.is_set()
             work = await self.offload(self.store.venues_with_work, self.run_id, to_confirm=confirm)
+            books = self.options.books
+            if books is not None and not confirm:
+                for name in sorted(books.venues):  # listed even with no order of the input
+                    work.setdefault(name, 0)
             remaining = set(work) - self.completed - set(self.running)
             taken: dict[str, float] = {}
             if remaining:
@@ -254,8 +267,13 @@ class Session:
                 return
         elif venue is not None:
             problem = venue.credentials_problem() or ""
+        book = self._book(venue_name)
+        if book is not None and venue is not None and not problem and not supports_list(venue):
+            problem = f"{venue_name} has no list of open orders"
         if venue is None or venue_settings is None or problem:
             view.halted = problem or f"unknown venue {venue_name!r}"
+            if book is not None:
+                await self._unlisted(venue_name, book, f"not listed: {view.halted}")
             await self._leave_lane(venue_name, view.halted)
             return
         in_flight: list[int] = []
@@ -320,8 +338,26 @@ class Session:
         if self.result.stopped:
             core.halt(self.result.stopped)
         self.running[venue_name] = asyncio.create_task(
-            _run_lane(lane, core, venue_settings), name=f"lane-{venue_name}"
+            _run_lane(lane, core, venue_settings, book), name=f"lane-{venue_name}"
         )
+
+    async def _unlisted(self, venue_name: str, book: BookView, why: str) -> None:
+        """A venue in the books' scope that cannot be listed at all: not flat, and why."""
+        book.detail = why
+        record = BookRecord(venue=venue_name, verdict=book.verdict, started_at=stamp(self.clock))
+        with contextlib.suppress(AuditError, LaneLostError):  # a failure surfaces at close
+            await self.offload(
+                cast(BookStore, self.store).record_book,
+                self.run_id,
+                dataclasses.replace(record, detail=why),
+            )
+
+    def _book(self, venue_name: str) -> BookView | None:
+        """The venue's book view when this session cancels from its own book."""
+        books = self.options.books
+        if books is None or self.options.confirm or venue_name not in books.venues:
+            return None
+        return self.result.books.setdefault(venue_name, BookView())
 
     def _open_transport(self) -> Callable[[int], AbstractAsyncContextManager[Transport]]:
         if self.options.open_transport is not None:
@@ -385,10 +421,15 @@ class Session:
             await self.options.sleep(REPORT_EVERY)
 
 
-async def _run_lane(lane: _Lane, core: LaneCore, settings: VenueSettings) -> None:
+async def _run_lane(
+    lane: _Lane, core: LaneCore, settings: VenueSettings, book: BookView | None
+) -> None:
     """A lane's task: its transport open for as long as it runs."""
     async with core.open_transport(settings.max_in_flight) as transport:
-        await lane.run(transport)
+        if isinstance(lane, CancelLane):
+            await lane.run(transport, book)
+        else:
+            await lane.run(transport)
 
 
 def _unusable(name: str, settings: VenueSettings | None) -> str:

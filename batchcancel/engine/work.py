@@ -67,6 +67,12 @@ class WorkQueue:
         """Look for work again (new orders were recorded, an answer came, a halt)."""
         self._wake.set()
 
+    def look_again(self) -> None:
+        """Orders were added to the run behind the page cursor's end (a list found them):
+        the next look reads on from where it stopped."""
+        self._exhausted = False
+        self.wake()
+
     def take_over_later(self, wait: float, order_pks: list[int]) -> None:
         """The previous holder may still be sending these orders: re-send them only once
         `wait` seconds (its request timeout) have passed."""
