@@ -121,6 +121,7 @@ class DrainOptions:
     lease: float = 30.0  # seconds a worker holds a venue lane without renewing it
     claim_all: bool = False  # take every free lane at once (kill), not one at a time
     books: BooksScope | None = None  # --from-venues: list, cancel, list again until flat
+    kill: bool = False  # a kill: other runs' lanes on its venues pause while it is live
     # A line for the operator's stderr (a lane paused for another run's kill, and resumed).
     notice: Callable[[str], None] | None = None
     seed: int | None = None  # for reproducible jitter in tests

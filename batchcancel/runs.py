@@ -140,6 +140,7 @@ class RunRequest:
             bulk=self.bulk,
             all_open=self.all_open,
             books=self.books(),
+            kill=self.command == "kill",
         )
 
     def confirm_options(self) -> DrainOptions | None:
@@ -221,6 +222,7 @@ def recorded_drain_options(
         bulk=bool(recorded.get("bulk")),
         all_open=bool(recorded.get("all_open")),
         books=_scope(recorded),  # a resume lists the books again: it trusts no old list
+        kill=run.command == "kill",
     )
     confirm_options = (
         DrainOptions(
@@ -337,7 +339,7 @@ def _start(
             reason=request.reason,
             command_line=watch.command_line,
             dry_run=request.dry_run,
-            drain_options=request.drain_options(),
+            drain_options=dataclasses.replace(request.drain_options(), notice=_notice(log)),
             views=views,
             on_planned=announce,
             loading=loading,
@@ -371,6 +373,7 @@ def resume(
         run, deadline=given.deadline, max_attempts=given.max_attempts, lease=given.lease
     )
     warn_shared_venues(store, run.id, lambda: store.venues_with_work(run.id), watch.log)
+    drain_options = dataclasses.replace(drain_options, notice=_notice(watch.log))
     with watch.display(settings) as views:
         return resume_run(
             store,
@@ -425,6 +428,11 @@ def would_resume(store: AuditStore, run: RunInfo, log: Log) -> Summary:
         orders=to_send,
     )
     return dataclasses.replace(summarise(store, run), status=RunStatus.PLANNED)
+
+
+def _notice(log: Log) -> Callable[[str], None]:
+    """The engine's lines for the operator (a lane paused for another run's kill)."""
+    return lambda text: log("kill_precedence", text, level="warning")
 
 
 def warn_shared_venues(

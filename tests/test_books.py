@@ -3,6 +3,7 @@ cancelled and listed again until each is proven flat (SPEC "The venues' own book
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from tests.conftest import (
     cli_env,
     db_rows,
     run_cli,
+    write_orders_csv,
     write_venues_toml,
 )
 from tests.test_list_open import ACCOUNT, SYMBOL, place_book, simulator
@@ -66,3 +68,51 @@ async def test_a_kill_from_every_book_ends_flat_at_all_five(
     assert lists[0][0] >= 5 * 2  # each book listed, then listed again to prove it flat
     assert all(placed[name] for name in VENUE_NAMES)
     assert_audit_intact(f"sqlite:///{db}", summary["run_id"])
+
+
+async def test_a_live_kill_pauses_another_run_on_its_venue(
+    serve_simulators: ServeSimulators, tmp_path: Path
+) -> None:
+    """SPEC "A kill takes precedence": a slow end-of-day run on ETNA sends nothing there
+    while a kill is live on ETNA, says so on stderr, and goes on to finish afterwards."""
+    sim = simulator("etna")
+    eod_keys = place_book(sim, "etna", 40)
+    kill_keys = place_book(sim, "etna", 20, start=1000)
+    assert {a for a in kill_keys} & set(eod_keys) == set()
+    db = tmp_path / "audit.db"
+    eod_csv = write_orders_csv(
+        tmp_path / "eod.csv",
+        [{"venue": "etna", "order_id": k, "account_id": ACCOUNT} for k in eod_keys],
+    )
+    kill_csv = write_orders_csv(
+        tmp_path / "kill.csv",
+        [{"venue": "etna", "order_id": k, "account_id": ACCOUNT} for k in kill_keys],
+    )
+    async with serve_simulators({"etna": sim}) as server:
+        # The end-of-day run at 8 per second: five seconds of work.
+        slow = write_venues_toml(
+            tmp_path / "slow.toml", server, etna={"rate_limit": 8, "period": 1.0}
+        )
+        # The kill at 4 per second (its own config): five seconds live on ETNA.
+        fast = write_venues_toml(
+            tmp_path / "kill.toml", server, etna={"rate_limit": 4, "period": 1.0}
+        )
+        eod = asyncio.create_task(
+            run_cli("run", str(eod_csv), "--venues-config", str(slow), env=cli_env(db))
+        )
+        while len(sim.arrivals) < 3:  # the end-of-day run is sending
+            await asyncio.sleep(0.05)
+        kill = await run_cli("kill", str(kill_csv), "--venues-config", str(fast), env=cli_env(db))
+        done = await eod
+    assert kill.code == 0, kill.stderr
+    assert done.code == 0, done.stderr
+    assert "etna: paused while kill" in done.stderr
+    assert "etna: the kill there has ended; going on" in done.stderr
+    eod_set, kill_set = set(eod_keys), set(kill_keys)
+    kill_times = [a.at for a in sim.arrivals if a.key in kill_set]
+    # Once the end-of-day run has seen the kill (one look, plus a request in flight), it
+    # sends nothing more to ETNA until the kill's last request is answered.
+    window = (kill_times[0] + 1.5, kill_times[-1])
+    during = [a for a in sim.arrivals if a.key in eod_set and window[0] < a.at < window[1]]
+    assert window[1] > window[0] and during == []
+    assert sim.working_keys() == []

@@ -48,6 +48,7 @@ __all__ = ["Session", "drain"]
 HEARTBEAT_EVERY: Final = 10.0
 CLAIM_EVERY: Final = 0.5  # seconds between looks for a free lane
 REPORT_EVERY: Final = 0.25  # seconds between progress callbacks
+KILL_LOOK_EVERY: Final = 0.5  # seconds between looks for another run's kill on our venues
 
 _Lane = CancelLane | ConfirmLane
 
@@ -130,6 +131,7 @@ class Session:
             sleep=self.options.sleep,
         )
         heartbeat = asyncio.create_task(self._heartbeat())
+        yielding = None if self.options.kill else asyncio.create_task(self._yield_to_kills())
         loading = asyncio.create_task(self._load())
         reporter = asyncio.create_task(self._report()) if self.views else None
         try:
@@ -141,6 +143,8 @@ class Session:
                 await loading
         finally:
             heartbeat.cancel()
+            if yielding is not None:
+                yielding.cancel()
             if reporter is not None:
                 reporter.cancel()
             await self.writer.close()  # raises the AuditError if writing failed
@@ -413,6 +417,48 @@ class Session:
                 for name in sorted((renewing - held) & set(self.running)):
                     # Another worker took the lane: our lease had run out. Stop sending at once.
                     self.lane_lost(name)
+
+    async def _yield_to_kills(self) -> None:
+        """SPEC "A kill takes precedence": while a live kill of another run holds one of our
+        venues, our lane there sends nothing (the kill gets the venue's whole limit and draws
+        no 429s through us); it goes on when the kill ends. Both are said on stderr."""
+        look = getattr(self.store, "venues_held_by_other_runs", None)
+        if look is None:
+            return  # a store of one run (the benchmarks' in-memory one) has no other runs
+        held_by_kill: set[str] = set()
+        while True:
+            await self.options.sleep(KILL_LOOK_EVERY)
+            if not self.running and not held_by_kill:
+                continue
+            try:
+                held: dict[str, list[tuple[str, str]]] = await self.offload(look, self.run_id)
+            except AuditError:
+                continue  # looked again next time; a failing audit stops the run elsewhere
+            kills = {
+                venue: [run for run, command in runs if command == "kill"]
+                for venue, runs in held.items()
+            }
+            killing = {venue for venue, runs in kills.items() if runs}
+            for name in sorted(killing & set(self.running)):
+                # Paused past the next look: a kill that lives on keeps it paused.
+                self.lanes[name].pacer.pause(KILL_LOOK_EVERY * 2 + 0.5)
+                if name not in held_by_kill:
+                    held_by_kill.add(name)
+                    self._notice(
+                        f"{name}: paused while kill {', '.join(kills[name])} is live there"
+                    )
+            for name in sorted(held_by_kill - killing):
+                held_by_kill.discard(name)
+                lane = self.lanes.get(name)
+                if lane is not None:
+                    lane.pacer.paused_until = 0.0
+                    lane.queue.wake()
+                if name in self.running:
+                    self._notice(f"{name}: the kill there has ended; going on")
+
+    def _notice(self, text: str) -> None:
+        if self.options.notice is not None:
+            self.options.notice(text)
 
     async def _report(self) -> None:
         assert self.views is not None
