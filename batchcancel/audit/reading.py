@@ -54,7 +54,11 @@ class Reading:
         with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(_orders.c.venue, sa.func.count())
-                .where(_orders.c.run_id == run_id, _orders.c.seq == 0)
+                .where(
+                    _orders.c.run_id == run_id,
+                    _orders.c.seq == 0,
+                    _orders.c.listed_by.is_(None),  # a list found it (--from-venues)
+                )
                 .group_by(_orders.c.venue)
             ).all()
         return {venue: int(n) for venue, n in rows}
