@@ -284,4 +284,19 @@ def print_summary(store: AuditStore, summary: Summary, *, as_json: bool, db_url:
         redactor=redactor,
         digest=summary.digest,
     )
-    click.echo("\n".join(lines))
+    click.echo("\n".join([*lines, *book_lines(summary.books)]))
+
+
+def book_lines(books: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
+    """The venues' own books (--from-venues), one line each: the verdict, and its proof."""
+    if books is None:
+        return []
+    lines = ["books (--from-venues):"]
+    for venue, book in sorted(books.items()):
+        seconds = book["seconds_to_flat"]
+        when = f", flat after {seconds:.2f} s" if seconds is not None else ""
+        lines.append(
+            f"  {venue:<8} {book['verdict']:<9} listed {book['listed']}, cancelled "
+            f"{book['cancelled']}, working at the end {book['working_at_end']}{when}"
+        )
+    return lines

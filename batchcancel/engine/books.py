@@ -50,6 +50,7 @@ PAGES_PER_ROUND: Final = 20
 PATIENCE: Final = 10.0
 FIRST_PAUSE: Final = 0.25  # seconds before such a book is listed again (doubling, at most 2 s)
 MAX_PAUSE: Final = 2.0
+RECHECK_EVERY: Final = 0.25  # seconds between lists of a flat book while others are worked
 _CANCELLED: Final = frozenset({Outcome.CANCELED.value, Outcome.CANCEL_PENDING.value})
 
 
@@ -71,7 +72,14 @@ class _Walked:
 class BookWalk:
     """One lane's rounds of list, cancel, list again, and the verdict they reach."""
 
-    def __init__(self, core: LaneCore, exchange: Exchange, scope: BooksScope, view: BookView):
+    def __init__(
+        self,
+        core: LaneCore,
+        exchange: Exchange,
+        scope: BooksScope,
+        view: BookView,
+        others_busy: Callable[[], bool] = lambda: False,
+    ):
         self.core = core
         self.exchange = exchange
         self.scope = scope
@@ -79,6 +87,14 @@ class BookWalk:
         self.venue = cast(ListVenue, core.venue)
         self.store = cast(BookStore, core.store)
         limit = self.venue.list_limit
+        # While other books of the run are still being worked, a flat one is listed again
+        # now and then: a runaway placing orders there meanwhile is cancelled too.
+        self.others_busy = others_busy
+        limit = self.venue.list_limit
+        # Never faster than the list route's own limit allows (sFOX: one a second).
+        self.recheck_every = max(
+            RECHECK_EVERY, limit.period / limit.rate_limit if limit is not None else 0.0
+        )
         self.route = (
             Pacer(
                 rate_limit=limit.rate_limit,
@@ -119,8 +135,14 @@ class BookWalk:
             if all(w.proof and not w.working and not w.failure for w in walked):
                 self.view.seconds_to_flat = core.clock.monotonic() - started
                 self.record = _with(self.record, flat_at=stamp(core.clock))
-                await self._finish("flat", walked)
-                return
+                self.view.verdict = "flat"
+                if not self.others_busy():
+                    await self._finish("flat", walked)
+                    return
+                quiet_since, pause = None, FIRST_PAUSE
+                await core.queue.wait(self.recheck_every)  # a halt wakes it
+                continue
+            self.view.verdict = "not_flat"
             if any(w.to_cancel for w in walked):
                 quiet_since, pause = None, FIRST_PAUSE  # progress: list again at once
                 continue
@@ -133,6 +155,10 @@ class BookWalk:
         if not targets:
             await dispatch()  # the input's orders are cancelled all the same
             self.view.detail = why
+        if self.view.verdict == "flat" and last and all(not w.working for w in last):
+            await self._finish("flat", last)  # stopped while re-checking a flat book
+            return
+        self.view.seconds_to_flat = None
         await self._finish(self._final_word(last), last)
 
     # -- what to list -----------------------------------------------------------------------

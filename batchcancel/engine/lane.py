@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 
 from batchcancel.audit.records import CANCEL, Begin
 from batchcancel.drain_types import BookView, Transport, stamp
@@ -37,7 +38,12 @@ class CancelLane:
         """Requests are in flight: their answers may queue retries."""
         return bool(self._in_flight)
 
-    async def run(self, transport: Transport, book: BookView | None = None) -> None:
+    async def run(
+        self,
+        transport: Transport,
+        book: BookView | None = None,
+        others_busy: Callable[[], bool] = lambda: False,
+    ) -> None:
         """Send every unsent order of the venue, then wait for the answers; with a `book`
         (`--from-venues`), list the venue's own book and go on until it is flat."""
         core = self.core
@@ -46,7 +52,8 @@ class CancelLane:
             await sweep.sweep(core, exchange)
         scope = core.options.books
         if book is not None and scope is not None:
-            await BookWalk(core, exchange, scope, book).run(lambda: self._dispatch(exchange))
+            walk = BookWalk(core, exchange, scope, book, others_busy)
+            await walk.run(lambda: self._dispatch(exchange))
         else:
             await self._dispatch(exchange)
 

@@ -342,7 +342,8 @@ class Session:
         if self.result.stopped:
             core.halt(self.result.stopped)
         self.running[venue_name] = asyncio.create_task(
-            _run_lane(lane, core, venue_settings, book), name=f"lane-{venue_name}"
+            _run_lane(lane, core, venue_settings, book, lambda: self._books_busy(venue_name)),
+            name=f"lane-{venue_name}",
         )
 
     async def _unlisted(self, venue_name: str, book: BookView, why: str) -> None:
@@ -355,6 +356,13 @@ class Session:
                 self.run_id,
                 dataclasses.replace(record, detail=why),
             )
+
+    def _books_busy(self, venue_name: str) -> bool:
+        """Another book of this session is still being worked (not flat yet)."""
+        return any(
+            name != venue_name and name in self.running and view.verdict != "flat"
+            for name, view in self.result.books.items()
+        )
 
     def _book(self, venue_name: str) -> BookView | None:
         """The venue's book view when this session cancels from its own book."""
@@ -468,12 +476,16 @@ class Session:
 
 
 async def _run_lane(
-    lane: _Lane, core: LaneCore, settings: VenueSettings, book: BookView | None
+    lane: _Lane,
+    core: LaneCore,
+    settings: VenueSettings,
+    book: BookView | None,
+    others_busy: Callable[[], bool],
 ) -> None:
     """A lane's task: its transport open for as long as it runs."""
     async with core.open_transport(settings.max_in_flight) as transport:
         if isinstance(lane, CancelLane):
-            await lane.run(transport, book)
+            await lane.run(transport, book, others_busy)
         else:
             await lane.run(transport)
 
