@@ -116,3 +116,34 @@ async def test_a_live_kill_pauses_another_run_on_its_venue(
     during = [a for a in sim.arrivals if a.key in eod_set and window[0] < a.at < window[1]]
     assert window[1] > window[0] and during == []
     assert sim.working_keys() == []
+
+
+async def test_a_dry_run_from_the_books_sends_nothing_not_even_a_list(
+    serve_simulators: ServeSimulators, tmp_path: Path
+) -> None:
+    """--dry-run sends nothing: no list request reaches any venue, no order is touched."""
+    sims = {name: simulator(name) for name in VENUE_NAMES}
+    for name, sim in sims.items():
+        place_book(sim, name, 5)
+    db = tmp_path / "audit.db"
+    async with serve_simulators(sims) as server:
+        config = books_config(tmp_path / "venues.toml", server)
+        result = await run_cli(
+            "kill", "--from-venues", "all", "--dry-run", "--venues-config", str(config),
+            "--json", env=cli_env(db),
+        )  # fmt: skip
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "planned"
+    assert {b["verdict"] for b in summary["books"].values()} == {"not_flat"}
+    assert all(sim.arrivals == [] for sim in sims.values())
+    assert all(len(sim.working_keys()) == 5 for sim in sims.values())
+
+
+async def test_from_venues_names_an_unknown_venue_exit_2(tmp_path: Path) -> None:
+    """A venue name --from-venues does not know: one error line, exit 2, nothing recorded."""
+    result = await run_cli("kill", "--from-venues", "sfox,nowhere", env=cli_env(tmp_path / "a.db"))
+    assert result.code == 2
+    assert "unknown venue 'nowhere'" in result.stderr
+    scoped = await run_cli("kill", "--side", "buy", "-", env=cli_env(tmp_path / "a.db"))
+    assert scoped.code == 2 and "--from-venues" in scoped.stderr
