@@ -6,12 +6,21 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from batchcancel import __version__, config, redact
-from batchcancel.cli_common import db_option, errors, hide_password, log, open_store, settings
+from batchcancel.cli_common import (
+    book_lines,
+    db_option,
+    errors,
+    hide_password,
+    log,
+    open_store,
+    settings,
+)
 from batchcancel.config import Settings
 from batchcancel.errors import ConfigError
 
@@ -70,6 +79,8 @@ def status(run_ref: str | None, db: str | None, as_json: bool) -> None:
         click.echo("states: " + ", ".join(f"{s} {n}" for s, n in sorted(states.items())))
         for venue, counts in summary.venues.items():
             click.echo(f"  {venue}: {format_counts(counts)}")
+        for line in book_lines(summary.books):
+            click.echo(line)
 
 
 def _run_json(store: AuditStore, run: RunInfo) -> dict[str, Any]:
@@ -87,8 +98,11 @@ def _run_json(store: AuditStore, run: RunInfo) -> dict[str, Any]:
 
 @click.command()
 @click.argument("run_ref", metavar="RUN")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json", "html"]), required=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json", "html", "kill"]), required=True
+)
 @click.option("--attempts", is_flag=True, help="One record per attempt instead of per order.")
+@click.option("--json", "as_json", is_flag=True, help="kill: the report as one JSON object.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), metavar="FILE")
 @click.option(
     "--venues-config",
@@ -101,18 +115,31 @@ def report(
     run_ref: str,
     fmt: str,
     attempts: bool,
+    as_json: bool,
     output: str | None,
     venues_config: str | None,
     db: str | None,
 ) -> None:
-    """Per-order outcomes (or every attempt) of RUN, as CSV or JSON; or an HTML page."""
+    """Per-order outcomes (or every attempt) of RUN, as CSV or JSON; an HTML page; or the
+    kill report (who, why, scope, each venue's book and verdict, what needs a human)."""
     from batchcancel.report import write_report
 
     with errors():
+        if as_json and fmt != "kill":
+            raise ConfigError("--json is for --format kill; use --format json for records")
         loaded = settings(db)
         with open_store(loaded) as store:
             run = store.find_run(run_ref)
-            if fmt == "html":
+            if fmt == "kill":
+                from batchcancel.kill_report import kill_report
+
+                text = kill_report(store, run.id, as_json=as_json)
+                if output:
+                    Path(output).write_text(text + "\n", encoding="utf-8")
+                    click.echo(f"wrote the kill report to {output}", err=True)
+                else:
+                    click.echo(text)
+            elif fmt == "html":
                 _html_report(store, run, loaded, output, venues_config, attempts=attempts)
             elif output:
                 with open(output, "w", encoding="utf-8", newline="") as out:

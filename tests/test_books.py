@@ -147,3 +147,31 @@ async def test_from_venues_names_an_unknown_venue_exit_2(tmp_path: Path) -> None
     assert "unknown venue 'nowhere'" in result.stderr
     scoped = await run_cli("kill", "--side", "buy", "-", env=cli_env(tmp_path / "a.db"))
     assert scoped.code == 2 and "--from-venues" in scoped.stderr
+
+
+async def test_status_and_the_kill_report_carry_the_books(
+    serve_simulators: ServeSimulators, tmp_path: Path
+) -> None:
+    """`status RUN` prints each book's verdict; `report RUN --format kill --json` is one
+    object whose venues agree with the summary; --json without --format kill is exit 2."""
+    sims = {name: simulator(name) for name in ("sfox", "tanx")}
+    for name, sim in sims.items():
+        place_book(sim, name, 7)
+    db = tmp_path / "audit.db"
+    async with serve_simulators(sims) as server:
+        config = write_venues_toml(tmp_path / "v.toml", server, sfox={}, tanx={})
+        result = await run_cli(
+            "kill", "--from-venues", "sfox,tanx", "--venues-config", str(config), "--json",
+            env=cli_env(db),
+        )  # fmt: skip
+    assert result.code == 0, result.stderr
+    run_id = json.loads(result.stdout)["run_id"]
+    status = await run_cli("status", run_id, env=cli_env(db))
+    assert "books (--from-venues):" in status.stdout
+    assert sum(line.split()[1] == "flat" for line in status.stdout.splitlines()[-2:]) == 2
+    report = await run_cli("report", run_id, "--format", "kill", "--json", env=cli_env(db))
+    assert report.code == 0, report.stderr
+    text = json.dumps(json.loads(report.stdout))
+    assert "sfox" in text and "tanx" in text and '"flat"' in text
+    wrong = await run_cli("report", run_id, "--format", "csv", "--json", env=cli_env(db))
+    assert wrong.code == 2 and "--format kill" in wrong.stderr
