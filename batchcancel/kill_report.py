@@ -104,7 +104,7 @@ def _build(store: AuditStore, run_id: str) -> dict[str, Any]:
             "account": list(options.get("account") or []),
             "symbol": list(options.get("symbol") or []),
             "side": options.get("side") or None,
-            "input": header.source or None,
+            "source": header.source or None,  # as the run recorded it: a path, -, a query
         },
         "digest": summary.digest,
         "orders": summary.orders,
@@ -337,7 +337,7 @@ def _text(report: Mapping[str, Any]) -> str:
         f"command:  {report['command_line']}",
         f"scope:    books of {books}; account {', '.join(scope['account']) or 'any'}; "
         f"symbol {', '.join(scope['symbol']) or 'any'}; side {scope['side'] or 'any'}; "
-        f"input {scope['input'] or 'none'}",
+        f"source {scope['source'] or 'none'}",
         f"digest:   {report['digest']}",
     ]
     if len(report["sessions"]) > 1:
@@ -367,7 +367,7 @@ def _text(report: Mapping[str, Any]) -> str:
             f"  ... and {len(orders) - TEXT_ORDERS} more: `batchcancel report "
             f"{report['run_id']} --format kill --json` lists them all"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)  # no newline at the end: click.echo adds one, as for JSON
 
 
 def _cell(value: Any) -> str:
