@@ -269,3 +269,20 @@ async def test_a_run_from_its_input_alone_is_reported_venue_by_venue_as_not_list
     assert "not from the venues' books" in text
     assert "books of none" in text
     assert NOT_LISTED in text
+
+
+async def test_a_venue_in_scope_without_a_verdict_is_not_flat(tmp_path: Path) -> None:
+    """A dry run lists nothing, so no book has a row: each venue in scope is not_flat."""
+    db = tmp_path / "audit.db"
+    result = await run_cli(
+        "kill", "--from-venues", "sfox,tanx", "--dry-run", "--json", env=cli_env(db)
+    )
+    assert result.code == 0, result.stderr
+    text, report = reports(f"sqlite:///{db}", json.loads(result.stdout)["run_id"])
+    assert report["status"] == "planned" and report["flat"] is False
+    assert report["scope"]["from_venues"] == ["sfox", "tanx"]
+    for name in ("sfox", "tanx"):
+        line = report["venues"][name]
+        assert (line["verdict"], line["orders"], line["working_at_end"]) == ("not_flat", 0, None)
+        assert line["detail"] == "never listed to the end: no verdict recorded"
+    assert "NOT every venue in scope is flat" in text
