@@ -1,5 +1,6 @@
 """`python -m benchmarks [--quick] [--no-write] [--only GROUPS]`: run, print, write the docs.
 
+Prints every figure, then "N of M goals met" and the table of the figures that have a goal.
 Exit code 1 if any correctness check failed (an order not sent exactly once, a wrong outcome,
 a process that did not behave); speed never fails the run.
 """
@@ -13,14 +14,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import common, kill, pacing, peers, report, startup, throughput
+from benchmarks import common, kill, pacing, peers, postgres, report, scale, startup, throughput
 
 GROUPS = {
-    "throughput": throughput,
-    "pacing": pacing,
-    "startup": startup,
-    "peers": peers,
-    "kill": kill,
+    "throughput": throughput,  # figures 1-3c
+    "pacing": pacing,  # 4-4c
+    "startup": startup,  # 5-5c
+    "scale": scale,  # 6, 6b
+    "peers": peers,  # 7
+    "kill": kill,  # 8, 8b
+    "postgres": postgres,  # 9-9c
 }
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown group(s): {', '.join(sorted(unknown))}")
     sizes = common.QUICK if args.quick else common.Sizes()
     rows: list[common.Row] = []
-    load_before = os.getloadavg()[0]
+    load_before = os.getloadavg()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="batchcancel-bench-") as tmp:
         for name in chosen:
@@ -53,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     seconds = time.monotonic() - started
+    load_after = os.getloadavg()
     print(report.text_table(rows))
+    print(f"\n{report.goals_line(rows)}")
+    print(report.goals_table(rows))
     if common.FAILURES:
         print("\nbenchmarks: correctness checks failed:", file=sys.stderr)
         for failure in common.FAILURES:
@@ -68,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows,
                 machine={
                     **common.machine(),
-                    "Load average (1 min) before / after": (
-                        f"{load_before:.2f} / {os.getloadavg()[0]:.2f} "
+                    "Load average (1 / 5 / 15 min) before / after": (
+                        f"{_load(load_before)} / {_load(load_after)} on {os.cpu_count()} CPUs "
                         "(other work on the machine makes every figure noisier)"
                     ),
                 },
@@ -82,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"benchmarks: wrote {DOCS}", file=sys.stderr)
     return 1 if common.FAILURES else 0
+
+
+def _load(averages: tuple[float, float, float]) -> str:
+    return " ".join(f"{a:.2f}" for a in averages)
 
 
 if __name__ == "__main__":

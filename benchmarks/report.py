@@ -27,6 +27,28 @@ def text_table(rows: Sequence[Row]) -> str:
     return "\n".join(out)
 
 
+def goals_line(rows: Sequence[Row]) -> str:
+    """ "N of M goals met" (and how many goals could not be measured here)."""
+    judged = [r for r in rows if r.judged]
+    line = f"{sum(1 for r in judged if r.met)} of {len(judged)} goals met"
+    skipped = sum(1 for r in rows if r.skipped)
+    return line + (f" ({skipped} skipped: not measurable on this machine)" if skipped else "")
+
+
+def goals_table(rows: Sequence[Row]) -> str:
+    """Every row with a goal: figure, value, goal, met, and the start of its description."""
+    header = ("fig", "value", "goal", "met", "figure")
+    lines = [(r.figure, r.value, r.goal, r.verdict, _short(r.name)) for r in rows if r.goal]
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(5)]
+    return "\n".join(
+        "  ".join(line[i].ljust(widths[i]) for i in range(5)).rstrip() for line in [header, *lines]
+    )
+
+
+def _short(name: str, width: int = 60) -> str:
+    return name if len(name) <= width else name[: width - 1].rstrip() + "\u2026"
+
+
 def markdown(
     rows: Sequence[Row],
     *,
@@ -37,8 +59,6 @@ def markdown(
     notes: str,
 ) -> str:
     """The whole of docs/benchmarks.md."""
-    met = sum(1 for r in rows if r.met)
-    goals = sum(1 for r in rows if r.met is not None)
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "# Benchmarks",
@@ -46,7 +66,7 @@ def markdown(
         f"Written by `{command}` on {when}, in {seconds:.0f} s. Every simulator runs in its "
         "own process on 127.0.0.1, so client and server never share a GIL; ratios compare "
         "figures measured in the same run (absolute rates on a shared machine are noisy). "
-        f"{met} of {goals} goals met.",
+        f"**{goals_line(rows)}.**",
         "",
         "## Machine",
         "",

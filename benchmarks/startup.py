@@ -1,167 +1,70 @@
-"""Figures 5 and 6: the real CLI in a subprocess, timed from just before it is spawned.
+"""Figures 5, 5b and 5c: the real CLI in a subprocess, timed from just before it is spawned.
 
-5: time from process start to the first cancel request arriving at the simulator, for a small
-   and a large sFOX CSV (the process is then stopped with SIGTERM and waited for); the small
-   one is the median of three runs, the large one runs once.
-6: a large CSV with --dry-run: load + validate + plan time and peak RSS (measured by a tiny
-   wrapper process whose only child is the CLI, via getrusage(RUSAGE_CHILDREN)); then, with
-   99 % of that run made final by SQL, the start-up time of `status RUN` (until it exits) and
-   of `resume RUN` (until its first request arrives at the simulator).
+5: process start to the first cancel request arriving at the simulator, for a small and a
+   large sFOX CSV (the process is then stopped with SIGTERM and waited for); the small one is
+   the median of three runs, the large one runs once.
+5b: `kill` on the large CSV, its audit database at the newest schema (a desk's database exists
+   before the emergency): process start to its first stderr line (and, context, to its "about
+   to cancel" line).
+5c: a shuffled order list over five venues (10,000 rows): process start to the first cancel at
+   any simulator, batchcancel (`run`, audit database at the newest schema) against the gather
+   peer (`benchmarks/gather_peer.py`: the csv module, aiohttp and asyncio-throttle, no audit,
+   no validation) on the same file and simulators; alternated, the median of three each.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
-from collections.abc import Sequence
+import re
 from pathlib import Path
 
-from benchmarks.common import CREDENTIALS, Row, Sizes, median, require, sim_spec
+from benchmarks.cli import FIRST_ID as FIRST_ID  # benchmarks/verify_scale.py imports these
+from benchmarks.cli import (
+    batchcancel,
+    cli_env,
+    first_arrival,
+    stderr_times,
+    until_exit,
+    venues_toml,
+    write_five_csv,
+    write_sfox_csv,
+)
+from benchmarks.common import Row, Sizes, median, require, sim_spec
+from benchmarks.gather_peer import peer_command
 from benchmarks.simserver import SimProcess
 
-_WRAPPER = """
-import resource, subprocess, sys, time
-started = time.perf_counter()
-code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)
-"""
-FIRST_ID = 100000
-
-
-def cli_env() -> dict[str, str]:
-    """The CLI's environment: nothing inherited from BATCHCANCEL_*, our credentials."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHCANCEL_")}
-    env.update(CREDENTIALS)
-    return env
-
-
-def write_csv(path: Path, rows: int) -> Path:
-    """An sFOX order list of `rows` rows (ids FIRST_ID, FIRST_ID + 1, ...)."""
-    with path.open("w", encoding="utf-8") as handle:
-        handle.write("venue,order_id\n")
-        for start in range(0, rows, 100_000):
-            stop = min(rows, start + 100_000)
-            handle.write("".join(f"sfox,{FIRST_ID + n}\n" for n in range(start, stop)))
-    return path
-
-
-def first_request(args: Sequence[str], sim: SimProcess, timeout: float) -> float | None:
-    """Seconds from spawning `batchcancel ARGS` to its first request at the simulator (None if
-    none within `timeout`); the process is then stopped with SIGTERM and waited for."""
-    sim.reset()
-    command = [sys.executable, "-m", "batchcancel", *args]
-    started = time.time()
-    process = subprocess.Popen(
-        command, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    first = None
-    try:
-        while time.time() - started < timeout:
-            first = sim.stats()["sfox"]["first"]
-            if first is not None or process.poll() is not None:
-                break
-            time.sleep(0.01)
-        first = first if first is not None else sim.stats()["sfox"]["first"]
-    finally:
-        _stop(process)
-    return None if first is None else first - started
-
-
-def until_stderr(args: Sequence[str], needle: str, timeout: float) -> float | None:
-    """Seconds from spawning `batchcancel ARGS` to a stderr line holding `needle` (None if none
-    within `timeout`); the process is then stopped with SIGTERM and waited for."""
-    started = time.time()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "batchcancel", *args],
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    seen = None
-    assert process.stderr is not None
-    try:
-        # readline blocks, but the CLI either prints the line or exits (closing stderr).
-        for line in process.stderr:
-            if needle in line:
-                seen = time.time() - started
-                break
-            if time.time() - started > timeout:
-                break
-    finally:
-        _stop(process)
-    return seen
-
-
-def _stop(process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
-    """SIGTERM (the CLI records what it sent and exits 3), then SIGKILL after 300 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=300)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def until_exit(args: Sequence[str]) -> tuple[float, int, str]:
-    """Seconds from spawning `batchcancel ARGS` to its exit, its exit code and its stdout."""
-    started = time.time()
-    done = subprocess.run(
-        [sys.executable, "-m", "batchcancel", *args],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    return time.time() - started, done.returncode, done.stdout
-
-
-def peak_run(args: Sequence[str]) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS in MB and exit code of `batchcancel ARGS`."""
-    done = subprocess.run(
-        [sys.executable, "-c", _WRAPPER, sys.executable, "-m", "batchcancel", *args],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    seconds, max_rss_kb, code = done.stdout.split()
-    return float(seconds), int(max_rss_kb) / 1024, int(code)
+FIVE = {"sfox": 200, "etna": 100, "crux": 50, "tanx": 80, "zebpay": 80}  # per 1 s, as pacing
+write_csv = write_sfox_csv
+__all__ = ["FIRST_ID", "cli_env", "run", "write_csv"]
+PEER_GAP_GOAL = 0.35  # seconds: batchcancel's first cancel at most this after the peer's
 
 
 def _secs(value: float | None, timeout: float) -> str:
-    return f"> {timeout:g} s (no request)" if value is None else f"{value:.2f} s"
+    return f"> {timeout:g} s (nothing)" if value is None else f"{value:.2f} s"
 
 
-def run(sizes: Sizes, work: Path) -> list[Row]:
-    """Figures 5 and 6."""
+def _upgraded(work: Path, name: str) -> str:
+    """A SQLite audit database at the newest schema."""
+    db = f"sqlite:///{work / name}"
+    require(until_exit(batchcancel("db", "upgrade", "--db", db)).code == 0, "db upgrade failed")
+    return db
+
+
+def first_cancel(sizes: Sizes, work: Path) -> list[Row]:
+    """Figures 5 and 5b, on one unthrottled sFOX simulator."""
     rows: list[Row] = []
     timeout = sizes.first_request_timeout
     with SimProcess(sim_spec({"sfox": []}, {"sfox": (None, 1.0)}), work) as sim:
-        toml = work / "venues.toml"
-        toml.write_text(f'[venues.sfox]\nbase_url = "{sim.url("sfox")}"\nrate_limit = 0\n')
+        toml = venues_toml(work / "venues-sfox.toml", sim, {"sfox": (0, 1.0)})
+        source = work / "none.csv"
         for count, goal, repeats in zip(
             sizes.startup_rows, (1.0, 2.0), (sizes.startup_repeats, 1), strict=True
         ):
-            source = write_csv(work / f"orders-{count}.csv", count)
+            source = write_sfox_csv(work / f"orders-{count}.csv", count)
             times = []
             for repeat in range(repeats):
                 db = f"sqlite:///{work / f'first-{count}-{repeat}.db'}"
-                times.append(
-                    first_request(
-                        ["run", str(source), "--venues-config", str(toml), "--db", db],
-                        sim,
-                        timeout,
-                    )
-                )
+                command = batchcancel("run", str(source), "--venues-config", str(toml), "--db", db)
+                times.append(first_arrival(command, sim, ["sfox"], timeout))
             require(None not in times, f"first request: no request for the {count}-row CSV")
             seconds = None if None in times else median([t for t in times if t is not None])
             rows.append(
@@ -175,100 +78,71 @@ def run(sizes: Sizes, work: Path) -> list[Row]:
                 )
             )
 
-        kill_db = f"sqlite:///{work / 'kill.db'}"
-        # A desk's audit database exists before the emergency (a fresh one costs about 0.1 s
-        # more: Alembic's import and the migrations).
-        require(until_exit(["db", "upgrade", "--db", kill_db])[1] == 0, "kill: db upgrade failed")
-        announced = until_stderr(
-            ["kill", str(source), "--venues-config", str(toml), "--db", kill_db],
+        count = sizes.startup_rows[1]
+        kill_db = _upgraded(work, "kill.db")
+        said = stderr_times(
+            batchcancel("kill", str(source), "--venues-config", str(toml), "--db", kill_db),
             "about to cancel",
             timeout,
         )
-        require(announced is not None, "kill: no 'about to cancel' line")
+        require(said.first is not None, "kill: nothing on stderr")
+        require(said.needle is not None, "kill: no 'about to cancel' line")
+        # The line's gist without the run id ("batchcancel: run R: about to cancel ...").
+        first_words = " ".join(re.sub(r"\brun \S+: ", "", said.first_line).split()[1:5])
         rows.append(
             Row(
                 "5b",
-                f"kill, {count:,}-row CSV, audit database at the newest schema: process start to "
-                "its 'about to cancel' line on stderr",
-                _secs(announced, timeout),
-                "<= 1 s",
-                announced is not None and announced <= 1,
-                {"seconds": announced},
-            )
-        )
-
-        count = sizes.scale_rows
-        source = write_csv(work / f"scale-{count}.csv", count)
-        db_path = work / "scale.db"
-        db = f"sqlite:///{db_path}"
-        seconds, rss_mb, code = peak_run(
-            ["run", str(source), "--venues-config", str(toml), "--db", db, "--dry-run"]
-        )
-        require(code == 0, f"scale: --dry-run exited {code}")
-        final = count * 99 // 100
-        with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
-            (run_id,) = conn.execute("SELECT id FROM runs ORDER BY created_at DESC").fetchone()
-            (recorded,) = conn.execute(
-                "SELECT count(*) FROM orders WHERE run_id = ?", (run_id,)
-            ).fetchone()
-            # Benchmark set-up: a run stopped with 1 % of its orders left.
-            conn.execute(
-                "UPDATE orders SET state = 'done', outcome = 'canceled', attempts = 1 "
-                "WHERE run_id = ? AND seq <= ?",
-                (run_id, final),
-            )
-            conn.execute("UPDATE runs SET dry_run = 0, status = 'stopped' WHERE id = ?", (run_id,))
-        require(recorded == count, f"scale: {recorded} orders recorded, expected {count}")
-        rows.append(
-            Row(
-                "6",
-                f"{count:,}-row CSV, --dry-run: load + validate + plan (process wall time)",
-                f"{seconds:.1f} s",
-                "<= 15 s",
-                seconds <= 15,
-                {"seconds": seconds},
-            )
-        )
-        rows.append(
-            Row(
-                "6",
-                f"{count:,}-row CSV, --dry-run: peak RSS",
-                f"{rss_mb:,.0f} MB",
-                "<= 500 MB",
-                rss_mb <= 500,
-                {"mb": rss_mb},
-            )
-        )
-        status_s, code, out = until_exit(["status", run_id, "--db", db])
-        require(
-            code == 0 and f"orders {count}" in out, f"scale: status exited {code}: {out[:200]!r}"
-        )
-        rows.append(
-            Row(
-                "6",
-                "`status RUN` on that run, 99 % final: process start to exit",
-                f"{status_s:.2f} s",
-                "<= 2 s",
-                status_s <= 2,
-                {"seconds": status_s},
-            )
-        )
-        resume_s = first_request(
-            ["resume", run_id, "--venues-config", str(toml), "--db", db], sim, timeout
-        )
-        first_key = sim.stats()["sfox"]["first_key"]
-        require(
-            first_key is not None and int(first_key) >= FIRST_ID + final,
-            f"scale: resume's first request was for {first_key}, a final order",
-        )
-        rows.append(
-            Row(
-                "6",
-                "`resume RUN` on that run, 99 % final: process start to first cancel",
-                _secs(resume_s, timeout),
-                "<= 2 s",
-                resume_s is not None and resume_s <= 2,
-                {"seconds": resume_s},
+                f"kill, {count:,}-row CSV, audit database at the newest schema: process start "
+                f"to its first stderr line (\u2026{first_words}\u2026; 'about to cancel' at "
+                f"{_secs(said.needle, timeout)})",
+                _secs(said.first, timeout),
+                "<= 0.5 s",
+                said.first is not None and said.first <= 0.5,
+                {"seconds": said.first, "about_to_cancel": said.needle},
             )
         )
     return rows
+
+
+def versus_peer(sizes: Sizes, work: Path) -> list[Row]:
+    """Figure 5c: first cancel over five venues, batchcancel against the gather peer."""
+    timeout = sizes.first_request_timeout
+    counts = {venue: sizes.five_rows // len(FIVE) for venue in FIVE}
+    source = write_five_csv(work / "five-shuffled.csv", counts)
+    books: dict[str, list[dict[str, str]]] = {
+        venue: [] for venue in FIVE
+    }  # nothing seeded: the first request is the figure
+    spec = sim_spec(books, {venue: (limit, 1.0) for venue, limit in FIVE.items()})
+    times: dict[str, list[float | None]] = {"batchcancel": [], "gather": []}
+    with SimProcess(spec, work) as sim:
+        limits = {venue: (limit, 1.0) for venue, limit in FIVE.items()}
+        toml = venues_toml(work / "venues-five.toml", sim, limits)
+        db = _upgraded(work, "five-first.db")
+        ours = batchcancel("run", str(source), "--venues-config", str(toml), "--db", db)
+        peer = peer_command(source, {v: (sim.url(v), *limits[v]) for v in FIVE}, work)
+        for _ in range(sizes.startup_repeats):
+            times["batchcancel"].append(first_arrival(ours, sim, list(FIVE), timeout))
+            times["gather"].append(first_arrival(peer, sim, list(FIVE), timeout))
+    for name, got in times.items():
+        require(None not in got, f"five-venue first cancel: {name} sent nothing")
+    if any(None in got for got in times.values()):
+        return [Row("5c", "five-venue first cancel", "nothing sent", f"<= +{PEER_GAP_GOAL} s")]
+    bc = median([t for t in times["batchcancel"] if t is not None])
+    peer_s = median([t for t in times["gather"] if t is not None])
+    gap = bc - peer_s
+    return [
+        Row(
+            "5c",
+            f"first cancel at any venue, {sizes.five_rows:,} shuffled rows over five venues: "
+            f"batchcancel {bc:.2f} s - gather peer {peer_s:.2f} s, both from process start",
+            f"{gap:+.2f} s",
+            f"<= +{PEER_GAP_GOAL} s",
+            gap <= PEER_GAP_GOAL,
+            {"batchcancel": bc, "gather": peer_s, "gap": gap},
+        )
+    ]
+
+
+def run(sizes: Sizes, work: Path) -> list[Row]:
+    """Figures 5, 5b and 5c."""
+    return first_cancel(sizes, work) + versus_peer(sizes, work)
