@@ -151,7 +151,7 @@ async def drain_with_workers(
         assert simulator.rate_limited == 0, venue
         assert simulator.total_requests == count, venue
         assert max(simulator.requests.values()) == 1, venue
-        assert rate >= 0.9 * limit, venue
+        # The rate against the limit is a timing figure: benchmark 9c measures and judges it.
     total = sum(limit for _, limit in plan.values())
     print(
         f"{workers} workers, {len(rows)} orders in {elapsed:.1f} s; limits {total} per {PERIOD:g} s"
@@ -172,7 +172,7 @@ class TestWorkers:
         self, tmp_path: Path, serve_simulators: ServeSimulators, postgres: PostgresServer | None
     ) -> None:
         """Four `resume` workers on one PostgreSQL run: every order sent exactly once, no 429,
-        each venue at 90 % or more of its limit, the venues spread over the workers."""
+        the venues spread over the workers (the rate each venue reaches: benchmark 9c)."""
         await drain_with_workers(tmp_path, serve_simulators, postgres, SMALL, workers=4)
 
     @pytest.mark.slow
