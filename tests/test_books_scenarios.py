@@ -71,7 +71,7 @@ def unix(value: object) -> float:
     return stamp.replace(tzinfo=UTC).timestamp()
 
 
-def row_of(venue: str, key: str) -> dict[str, str]:
+def row_of(venue: str, key: str) -> Mapping[str, str]:
     """An input row for order `key` as place_book placed it."""
     return {
         "venue": venue,
@@ -95,6 +95,23 @@ async def kill(*args: str, db: Path, env: Mapping[str, str] | None = None) -> An
     result = await run_cli("kill", *args, "--json", env=env or cli_env(db))
     assert result.stdout, result.stderr
     return result.code, json.loads(result.stdout), result.stderr
+
+
+def assert_books_shape(summary: Mapping[str, Any]) -> None:
+    """SPEC's `--json` summary of a --from-venues run: its keys, and per venue exactly
+    verdict, listed, cancelled, working_at_end and seconds_to_flat, of their types."""
+    assert set(summary) == {
+        "run_id", "run_key", "status", "orders", "outcomes", "venues", "elapsed_s", "digest",
+        "books",
+    }  # fmt: skip
+    for venue, entry in summary["books"].items():
+        assert set(entry) == BOOKS_KEYS, venue
+        assert entry["verdict"] in ("flat", "draining", "not_flat"), venue
+        for key in ("listed", "cancelled", "working_at_end"):
+            assert type(entry[key]) is int and entry[key] >= 0, (venue, key)
+        seconds = entry["seconds_to_flat"]
+        assert (seconds is None) == (entry["verdict"] != "flat"), (venue, entry)
+        assert seconds is None or (type(seconds) is float and seconds >= 0), (venue, seconds)
 
 
 def list_rows(db: Path, venue: str) -> list[tuple[Any, ...]]:
@@ -137,6 +154,7 @@ async def test_input_and_books_are_one_set_of_orders(
             str(orders), "--from-venues", ",".join(names), "--venues-config", str(config), db=db
         )
     assert code == 0, stderr
+    assert_books_shape(summary)
     assert summary["orders"] == 2 * (12 + 4)
     assert summary["outcomes"]["canceled"] == 2 * 12
     assert summary["outcomes"]["already_closed"] == 2 * 4
@@ -224,6 +242,7 @@ async def test_crux_ends_draining_while_its_supplier_holds_the_cancels(
             "--from-venues", "crux", "--venues-config", str(config), "--deadline", "3", db=db
         )
     assert code == 1, stderr
+    assert_books_shape(summary)
     assert summary["status"] == "attention"
     entry = summary["books"]["crux"]
     assert entry["verdict"] == "draining", (entry, stderr)
@@ -328,6 +347,7 @@ async def test_a_venue_that_cannot_be_listed_is_not_flat_the_others_are(
             db=db,
         )  # fmt: skip
     assert code == 1, stderr
+    assert_books_shape(summary)
     assert summary["status"] == "attention"
     books = summary["books"]
     assert set(books) == {"etna", "sfox", "tanx", "zebpay"}
@@ -470,3 +490,125 @@ async def test_etna_accounts_and_zebpay_symbols_under_hmac_each_end_flat(
     assert "markets" in targets and all(
         any(f"symbol {s}" in t for t in targets) for s in symbols
     ), targets
+
+
+# -- 8. SIGKILL mid-kill, then resume: it lists again ------------------------------------------
+
+
+async def test_sigkill_mid_kill_then_resume_lists_again_and_ends_flat(
+    serve_simulators: ServeSimulators, tmp_path: Path
+) -> None:
+    """A kill from ETNA's book, paced at 10 cancels a second, is SIGKILLed after a dozen
+    cancels; then five new orders appear (no list of the dead session has seen them).
+    `resume` lists the book again (new list requests, after the kill's) rather than trusting
+    the old list, cancels the new orders and the rest, and ends flat; no order final before
+    the SIGKILL is sent again, and none is sent more than twice (once in flight at the kill)."""
+    sim = simulator("etna")
+    first = place_book(sim, "etna", 40)
+    db = tmp_path / "audit.db"
+    env = cli_env(db)
+    async with serve_simulators({"etna": sim}) as server:
+        config = venues_config(
+            tmp_path / "v.toml", server, {"etna": {"rate_limit": 10, "period": 1.0, "timeout": 1.0}}
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "batchcancel", "kill", "--from-venues", "etna",
+            "--venues-config", str(config), "--run-key", "crash-kill",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        for _ in range(2000):  # bounded: at most 20 s
+            if sum(sim.requests.values()) >= 12 or process.returncode is not None:
+                break
+            await asyncio.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == -signal.SIGKILL, err.decode()
+        url = sqlite(db)
+        final = {r[0] for r in db_rows(url, "SELECT order_id FROM orders WHERE state = 'done'")}
+        sent_before = dict(sim.requests)
+        lists_before = sim.list_requests
+        last_list = max(r[0] for r in list_rows(db, "etna"))
+        assert 12 <= sum(sent_before.values()) < 40 and final, "killed too late or too early"
+        assert working(sim), "nothing left for the resume to do"
+        late = place_book(sim, "etna", 5, start=1000)  # placed after the kill's lists
+        resumed = await run_cli(
+            "resume", "crash-kill", "--venues-config", str(config), "--json", env=env
+        )
+    assert resumed.code == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert_books_shape(summary)
+    assert summary["books"]["etna"]["verdict"] == "flat", resumed.stderr
+    assert working(sim) == []
+    assert all(sim.book[k] is OrderState.CANCELED for k in first + late)
+    assert sim.list_requests > lists_before
+    newer = [r for r in list_rows(db, "etna") if r[0] > last_list]
+    assert len(newer) == sim.list_requests - lists_before  # the resume's own lists
+    for key in final:  # final before the SIGKILL: never sent again
+        assert sim.requests[key] == sent_before.get(key, 0), key
+    assert max(sim.requests.values()) <= 2
+    twice = {k for k, n in sim.requests.items() if n == 2}
+    assert not twice & final  # only an order in flight at the SIGKILL is sent twice
+    assert all(sim.requests[k] == 1 for k in late)
+    rows = db_rows(url, "SELECT order_id, attempts FROM orders WHERE venue = 'etna'")
+    assert len(rows) == 45 == len({r[0] for r in rows})
+    # An attempt row for every request; one more where the SIGKILL fell between the two.
+    assert all(attempts >= sim.requests[order_id] for order_id, attempts in rows)
+    assert_audit_intact(url, "crash-kill")
+
+
+# -- 9, 10. every request written ahead; the summary's books -------------------------------------
+
+
+async def test_every_request_listings_included_has_its_record_before_it_left(
+    serve_simulators: ServeSimulators, tmp_path: Path
+) -> None:
+    """A run from all five books (single cancels, so that every request the simulators saw
+    without an order is a listing, or ZebPay's markets): each venue's list requests and the
+    requests table's list rows are as many, the k-th arrived after the k-th row was
+    stamped sent, every cancel arrived after its attempt row, and `verify` says intact."""
+    names = ("crux", "etna", "sfox", "tanx", "zebpay")
+    sims = {name: simulator(name) for name in names}
+    for name, sim in sims.items():
+        place_book(sim, name, 8)
+    db = tmp_path / "audit.db"
+    url = sqlite(db)
+    async with serve_simulators(sims) as server:
+        config = venues_config(
+            tmp_path / "v.toml",
+            server,
+            {n: {"symbols": None} if n == "zebpay" else {} for n in names},
+        )
+        result = await run_cli(
+            "run", "--from-venues", "all", "--venues-config", str(config), "--json",
+            env=cli_env(db),
+        )  # fmt: skip
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert_books_shape(summary)
+    for name, sim in sims.items():
+        assert summary["books"][name]["verdict"] == "flat", (name, result.stderr)
+        rows = db_rows(
+            url,
+            "SELECT sent_at FROM requests "
+            f"WHERE kind = 'list' AND venue = '{name}' ORDER BY sent_at",
+        )
+        arrivals = sorted(a.at for a in sim.arrivals if a.key is None)
+        markets = sum(a.path.endswith("/market/markets") for a in sim.arrivals)
+        assert len(arrivals) == len(rows) == sim.list_requests + markets, name
+        assert name != "zebpay" or markets == 1
+        for arrived, (sent_at,) in zip(arrivals, rows, strict=True):
+            assert arrived >= unix(sent_at) - 0.001, name
+        attempts: dict[str, list[float]] = defaultdict(list)
+        for order_id, sent_at in db_rows(
+            url,
+            "SELECT o.order_id, a.sent_at FROM attempts a JOIN orders o ON o.pk = a.order_pk "
+            f"WHERE o.venue = '{name}' ORDER BY a.order_pk, a.attempt",
+        ):
+            attempts[str(order_id)].append(unix(sent_at))
+        cancelled = Counter(a.key for a in sim.arrivals if a.key is not None)
+        assert cancelled == {k: len(v) for k, v in attempts.items()}, name
+        for arrival in sim.arrivals:
+            if arrival.key is not None:
+                assert arrival.at >= attempts[arrival.key][0] - 0.001, (name, arrival)
+    verify = await run_cli("verify", summary["run_id"], env=cli_env(db))
+    assert verify.code == 0 and "intact" in verify.stdout, (verify.stdout, verify.stderr)
