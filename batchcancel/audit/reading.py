@@ -9,7 +9,7 @@ from typing import Any, Final, cast
 import sqlalchemy as sa
 
 from batchcancel.audit.db import Database
-from batchcancel.audit.records import CONFIRMED_PREFIX
+from batchcancel.audit.records import CONFIRMED_PREFIX, SWEEP
 from batchcancel.audit.tables import Attempt, Order, Request
 from batchcancel.outcomes import Outcome
 
@@ -41,21 +41,41 @@ class Reading:
 
     def state_counts(self, run_id: str) -> dict[str, int]:
         """Orders per state (pending / sending / done)."""
+        # Grouped by venue too, the order of ix_orders_run_venue_state: SQLite then counts
+        # along that index instead of sorting a million rows by state first.
         with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(_orders.c.state, sa.func.count())
                 .where(_orders.c.run_id == run_id)
-                .group_by(_orders.c.state)
+                .group_by(_orders.c.venue, _orders.c.state)
             ).all()
-        return {state: int(n) for state, n in rows}
+        result: dict[str, int] = {}
+        for state, n in rows:
+            result[state] = result.get(state, 0) + int(n)
+        return dict(sorted(result.items()))
 
     def not_in_input(self, run_id: str) -> dict[str, int]:
         """Per venue, the orders a cancel-all cancelled that the input did not list."""
         with self._db.read() as conn:
+            # Such an order is recorded only from the answer to a cancel-all, and a cancel-all
+            # is recorded before it leaves: only venues that were sent one can hold any. This
+            # spares every summary a walk over all the run's orders (no index holds seq).
+            swept = (
+                conn.execute(
+                    sa.select(_requests.c.venue)
+                    .where(_requests.c.run_id == run_id, _requests.c.kind == SWEEP)
+                    .distinct()
+                )
+                .scalars()
+                .all()
+            )
+            if not swept:
+                return {}
             rows = conn.execute(
                 sa.select(_orders.c.venue, sa.func.count())
                 .where(
                     _orders.c.run_id == run_id,
+                    _orders.c.venue.in_(swept),
                     _orders.c.seq == 0,
                     _orders.c.listed_by.is_(None),  # a list found it (--from-venues)
                 )
