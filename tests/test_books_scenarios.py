@@ -213,15 +213,17 @@ async def test_a_runaway_is_cancelled_until_flat(
     assert code == 0, stderr
     for name, sim in sims.items():
         placed = sim.runaway_placed
-        assert not running[name] and len(placed) == 400, (name, len(placed))
+        # It stopped before the kill did (a loaded loop may stop it short of its count).
+        assert not running[name] and 0 < len(placed) <= 400, (name, len(placed))
         assert working(sim) == [], (name, len(working(sim)))
         assert all(sim.book[k] is OrderState.CANCELED for k in placed + seeded[name])
         assert all(cancels(sim, k) == 1 for k in placed + seeded[name])
         entry = summary["books"][name]
-        assert entry["verdict"] == "flat" and entry["listed"] == 410, (name, entry)
+        assert entry["verdict"] == "flat", (name, entry)
+        assert entry["listed"] == entry["cancelled"] == 10 + len(placed), (name, entry)
         assert len(list_rows(db, name)) >= 3  # the runaway's orders came over several lists
     listed = db_rows(sqlite(db), "SELECT count(*) FROM orders WHERE listed_by IS NOT NULL")
-    assert listed == [(2 * 410,)]
+    assert listed == [(sum(10 + len(sim.runaway_placed) for sim in sims.values()),)]
 
 
 # -- 7. Crux ends draining -------------------------------------------------------------------
