@@ -22,7 +22,7 @@ __all__ = ["HEAD", "MIGRATIONS_DIR", "alembic_config", "is_at_head", "upgrade_to
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parents[1] / "migrations"
 # The newest migration's revision (tests/test_migrations.py checks it against Alembic's).
-HEAD: Final = "0006"
+HEAD: Final = "0007"
 MIGRATION_LOCK_KEY: Final = 0x62617463686361  # "batchca": the advisory lock migrations hold
 
 
