@@ -614,3 +614,27 @@ async def test_every_request_listings_included_has_its_record_before_it_left(
                 assert arrival.at >= attempts[arrival.key][0] - 0.001, (name, arrival)
     verify = await run_cli("verify", summary["run_id"], env=cli_env(db))
     assert verify.code == 0 and "intact" in verify.stdout, (verify.stdout, verify.stderr)
+
+
+async def test_all_open_never_sweeps_wider_than_the_scope(
+    serve_simulators: ServeSimulators, tmp_path: Path
+) -> None:
+    """ZebPay's cancel-all cancels every open order of the account: with `--all-open` and a
+    `--symbol` narrower than that, it is not used (SPEC "Nothing else is touched"); the
+    symbol's orders are cancelled one by one, the other symbol's stay working."""
+    sim = simulator("zebpay")
+    inside = [sim.place(None, symbol="BTCUSDT") for _ in range(4)]
+    outside = [sim.place(None, symbol="ETHUSDT") for _ in range(3)]
+    db = tmp_path / "audit.db"
+    async with serve_simulators({"zebpay": sim}) as server:
+        config = venues_config(tmp_path / "v.toml", server, {"zebpay": {"symbols": None}})
+        code, summary, stderr = await kill(
+            "--from-venues", "zebpay", "--all-open", "--symbol", "BTCUSDT",
+            "--venues-config", str(config), db=db,
+        )  # fmt: skip
+    assert code == 0, stderr
+    assert summary["books"]["zebpay"]["verdict"] == "flat", stderr
+    assert sim.bulk_requests == 0
+    assert sorted(working(sim)) == sorted(outside)
+    assert [sim.requests[k] for k in inside] == [1] * 4
+    assert sum(sim.requests[k] for k in outside) == 0
