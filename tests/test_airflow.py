@@ -54,6 +54,7 @@ INSTALL_TIMEOUT = 1200.0  # seconds per pip command
 AIRFLOW_TIMEOUT = 300.0  # seconds per airflow command
 EOD_DAG = "batchcancel_eod_cleanup"
 KILL_DAG = "batchcancel_kill_switch"
+BOOKS_DAG = "batchcancel_kill_switch_books"
 VENUES = ("sfox", "etna", "crux", "tanx", "zebpay")
 PER_VENUE = 12  # open orders per venue in the desk database
 
@@ -206,7 +207,7 @@ class TestDagFile:
         found = json.loads(done.stdout.strip().splitlines()[-1])
         assert found["errors"] == {}
         assert found["warnings"] == {}
-        assert set(found["dags"]) == {EOD_DAG, KILL_DAG}
+        assert set(found["dags"]) == {EOD_DAG, KILL_DAG, BOOKS_DAG}
         for dag in found["dags"].values():
             assert dag["tasks"] == ["cancel"]
             assert dag["mapped"] == {"cancel": len(VENUES)}  # one task per venue
@@ -214,6 +215,8 @@ class TestDagFile:
         assert found["dags"][EOD_DAG]["schedule"] is not None
         assert found["dags"][EOD_DAG]["retries"] == [3]
         assert found["dags"][KILL_DAG]["schedule"] is None
+        assert found["dags"][BOOKS_DAG]["schedule"] is None
+        assert found["dags"][BOOKS_DAG]["retries"] == [5]
         assert found["run_key"] == "d:r:3:sfox"
 
 
@@ -466,10 +469,16 @@ class TestRunner:
     def test_shipped_jobs_load(self) -> None:
         jobs, errors = rj.load_jobs(JOBS)
         assert errors == {}
-        assert {j.name: j.command for j in jobs} == {"eod_cleanup": "run", "kill_switch": "kill"}
+        assert {j.name: j.command for j in jobs} == {
+            "eod_cleanup": "run",
+            "kill_switch": "kill",
+            "kill_switch_books": "kill",
+        }
         for job in jobs:
             assert job.venues == VENUES
             assert job.venues_config == JOBS / "venues.toml"
+        books = {j.name: j.from_venues for j in jobs}
+        assert books == {"eod_cleanup": (), "kill_switch": (), "kill_switch_books": VENUES}
         from batchcancel.config import load_settings
 
         load_settings({}, venues_config=str(JOBS / "venues.toml"))  # batchcancel accepts it
@@ -569,6 +578,12 @@ class TestRunner:
             (2, None, False, False),
             (3, {"run_id": "r", "status": "stopped", "orders": 2, "outcomes": {"skipped": 2}}, False, True),
             (-9, None, False, True),
+            # --from-venues: a book not proven flat is worth a retry, which lists it again,
+            # even when every order the run holds is final; a flat book changes nothing.
+            (1, {"run_id": "r", "status": "attention", "orders": 0, "outcomes": {}, "books": {"etna": {"verdict": "not_flat"}}}, False, True),
+            (1, {"run_id": "r", "status": "attention", "orders": 1, "outcomes": {"cancel_pending": 1}, "books": {"crux": {"verdict": "draining"}}}, False, True),
+            (1, {"run_id": "r", "status": "attention", "orders": 2, "outcomes": {"canceled": 1, "not_found": 1}, "books": {"sfox": {"verdict": "flat"}}}, False, False),
+            (0, {"run_id": "r", "status": "succeeded", "orders": 1, "outcomes": {"canceled": 1}, "books": {"sfox": {"verdict": "flat"}}}, True, False),
         ],
     )  # fmt: skip
     def test_exit_codes(
@@ -599,6 +614,207 @@ class TestRunner:
         assert failed.value.retryable
         assert failed.value.result is not None and failed.value.result.code in (1, 3)
         assert any("run key k" in line for line in lines)
+
+
+# -- a kill switch from the venues' own books ----------------------------------------------
+
+BOOKS_JOB = """
+[job]
+command = "kill"
+from_venues = true
+venues = ["sfox", "etna"]
+reason = "runaway"
+deadline = 30
+max_attempts = 3
+account = ["77", "78"]
+side = "sell"
+"""
+BOOK_ORDERS = 8  # working orders in each simulated book, none of them in any input
+
+
+def _scope_flags(argv: list[str]) -> list[str]:
+    """The --from-venues flag and the scope filters of a child's argv, in order."""
+    flags, taken = [], ("--from-venues", "--account", "--symbol", "--side")
+    for n, arg in enumerate(argv):
+        if arg in taken:
+            flags += [arg, argv[n + 1]]
+    return flags
+
+
+class TestFromTheBooks:
+    def test_the_job_files_from_venues_and_scope_reach_the_child(self, tmp_path: Path) -> None:
+        """`from_venues = true` with account, symbol and side: each task's child is
+        `batchcancel kill --from-venues <its venue>` with the scope, one flag per value, and
+        no order source at all; the child sees exactly that argv (what `ps` shows, too),
+        with no credential on it. Every such flag is an option of `batchcancel kill`."""
+        from batchcancel.cli import cli
+
+        job = _job(tmp_path, BOOKS_JOB + 'symbol = "AAPL"\n')
+        assert (job.from_venues, job.account, job.symbol, job.side) == (
+            ("sfox", "etna"),
+            ("77", "78"),
+            ("AAPL",),
+            "sell",
+        )
+        command, record = _recorder(tmp_path, "stop")
+        env = {"BATCHCANCEL_DB": "sqlite:///unused.db", "BATCHCANCEL_COMMAND": command}
+        env.update(CREDENTIALS)
+        lines: list[str] = []
+        for venue in ("sfox", "etna"):
+            with pytest.raises(rj.JobFailed):  # the recorder stands in, and exits 2
+                rj.run_job(job, venue=venue, key=f"k-{venue}", environ=env, log=lines.append)
+        children = _children(record)
+        assert [child["argv"][0] for child in children] == ["kill", "kill"]
+        for venue, child in zip(("sfox", "etna"), children, strict=True):
+            argv = child["argv"]
+            assert "-" not in argv and "--query" not in argv  # from the book alone
+            assert argv[argv.index("--venue") + 1] == venue
+            assert _scope_flags(argv) == [
+                "--from-venues", venue, "--account", "77", "--account", "78",
+                "--symbol", "AAPL", "--side", "sell",
+            ]  # fmt: skip
+            assert [a for a in child["cmdline"] if a][-len(argv) :] == argv  # as ps sees it
+            for text in (*argv, *child["cmdline"]):
+                assert not any(secret in text for secret in SECRET_VALUES)
+        kill = {p.opts[0] for p in cli.commands["kill"].params if p.opts}
+        assert set(_scope_flags(children[0]["argv"])[::2]) <= kill
+
+    def test_from_venues_for_some_venues_keeps_the_input_for_all(self, tmp_path: Path) -> None:
+        """from_venues naming one of the job's venues: that venue's task lists its book and
+        cancels its share of the input too; the other task cancels its share alone."""
+        (tmp_path / "orders.csv").write_text("venue,order_id\nsfox,1\netna,2\n")
+        job = _job(
+            tmp_path,
+            '[job]\ncommand = "kill"\nsource = "orders.csv"\nvenues = ["sfox", "etna"]\n'
+            'from_venues = ["etna"]\naccount = "77"\n',
+        )
+        environ = {"BATCHCANCEL_DB": "sqlite:///a.db"}
+        sfox = rj.build_invocation(job, venue="sfox", key="K", environ=environ)
+        etna = rj.build_invocation(job, venue="etna", key="K", environ=environ)
+        assert "-" in sfox.argv and _scope_flags(list(sfox.argv)) == []
+        assert "-" in etna.argv
+        assert _scope_flags(list(etna.argv)) == ["--from-venues", "etna", "--account", "77"]
+        assert etna.stdin == b"venue,order_id\netna,2\n"
+
+    @pytest.mark.parametrize(
+        ("text", "match"),
+        [
+            ('from_venues = ["binance"]\n', "from_venues must be"),
+            ('from_venues = "yes"\n', "from_venues must be"),
+            ("from_venues = []\n", "from_venues must be"),
+            ('from_venues = ["sfox"]\n', "give \\[job\\] query"),  # etna has no input
+            ("from_venues = false\n", "give \\[job\\] query"),
+            ('from_venues = true\nside = "both"\n', "side must be"),
+            ('from_venues = true\naccount = [""]\n', "account must be"),
+            ("from_venues = true\nsymbol = 7\n", "symbol must be"),
+        ],
+    )
+    def test_job_files_that_cannot_work_are_refused(
+        self, tmp_path: Path, text: str, match: str
+    ) -> None:
+        head = '[job]\ncommand = "kill"\nvenues = ["sfox", "etna"]\n'
+        with pytest.raises(rj.JobError, match=match):
+            _job(tmp_path, head + text)
+        with pytest.raises(rj.JobError, match="narrow from_venues"):
+            _job(tmp_path, head + 'source = "o.csv"\naccount = "77"\n')
+
+    def test_a_kill_from_the_books_ends_flat_and_a_book_not_flat_is_retried(
+        self, tmp_path: Path
+    ) -> None:
+        """The shipped kill_switch_books.toml, one task per venue against five books of
+        orders no input lists: four tasks succeed with their book flat and nothing left
+        working. ETNA cannot be listed without an account id (venues.toml names none yet):
+        its task fails retryable (exit 1, book not_flat) and touches nothing; with the
+        account configured, the retry (same run key) resumes the run, lists the book and
+        ends flat."""
+        from tests.test_list_open import ACCOUNT, place_book
+        from tests.test_list_open import simulator as book_simulator
+
+        job = rj.load_job(JOBS / "kill_switch_books.toml")
+        sims = {name: book_simulator(name) for name in VENUES}
+        placed = {name: place_book(sim, name, BOOK_ORDERS) for name, sim in sims.items()}
+        command, record = _recorder(tmp_path, "exec")
+        lines: list[str] = []
+        with serve_in_thread(sims) as server:
+
+            def configure(etna_accounts: list[str]) -> Path:
+                config = tmp_path / "venues.toml"
+                config.write_text(
+                    "".join(
+                        f'[venues.{name}]\nbase_url = "{server.url(name)}"\n'
+                        + (f"accounts = {json.dumps(etna_accounts)}\n" if name == "etna" else "")
+                        + ('symbols = ["BTCUSDT"]\n' if name == "zebpay" else "")
+                        for name in VENUES
+                    ),
+                    encoding="utf-8",
+                )
+                return config
+
+            env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHCANCEL_")}
+            env.update(CREDENTIALS)
+            env.update(
+                {
+                    "BATCHCANCEL_COMMAND": command,
+                    "BATCHCANCEL_DB": f"sqlite:///{tmp_path / 'audit.db'}",
+                    "BATCHCANCEL_VENUES": str(configure([])),
+                }
+            )
+            summaries = {}
+            for venue in VENUES:
+                if venue == "etna":
+                    with pytest.raises(rj.JobFailed) as failed:
+                        rj.run_job(
+                            job, venue=venue, key=f"kb:{venue}", environ=env, log=lines.append
+                        )
+                    assert failed.value.retryable, failed.value
+                    assert "not proven flat (etna not_flat)" in str(failed.value)
+                    assert failed.value.result is not None and failed.value.result.code == 1
+                    assert sorted(sims["etna"].working_keys()) == sorted(placed["etna"])
+                    configure([ACCOUNT])  # the fix an operator makes before the retry
+                result = rj.run_job(
+                    job, venue=venue, key=f"kb:{venue}", environ=env, log=lines.append
+                )
+                assert result.code == 0 and result.summary is not None
+                summaries[venue] = result.summary
+        for venue, summary in summaries.items():
+            book = summary["books"][venue]
+            assert set(summary["books"]) == {venue}  # each task lists its own venue only
+            assert (book["verdict"], book["listed"], book["working_at_end"]) == (
+                "flat",
+                BOOK_ORDERS,
+                0,
+            ), venue
+            assert sims[venue].working_keys() == [], venue
+            assert summary["orders"] == BOOK_ORDERS
+        children = _children(record)
+        assert len(children) == len(VENUES) + 1  # ETNA twice
+        for child in children:
+            argv = child["argv"]
+            venue = argv[argv.index("--venue") + 1]
+            assert _scope_flags(argv) == ["--from-venues", venue]
+            assert "-" not in argv and "--query" not in argv
+        for text in (*lines, *(a for c in children for a in (*c["argv"], *c["cmdline"]))):
+            assert not any(secret in text for secret in SECRET_VALUES)
+        sessions = dict(_audit(tmp_path, "select run_key, sessions from runs"))
+        assert sessions == {f"kb:{v}": 2 if v == "etna" else 1 for v in VENUES}
+        lists = dict(
+            _audit(
+                tmp_path, "select venue, count(*) from requests where kind = 'list' group by venue"
+            )
+        )
+        assert set(lists) == set(VENUES)  # ETNA listed only once it could be
+
+        from batchcancel.audit.store import AuditStore
+        from batchcancel.kill_report import kill_report
+
+        store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}")
+        try:
+            report = json.loads(kill_report(store, store.find_run("kb:etna").id, as_json=True))
+        finally:
+            store.close()
+        assert report["venues"]["etna"]["verdict"] == "flat"
+        assert report["why"] == job.reason
+        assert len(report["sessions"]) == 2
 
 
 # -- what a trigger or a connection may not do ----------------------------------------------
@@ -827,7 +1043,8 @@ class TestTriggerTimeSource:
         env = {"BATCHCANCEL_DB": "sqlite:///unused.db", "DESK_DB_URL": "sqlite:///unused.db"}
         env["BATCHCANCEL_COMMAND"] = command
         with pytest.raises(rj.JobError, match=match):
-            rj.run_job(job, venue="sfox", key="k", environ=env, source=source, log=[].append)
+            lines: list[str] = []
+            rj.run_job(job, venue="sfox", key="k", environ=env, source=source, log=lines.append)
         assert _children(record) == []
 
     def test_source_outside_the_source_dir_is_refused(self, tmp_path: Path) -> None:

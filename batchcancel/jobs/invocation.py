@@ -23,6 +23,7 @@ from batchcancel.jobs.jobfile import Job, JobError
 from batchcancel.venues import VENUES
 
 __all__ = [
+    "BOOK_FLAGS",
     "COMMAND_VAR",
     "FLAGS",
     "Invocation",
@@ -49,6 +50,9 @@ VALUE_FLAGS: Final = (
     ("max_attempts", "--max-attempts"),
 )
 SWITCHES: Final = (("bulk", "--bulk"), ("all_open", "--all-open"), ("confirm", "--confirm"))
+# A task whose venue the job cancels from its own book: `--from-venues <its venue>` and the
+# job's scope filters (--account and --symbol once per value).
+BOOK_FLAGS: Final = ("--from-venues", "--account", "--symbol", "--side")
 FLAGS: Final = (
     "--query",
     "--venue",
@@ -57,6 +61,7 @@ FLAGS: Final = (
     "--venues-config",
     *(flag for _, flag in VALUE_FLAGS),
     *(flag for _, flag in SWITCHES),
+    *BOOK_FLAGS,
 )
 
 
@@ -122,18 +127,21 @@ def build_invocation(
         stdin, blank = split_csv(csv_path, venue=venue, venues=job.venues)
         if blank:
             warnings.append(f"{blank} rows of {csv_path} name no venue: no task sends them")
-    else:
-        assert job.query is not None and job.source_db_env is not None
+    elif job.query is not None:
+        assert job.source_db_env is not None
         url = environ.get(job.source_db_env)
         if not url:
             raise JobError(f"{job.source_db_env} is not set: job {job.name} reads its orders there")
         argv += ["--query", venue_query(job.query, venue=venue, venues=job.venues)]
         env[SOURCE_DB_VAR] = url  # not --source-db: argv is world-readable (ps, /proc)
+    elif venue not in job.from_venues:  # load_job refuses such a job: kept for hand-made ones
+        raise JobError(f"job {job.name} has no order list for {venue} and does not list its book")
     argv += ["--venue", venue, "--run-key", key, "--json"]
     if job.venues_config is not None and not environ.get(VENUES_VAR):
         argv += ["--venues-config", str(job.venues_config)]
     why = reason if reason is not None else job.reason
     argv += _job_flags(job, why)
+    argv += _book_flags(job, venue)
     shown = hide_passwords(shlex.join(argv))
     return Invocation(tuple(argv), stdin, shown, env, tuple(warnings))
 
@@ -252,6 +260,20 @@ def _check_venue_names(venue: str, venues: Sequence[str]) -> None:
 def hide_passwords(text: str) -> str:
     """`text` with the password of every URL in it replaced by ***."""
     return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+def _book_flags(job: Job, venue: str) -> list[str]:
+    """`--from-venues VENUE` and the job's scope, for a venue whose book the job lists."""
+    if venue not in job.from_venues:
+        return []
+    argv = ["--from-venues", venue]
+    for account in job.account:
+        argv += ["--account", account]
+    for symbol in job.symbol:
+        argv += ["--symbol", symbol]
+    if job.side is not None:
+        argv += ["--side", job.side]
+    return argv
 
 
 def _job_flags(job: Job, reason: str) -> list[str]:

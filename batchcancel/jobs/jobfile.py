@@ -40,6 +40,10 @@ _JOB_KEYS: Final = frozenset(
         "bulk",
         "all_open",
         "connection_id",
+        "from_venues",
+        "account",
+        "symbol",
+        "side",
     }
 )
 _AIRFLOW_KEYS: Final = frozenset(
@@ -89,6 +93,12 @@ class Job:
     confirm: bool = False
     bulk: bool = False
     all_open: bool = False  # cancel-all endpoints: every open order of the account, listed or not
+    # --from-venues: the venues whose task cancels from the venue's own book until it is flat
+    # (each task lists its own venue only), and the scope filters every such task passes on.
+    from_venues: tuple[str, ...] = ()
+    account: tuple[str, ...] = ()
+    symbol: tuple[str, ...] = ()
+    side: str | None = None
     connection_id: str = "batchcancel_{venue}"
     airflow: AirflowOptions = field(
         default_factory=lambda: AirflowOptions("", None, 0, 60.0, None, (), "2025-01-01")
@@ -132,8 +142,14 @@ def load_job(path: str | Path) -> Job:
     if len(set(venues)) != len(venues):
         raise JobError(f"{where}: [job] venues lists a venue twice")
     query, source = job.get("query"), job.get("source")
-    if (query is None) == (source is None):
+    books = _books(job, venues, where)
+    if query is not None and source is not None:
         raise JobError(f"{where}: give [job] query (with source_db_env) or source, not both")
+    if query is None and source is None and set(books) != set(venues):
+        raise JobError(
+            f"{where}: give [job] query (with source_db_env) or source, or from_venues = true "
+            "to cancel from every venue's own book"
+        )
     source_db_env = job.get("source_db_env")
     if query is not None:
         if not isinstance(query, str) or not query.strip():
@@ -180,9 +196,46 @@ def load_job(path: str | Path) -> Job:
         confirm=job.get("confirm", False),
         bulk=job.get("bulk", False),
         all_open=job.get("all_open", False),
+        from_venues=books,
+        account=_texts(job, "account", where),
+        symbol=_texts(job, "symbol", where),
+        side=job.get("side"),
         connection_id=connection_id,
         airflow=_airflow_options(data.get("airflow", {}), path),
     )
+
+
+def _books(job: Mapping[str, object], venues: list[str], where: str) -> tuple[str, ...]:
+    """[job] from_venues: true (every venue of the job), false, or a list of the job's
+    venues; and the scope filters, which only narrow a listing."""
+    value = job.get("from_venues", False)
+    if value is True:
+        books = tuple(venues)
+    elif value is False:
+        books = ()
+    elif isinstance(value, list) and value and all(v in venues for v in value):
+        books = tuple(v for v in venues if v in value)  # the job's order
+    else:
+        raise JobError(
+            f"{where}: [job] from_venues must be true, false or a list of the job's venues "
+            f"{venues}, got {value!r}"
+        )
+    scoped = [key for key in ("account", "symbol", "side") if key in job]
+    if scoped and not books:
+        raise JobError(f"{where}: [job] {', '.join(scoped)} narrow from_venues: set it too")
+    side = job.get("side")
+    if side is not None and side not in ("buy", "sell"):
+        raise JobError(f'{where}: [job] side must be "buy" or "sell", got {side!r}')
+    return books
+
+
+def _texts(job: Mapping[str, object], key: str, where: str) -> tuple[str, ...]:
+    """A scope filter: one string or a list of them (each passed as its own flag)."""
+    value = job.get(key, [])
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise JobError(f"{where}: [job] {key} must be a string or a list of non-empty strings")
+    return tuple(dict.fromkeys(v.strip() for v in items))
 
 
 def load_jobs(folder: str | Path) -> tuple[list[Job], dict[Path, str]]:

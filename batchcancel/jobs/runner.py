@@ -2,7 +2,9 @@
 bound, passing a stop on as SIGTERM), and say what its exit code means for a scheduler:
 
     0  every order canceled, cancel_pending or already_closed        -> success
+       (and, for a job from the venues' books, every book proven flat)
     1  finished, some orders need attention:
+         a venue's book not proven flat (from_venues)                -> JobFailed(retryable)
          some still resumable (outcomes.RESUMABLE: failed, skipped)   -> JobFailed(retryable)
          all of them final (not_found, rejected, invalid)            -> JobFailed(not retryable)
     2  usage or input error, nothing sent                            -> JobFailed(not retryable)
@@ -77,6 +79,19 @@ def classify(code: int, summary: Mapping[str, Any] | None) -> tuple[bool, bool, 
         resumable = sum(int(outcomes.get(str(o), 0) or 0) for o in RESUMABLE)
         # orders without any outcome yet (never answered) are resumable too
         resumable += max(0, int(summary.get("orders") or 0) - sum(map(int, outcomes.values())))
+        unproven = _books_not_flat(summary)
+        if unproven:
+            # A retry resumes the run and lists each book again (runaway orders, a list
+            # that failed, cancels still pending); the kill report says what remained.
+            return (
+                False,
+                True,
+                (
+                    f"book not proven flat ({unproven}); a retry lists it again; "
+                    f"`batchcancel report {summary.get('run_id')} --format kill` shows what is "
+                    f"left{counts}"
+                ),
+            )
         if resumable or summary.get("status") != RunStatus.ATTENTION:
             return False, True, f"{resumable} orders still resumable; a retry resumes{counts}"
         return False, False, f"orders need attention; all final, a retry cannot help{counts}"
@@ -87,6 +102,19 @@ def classify(code: int, summary: Mapping[str, Any] | None) -> tuple[bool, bool, 
     if code < 0:
         return False, True, f"batchcancel was killed by signal {-code}; a retry resumes"
     return False, True, f"batchcancel exited {code}; a retry resumes"
+
+
+def _books_not_flat(summary: Mapping[str, Any]) -> str:
+    """The --from-venues verdicts that are not `flat` ("" when every book is, or none was
+    listed), e.g. "sfox not_flat"."""
+    books = summary.get("books")
+    if not isinstance(books, Mapping):
+        return ""
+    return ", ".join(
+        f"{venue} {book.get('verdict')}"
+        for venue, book in sorted(books.items())
+        if not isinstance(book, Mapping) or book.get("verdict") != "flat"
+    )
 
 
 def run_job(

@@ -12,7 +12,8 @@ already have a final outcome are never sent again. What an exit code does to the
 
     0  success
     1  some orders need attention: a failed task; retried only while some orders are still
-       resumable (failed, skipped), since a retry cannot change final outcomes
+       resumable (failed, skipped), since a retry cannot change final outcomes, or while the
+       venue's book is not proven flat (a job with from_venues), since the retry lists it again
     2  usage or input error: failed without retry
     3  stopped early (deadline, SIGTERM): failed, and the retry resumes
 
