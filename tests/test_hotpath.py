@@ -109,7 +109,12 @@ class TestStatements:
         a, b = add_two(db)
         got = rows(db, sa.select(orders).order_by(orders.c.pk))
         common = {"run_id": RUN, "venue": "sfox", "symbol": "BTC-USD", "attempts": 0}
-        empty = {"last_http_status": None, "first_sent_at": None, "last_answer_at": None}
+        empty = {
+            "last_http_status": None,
+            "first_sent_at": None,
+            "last_answer_at": None,
+            "listed_by": None,  # an input order: no venue listing found it
+        }
         assert got == [
             {
                 "pk": a,
