@@ -44,17 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     sizes = common.QUICK if args.quick else common.Sizes()
     rows: list[common.Row] = []
     load_before = os.getloadavg()
+    loads: list[str] = []  # per group: the 1-minute load average at its start and end
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="batchcancel-bench-") as tmp:
         for name in chosen:
-            group_started = time.monotonic()
-            print(f"benchmarks: {name} ...", file=sys.stderr, flush=True)
+            group_started, group_load = time.monotonic(), os.getloadavg()[0]
+            print(f"benchmarks: {name} (load {group_load:.2f}) ...", file=sys.stderr, flush=True)
             rows += GROUPS[name].run(sizes, Path(tmp))
-            print(
-                f"benchmarks: {name} took {time.monotonic() - group_started:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+            took = time.monotonic() - group_started
+            loads.append(f"{name} {group_load:.1f} \u2192 {os.getloadavg()[0]:.1f} ({took:.0f} s)")
+            print(f"benchmarks: {name} took {took:.1f} s", file=sys.stderr, flush=True)
     seconds = time.monotonic() - started
     load_after = os.getloadavg()
     print(report.text_table(rows))
@@ -78,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{_load(load_before)} / {_load(load_after)} on {os.cpu_count()} CPUs "
                         "(other work on the machine makes every figure noisier)"
                     ),
+                    "Load average (1 min) at each group's start \u2192 end": ", ".join(loads),
                 },
                 command=command,
                 seconds=seconds,

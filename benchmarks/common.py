@@ -7,6 +7,7 @@ import os
 import platform
 import random
 import sqlite3
+import subprocess
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -129,6 +130,15 @@ def machine() -> dict[str, str]:
                 break
     except OSError:
         pass
+    from benchmarks.pgserver import find_pg_bin
+
+    pg_bin = find_pg_bin()
+    postgres = "not installed (figures 9-9c skipped)"
+    if pg_bin is not None:
+        done = subprocess.run(
+            [str(pg_bin / "initdb"), "--version"], capture_output=True, text=True, check=False
+        )
+        postgres = done.stdout.strip() or "found, version unknown"
     return {
         "CPUs": str(os.cpu_count()),
         "CPU model": model,
@@ -136,6 +146,7 @@ def machine() -> dict[str, str]:
         "OS": platform.platform(),
         "aiohttp": aiohttp.__version__,
         "SQLite": sqlite3.sqlite_version,
+        "PostgreSQL": postgres,
     }
 
 

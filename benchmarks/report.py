@@ -68,6 +68,13 @@ def markdown(
         "figures measured in the same run (absolute rates on a shared machine are noisy). "
         f"**{goals_line(rows)}.**",
         "",
+        "To refresh: `python -m benchmarks` (all figures; it rewrites everything above the "
+        "hand-written notes and keeps them), `python -m benchmarks --only GROUP[,GROUP]` "
+        "for some groups (throughput, pacing, startup, scale, peers, kill, postgres: the "
+        'modules under "How each figure is measured"; the docs then show only those), '
+        "`--no-write` to print only, `--quick` for tiny sizes whose figures mean nothing "
+        "(the test suite's).",
+        "",
         "## Machine",
         "",
         *(f"- {key}: {value}" for key, value in machine.items()),
