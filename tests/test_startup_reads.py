@@ -29,8 +29,8 @@ from tests.conftest import cli_env
 
 # Migration 0007's indexes: name -> (table, columns).
 INDEXES = {
-    "ix_orders_run_venue_outcome": ("orders", ["run_id", "venue", "outcome", "pk"]),
-    "ix_orders_run_venue_state": ("orders", ["run_id", "venue", "state", "pk"]),
+    "ix_orders_run_outcome": ("orders", ["run_id", "outcome", "venue", "pk"]),
+    "ix_orders_run_state": ("orders", ["run_id", "state", "venue", "pk"]),
     "ix_attempts_run_verdict": ("attempts", ["run_id", "verdict"]),
 }
 
@@ -235,8 +235,8 @@ class TestReads:
         in the index's order, no sort of the run's rows)."""
         run_id = new_run(store)
         for call, index in (
-            (lambda: store.counts(run_id), "ix_orders_run_venue_outcome"),
-            (lambda: store.state_counts(run_id), "ix_orders_run_venue_state"),
+            (lambda: store.counts(run_id), "ix_orders_run_outcome"),
+            (lambda: store.state_counts(run_id), "ix_orders_run_state"),
         ):
             _, captured = capture(store, call)
             [(sql, params)] = captured.on("orders")
@@ -247,7 +247,7 @@ class TestReads:
                 assert "TEMP B-TREE" not in steps
 
     def test_resume_reads_seek_their_rows(self, store: AuditStore) -> None:
-        """The first page to send (or to confirm), the work left per venue, and closing
+        """The first page to send (or to confirm), the orders left to confirm, and closing
         what was in flight: each seeks its rows by index, none walks the run's orders."""
         run_id = new_run(store)
         assert store.claim_lanes(run_id, ["sfox", "etna"], limit=2, lease=30) == {
@@ -255,16 +255,12 @@ class TestReads:
             "sfox": 0.0,
         }
         expected = {
-            "pending_page": [
-                "ix_orders_run_venue_state (run_id=? AND venue=? AND state=? AND pk>?)"
-            ],
-            "confirm_page": [
-                "ix_orders_run_venue_outcome (run_id=? AND venue=? AND outcome=? AND pk>?)"
-            ],
-            "venues_with_work": ["COVERING INDEX ix_orders_run_venue_state (run_id=?)"],
+            "pending_page": ["ix_orders_run_state (run_id=? AND state=? AND venue=? AND pk>?)"],
+            "confirm_page": ["ix_orders_run_outcome (run_id=? AND outcome=? AND venue=? AND pk>?)"],
+            "to_confirm": ["COVERING INDEX ix_orders_run_outcome (run_id=? AND outcome=?)"],
             "recover_in_flight": [
                 "ix_attempts_run_verdict (run_id=? AND verdict=?)",
-                "ix_orders_run_venue_state (run_id=? AND venue=? AND state=?)",
+                "ix_orders_run_state (run_id=? AND state=? AND venue=?)",
             ],
         }
         calls: dict[str, Callable[[], Any]] = {
@@ -272,7 +268,7 @@ class TestReads:
             "confirm_page": lambda: store.pending_page(
                 run_id, "sfox", after_pk=0, limit=5, to_confirm=True
             ),
-            "venues_with_work": lambda: store.venues_with_work(run_id),
+            "to_confirm": lambda: store.venues_with_work(run_id, to_confirm=True),
             "recover_in_flight": lambda: store.recover_in_flight(run_id, venue="sfox"),
         }
         for name, call in calls.items():

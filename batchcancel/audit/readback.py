@@ -199,7 +199,7 @@ def venue_stats(store: AuditStore, run_id: str) -> dict[str, VenueStats]:
         for venue, outcome, n in conn.execute(
             sa.select(_orders.c.venue, _orders.c.outcome, sa.func.count())
             .where(_orders.c.run_id == run_id)
-            .group_by(_orders.c.venue, _orders.c.outcome)
+            .group_by(_orders.c.outcome, _orders.c.venue)  # ix_orders_run_outcome's order
         ):
             entry = _ensure(stats, venue)
             entry.orders += int(n)

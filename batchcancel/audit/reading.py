@@ -28,26 +28,27 @@ class Reading:
 
     def counts(self, run_id: str) -> dict[str, dict[str, int]]:
         """Orders per venue per outcome ("" for orders without one yet)."""
+        # Grouped in the order of ix_orders_run_outcome, which SQLite then counts along
+        # (a covering read of the index, no sort of the run's rows).
         with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(_orders.c.venue, _orders.c.outcome, sa.func.count())
                 .where(_orders.c.run_id == run_id)
-                .group_by(_orders.c.venue, _orders.c.outcome)
+                .group_by(_orders.c.outcome, _orders.c.venue)
             ).all()
         result: dict[str, dict[str, int]] = {}
         for venue, outcome, n in rows:
             result.setdefault(venue, {})[outcome or ""] = int(n)
-        return result
+        return {venue: dict(sorted(by.items())) for venue, by in sorted(result.items())}
 
     def state_counts(self, run_id: str) -> dict[str, int]:
         """Orders per state (pending / sending / done)."""
-        # Grouped by venue too, the order of ix_orders_run_venue_state: SQLite then counts
-        # along that index instead of sorting a million rows by state first.
+        # Grouped by venue too, the order of ix_orders_run_state, which SQLite counts along.
         with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(_orders.c.state, sa.func.count())
                 .where(_orders.c.run_id == run_id)
-                .group_by(_orders.c.venue, _orders.c.state)
+                .group_by(_orders.c.state, _orders.c.venue)
             ).all()
         result: dict[str, int] = {}
         for state, n in rows:
