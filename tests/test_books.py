@@ -76,7 +76,7 @@ async def test_a_live_kill_pauses_another_run_on_its_venue(
     """SPEC "A kill takes precedence": a slow end-of-day run on ETNA sends nothing there
     while a kill is live on ETNA, says so on stderr, and goes on to finish afterwards."""
     sim = simulator("etna")
-    eod_keys = place_book(sim, "etna", 40)
+    eod_keys = place_book(sim, "etna", 100)
     kill_keys = place_book(sim, "etna", 20, start=1000)
     assert {a for a in kill_keys} & set(eod_keys) == set()
     db = tmp_path / "audit.db"
@@ -89,9 +89,10 @@ async def test_a_live_kill_pauses_another_run_on_its_venue(
         [{"venue": "etna", "order_id": k, "account_id": ACCOUNT} for k in kill_keys],
     )
     async with serve_simulators({"etna": sim}) as server:
-        # The end-of-day run at 8 per second: five seconds of work.
+        # The end-of-day run at 10 per second: ten seconds of work, so that the kill's own
+        # start-up (seconds on a loaded machine) still finds it sending.
         slow = write_venues_toml(
-            tmp_path / "slow.toml", server, etna={"rate_limit": 8, "period": 1.0}
+            tmp_path / "slow.toml", server, etna={"rate_limit": 10, "period": 1.0}
         )
         # The kill at 4 per second (its own config): five seconds live on ETNA.
         fast = write_venues_toml(
