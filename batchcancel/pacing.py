@@ -166,6 +166,10 @@ class Pacer:
         """Stop letting requests through; a waiting `grant` returns None."""
         self._halted.set()
 
+    async def wait_halted(self) -> None:
+        """Return once the lane is halted."""
+        await self._halted.wait()
+
     def pause(self, seconds: float) -> None:
         """Send nothing to this venue for `seconds` (after a 429)."""
         self.paused_until = max(self.paused_until, self._clock() + seconds)

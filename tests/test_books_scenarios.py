@@ -18,8 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-import pytest
-
 from batchcancel.simulators.base import Fault, FaultPlan, OrderState, Runaway, Simulator
 from batchcancel.simulators.etna import EtnaSimulator
 from batchcancel.simulators.server import SimulatorServer
@@ -286,11 +284,6 @@ async def test_sfox_list_route_429_pauses_the_route_and_the_book_still_ends_flat
     assert sum(sim.bulk_ids.values()) == 120 and max(sim.bulk_ids.values()) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine/books.py BookWalk.run: the input's orders are dispatched only after the first "
-    "round of lists succeeds, so a 429 on sFOX's list route holds the venue's cancels for "
-    "the route's 10 s pause"
-))  # fmt: skip
 async def test_sfox_list_route_429_does_not_hold_the_inputs_cancels(
     serve_simulators: ServeSimulators, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ route's own window where it has one (sFOX); a 429 on that route pauses only the 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -118,23 +119,46 @@ class BookWalk:
         core = self.core
         started = core.clock.monotonic()
         self.record = BookRecord(venue=core.name, verdict="not_flat", started_at=stamp(core.clock))
-        targets, why = await self._targets()
+        route_halts = (
+            asyncio.create_task(self._halt_route_with_lane()) if self.route is not None else None
+        )
+        try:
+            await self._rounds(dispatch, started)
+        finally:
+            if route_halts is not None:
+                route_halts.cancel()
+
+    async def _halt_route_with_lane(self) -> None:
+        """A halt (deadline, signal) also ends a wait for the list route's window."""
+        assert self.route is not None
+        await self.core.pacer.wait_halted()
+        self.route.halt()
+
+    async def _rounds(self, dispatch: Callable[[], Awaitable[None]], started: float) -> None:
+        core = self.core
         quiet_since: float | None = None
         pause = FIRST_PAUSE
         last: list[_Walked] = []  # the last round that listed every walk
-        while not core.pacer.halted and targets:
-            walked = []
-            for target in targets:
-                walked.append(await self._walk(target))
-                if core.pacer.halted:
-                    break
-            if core.pacer.halted:
+        targets: list[ListTarget] | None = None  # known once the first round has begun
+        why = ""
+        while not core.pacer.halted and targets != []:
+            # What the run holds unsent (the input's orders; those the last lists found) goes
+            # out while the books are listed: a large input does not hold up the lists, and a
+            # list route paused by its 429 holds up no cancel (VENUES.md: that route only).
+            listing = asyncio.create_task(self._round(targets))
+            try:
+                await dispatch()
+                targets, why, walked = await listing
+            finally:
+                listing.cancel()
+            if core.pacer.halted or not targets:
                 break
             last = walked
             await dispatch()
             if all(w.proof and not w.working and not w.failure for w in walked):
-                self.view.seconds_to_flat = core.clock.monotonic() - started
-                self.record = _with(self.record, flat_at=stamp(core.clock))
+                if self.view.verdict != "flat":  # a new proof; a re-check keeps the first
+                    self.view.seconds_to_flat = core.clock.monotonic() - started
+                    self.record = _with(self.record, flat_at=stamp(core.clock))
                 self.view.verdict = "flat"
                 if not self.others_busy():
                     await self._finish("flat", walked)
@@ -152,7 +176,7 @@ class BookWalk:
                 break
             await core.queue.wait(pause)  # a halt (deadline, signal) wakes it
             pause = min(pause * 2, MAX_PAUSE)
-        if not targets:
+        if targets == []:
             await dispatch()  # the input's orders are cancelled all the same
             self.view.detail = why
         if self.view.verdict == "flat" and last and all(not w.working for w in last):
@@ -160,6 +184,21 @@ class BookWalk:
             return
         self.view.seconds_to_flat = None
         await self._finish(self._final_word(last), last)
+
+    async def _round(
+        self, targets: list[ListTarget] | None
+    ) -> tuple[list[ListTarget], str, list[_Walked]]:
+        """One round: the first page of every walk, in turn (until a halt); the walks are
+        worked out first in the first round. (walks, why there are none, what they found)"""
+        why = ""
+        if targets is None:
+            targets, why = await self._targets()
+        walked = []
+        for target in targets:
+            walked.append(await self._walk(target))
+            if self.core.pacer.halted:
+                break
+        return targets, why, walked
 
     # -- what to list -----------------------------------------------------------------------
 
