@@ -75,7 +75,7 @@ def run_kill_demo(
     views: ViewCallback | None = None,
     on_planned: Callable[[str, Plan], None] | None = None,
     books: Mapping[str, tuple[int, int]] = KILL_BOOKS,
-    runaway: Runaway = RUNAWAY,
+    runaway: Runaway | None = RUNAWAY,
 ) -> KillDemoResult:
     """Run the kill demo into `out_dir`; the caller prints."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,4 +138,5 @@ def run_kill_demo(
         finally:
             store.close()
     still = {name: len(sim.working_keys()) for name, sim in simulators.items()}
-    return KillDemoResult(summary, db_url, still, len(simulators["sfox"].runaway_placed))
+    placed = len(simulators["sfox"].runaway_placed) if "sfox" in simulators else 0
+    return KillDemoResult(summary, db_url, still, placed)
