@@ -28,6 +28,8 @@ class Database:
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url)
         self.dialect: str = self.engine.dialect.name  # sqlite or postgresql
+        # PostgreSQL through psycopg 3 on libpq 14+: statements can share one round trip.
+        self.pipelines = self.dialect == "postgresql" and _psycopg_pipelines(self.engine)
 
     def dispose(self) -> None:
         """Release connections."""
@@ -82,8 +84,9 @@ class Database:
         return value
 
 
-def audit_error(exc: sa.exc.SQLAlchemyError, action: str = "write") -> AuditError:
-    """A one-line AuditError for a database error, passwords hidden."""
+def audit_error(exc: Exception, action: str = "write") -> AuditError:
+    """A one-line AuditError for a database error (SQLAlchemy's, or the driver's own where
+    the driver is used directly), passwords hidden."""
     # A database's message may quote a statement's parameters or the URL it was given.
     lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
     detail = _PASSWORDS.text(lines[0])
@@ -107,6 +110,14 @@ def create_engine(url: str) -> sa.Engine:
         raise AuditError(
             f"--db is not a usable database URL: {type(exc).__name__}: {exc}"
         ) from None
+
+
+def _psycopg_pipelines(engine: sa.Engine) -> bool:
+    if engine.dialect.driver != "psycopg":
+        return False
+    import psycopg
+
+    return bool(psycopg.Pipeline.is_supported())
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

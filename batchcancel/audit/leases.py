@@ -29,6 +29,7 @@ from batchcancel.errors import AuditError, LaneLostError
 __all__ = [
     "LOCK_STALE_AFTER",
     "Fence",
+    "LaneFence",
     "Leases",
     "lock_is_stale",
     "owner_is_dead",
@@ -62,6 +63,8 @@ class Leases:
         self._worker = worker
         self._token = token
         self._fences: dict[tuple[str, str], Fence] = {}
+        # Checked inside each write a lane's orders take (write_batch gets it from the store).
+        self.fenced = LaneFence(db, token, self._fences)
 
     def claim_lanes(
         self,
@@ -261,7 +264,23 @@ class Leases:
 
     # -- the fence, checked inside the write it guards -----------------------------------------
 
-    def fenced(self, conn: sa.Connection, run_id: str, venue: str) -> bool:
+    def require_lane(self, conn: sa.Connection, run_id: str, venue: str) -> None:
+        """Inside a write transaction: LaneLostError unless `fenced` (the write rolls back)."""
+        if not self.fenced(conn, run_id, venue):
+            raise LaneLostError(venue)
+
+
+class LaneFence:
+    """This worker's fences as its writes check them: called inside a write transaction for
+    one venue (`__call__`), or read (`claims`) by a write that sends its fence check in one
+    pipeline with the rows it guards and commits only if every lane still matched."""
+
+    def __init__(self, db: Database, token: str, fences: Mapping[tuple[str, str], Fence]) -> None:
+        self._db = db
+        self.token = token  # the owner the lane rows must still name
+        self._fences = fences
+
+    def __call__(self, conn: sa.Connection, run_id: str, venue: str) -> bool:
         """Inside a write transaction: whether this worker still holds `venue`'s lane at the
         epoch it claimed (True where it claimed none). False marks the lane lost for good."""
         fence = self._fences.get((run_id, venue))
@@ -270,15 +289,25 @@ class Leases:
         if not fence.lost:
             matched = conn.exec_driver_sql(
                 self._db.sql(FENCE),
-                {"run_id": run_id, "venue": venue, "owner": self._token, "epoch": fence.epoch},
+                {"run_id": run_id, "venue": venue, "owner": self.token, "epoch": fence.epoch},
             ).rowcount
             fence.lost = matched != 1
         return not fence.lost
 
-    def require_lane(self, conn: sa.Connection, run_id: str, venue: str) -> None:
-        """Inside a write transaction: LaneLostError unless `fenced` (the write rolls back)."""
-        if not self.fenced(conn, run_id, venue):
-            raise LaneLostError(venue)
+    def claims(self, run_id: str, venues: Iterable[str]) -> tuple[dict[str, int], set[str]]:
+        """The epoch each of these lanes must still have for this worker, and the lanes
+        already known lost (a venue this worker claimed no lane for is in neither)."""
+        epochs: dict[str, int] = {}
+        lost: set[str] = set()
+        for venue in venues:
+            fence = self._fences.get((run_id, venue))
+            if fence is None:
+                continue
+            if fence.lost:
+                lost.add(venue)
+            else:
+                epochs[venue] = fence.epoch
+        return epochs, lost
 
 
 # -- whether the process named by a lease or a lock still runs ---------------------------------
