@@ -7,6 +7,8 @@ batches: test_audit_leases.py.)"""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -317,3 +319,44 @@ def test_sent_at_round_trips_through_json(store: AuditStore, pg_url: str) -> Non
     edge = datetime(2026, 12, 31, 23, 59, 59, 999999)
     store.write_batch(run_id, [Begin(pks["sfox"][0], 1, edge, venue="sfox")], [])
     assert written(pg_url, run_id)["attempts"][0]["sent_at"] == edge
+
+
+def test_fence_lanes_locks_lanes_in_venue_order(store: AuditStore, pg_url: str) -> None:
+    """FENCE_LANES takes the lane rows in venue order, as renew_lanes does, whatever order
+    they lie in: a renewal that holds crux and then takes etna never waits on the fence
+    (which waits for crux before it touches etna), so the two never deadlock."""
+    run_id, _ = new_run(store)
+    owner = store.leases.fenced.token
+    db = store._db
+    with db.write() as conn:  # etna's row before crux's on disk
+        conn.execute(lanes.delete().where(lanes.c.run_id == run_id))
+        for venue in ("etna", "crux"):
+            conn.execute(lanes.insert().values(run_id=run_id, venue=venue, owner=owner, epoch=1))
+    renew = sa.create_engine(pg_url)
+    fenced: list[set[str]] = []
+
+    def fence() -> None:
+        with db.write() as conn:
+            # A plan that visits the rows as they lie on disk, as the server may choose for
+            # a large lanes table (an index scan on the key would visit them sorted anyway).
+            for scan in ("indexscan", "indexonlyscan", "bitmapscan"):
+                conn.exec_driver_sql(f"SET LOCAL enable_{scan} = off")
+            result = conn.exec_driver_sql(
+                db.sql(hotpath.FENCE_LANES),
+                {"run_id": run_id, "owner": owner, "venues": ["crux", "etna"], "epochs": [1, 1]},
+            )
+            fenced.append({venue for (venue,) in result})
+
+    try:
+        with renew.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '2s'")
+            touch = lanes.update().where(lanes.c.run_id == run_id).values(epoch=lanes.c.epoch)
+            conn.execute(touch.where(lanes.c.venue == "crux"))
+            waiting = threading.Thread(target=fence)
+            waiting.start()
+            time.sleep(0.3)  # the fence is waiting on crux by now
+            conn.execute(touch.where(lanes.c.venue == "etna"))  # not held by the fence
+        waiting.join(30)
+    finally:
+        renew.dispose()
+    assert fenced == [{"crux", "etna"}]

@@ -88,10 +88,13 @@ FENCE: Final = (
 # go as chain.stamp's ISO text, floats as their repr, so every value lands exactly). A batch
 # holds at most one answer and one begin per order (_distinct), so each row is matched by one
 # record, as one statement per row would match it; ANSWER_* run before BEGIN_*, as below.
+# FENCE_LANES locks the rows it matches as FENCE's UPDATE does (FOR NO KEY UPDATE), one after
+# another in venue order (the lock is taken after the sort): the order in which renew_lanes
+# and the one-lane fences take them, so that two writes of one worker never deadlock.
 FENCE_LANES: Final = (
-    "UPDATE lanes SET epoch = epoch WHERE run_id = :run_id AND owner = :owner "
+    "SELECT venue FROM lanes WHERE run_id = :run_id AND owner = :owner "
     "AND (venue, epoch) IN (SELECT * FROM unnest(CAST(:venues AS text[]), "
-    "CAST(:epochs AS bigint[]))) RETURNING venue"
+    "CAST(:epochs AS bigint[]))) ORDER BY venue FOR NO KEY UPDATE"
 )
 PG_ANSWER_ATTEMPTS: Final = (
     "UPDATE attempts AS a SET answered_at = v.answered_at, http_status = v.http_status, "
