@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from batchcancel.audit.tables import metadata
 from batchcancel.simulators import SIMULATORS
 from batchcancel.simulators.base import Simulator
 from tests.conftest import (
@@ -29,6 +34,7 @@ from tests.conftest import (
 from tests.pg import PostgresServer
 from tests.test_five_venues import order_fields
 
+FAR = datetime(2999, 1, 1)  # a lease that never runs out by itself
 # orders per venue and the limit per PERIOD that the simulator enforces and batchcancel keeps
 PERIOD = 2.0
 # Limits stay well below what five simulators in one Python process can serve on a small
@@ -121,6 +127,44 @@ def achieved(simulator: Simulator) -> float:
     return len(times) / (times[-1] - times[0] + simulator.period) * simulator.period
 
 
+@contextlib.contextmanager
+def lanes_held_until_released(url: str, venues: list[str]) -> Iterator[Callable[[], None]]:
+    """Run W's lanes held by a live owner (as if another worker were busy on them) until
+    `release()` frees them all at once; freed anyway when the block ends."""
+    engine = sa.create_engine(url)
+    (run_id,) = db_rows(url, "select id from runs where run_key = 'W'")[0]
+    rows = [
+        {"run_id": run_id, "venue": v, "owner": "test-gate:0:-:-", "lease_until": FAR, "epoch": 0}
+        for v in venues
+    ]
+
+    def release() -> None:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "update lanes set owner = null, lease_until = null "
+                "where run_id = %(run)s and owner = 'test-gate:0:-:-'",
+                {"run": run_id},
+            )
+
+    try:
+        with engine.begin() as conn:
+            conn.execute(metadata.tables["lanes"].insert(), rows)
+        yield release
+    finally:
+        release()
+        engine.dispose()
+
+
+async def wait_for_sessions(url: str, count: int) -> None:
+    """Until `count` resume sessions of run W run (bounded: 120 s)."""
+    query = "select count(*) from sessions where command = 'resume' and status = 'running'"
+    for _ in range(1200):
+        if db_rows(url, query)[0][0] >= count:
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"{count} workers did not start their sessions within 120 s")
+
+
 async def drain_with_workers(
     tmp_path: Path,
     serve_simulators: ServeSimulators,
@@ -134,8 +178,14 @@ async def drain_with_workers(
     async with serve_simulators(simulators) as server:
         await plan_run(tmp_path, server, plan, rows, env)
         started = time.monotonic()
-        processes = [await start_worker(env) for _ in range(workers)]
-        outputs = [await asyncio.wait_for(p.communicate(), 300) for p in processes]
+        # Workers share the lanes they find free while they are at the run: the lanes open
+        # only once every worker has started its session (processes started together can
+        # reach the run seconds apart on a busy machine; a lone worker takes every lane).
+        with lanes_held_until_released(url, list(plan)) as release:
+            processes = [await start_worker(env) for _ in range(workers)]
+            await wait_for_sessions(url, workers)
+            release()
+            outputs = [await asyncio.wait_for(p.communicate(), 300) for p in processes]
         elapsed = time.monotonic() - started
     for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err.decode()
@@ -163,7 +213,7 @@ async def drain_with_workers(
     )
     assert all(n == 1 for _, n in lanes_by_worker)  # one worker per venue: limits stay whole
     workers_used = db_rows(url, "select count(distinct worker) from attempts")[0][0]
-    assert workers_used >= 2  # the work is shared
+    assert workers_used == min(workers, len(plan))  # each worker present took a fair share
     assert_audit_intact(url, "W")  # every worker's chain, one digest
 
 

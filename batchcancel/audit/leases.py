@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final, cast
 
 import psutil
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from batchcancel.audit.db import Database
 from batchcancel.audit.hotpath import FENCE
-from batchcancel.audit.tables import Attempt, Lane, Order, Run
+from batchcancel.audit.tables import Attempt, Lane, Order, Run, Session
 from batchcancel.errors import AuditError, LaneLostError
 
 __all__ = [
@@ -42,6 +42,9 @@ _runs: Final = cast(sa.Table, Run.__table__)
 _orders: Final = cast(sa.Table, Order.__table__)
 _attempts: Final = cast(sa.Table, Attempt.__table__)
 _lanes: Final = cast(sa.Table, Lane.__table__)
+_sessions: Final = cast(sa.Table, Session.__table__)
+# PostgreSQL: one claim of a run at a time (a transaction-level advisory lock on its id).
+_CLAIM_TURN: Final = "SELECT pg_advisory_xact_lock(hashtext(%(run)s))"
 
 
 @dataclass(slots=True)
@@ -79,6 +82,12 @@ class Leases:
         wait before re-sending what the previous holder left in flight (its request timeout
         when it may still be alive, else 0). `request_timeout` is ours, for the next holder.
 
+        Every free lane at once, less a fair share for the other workers at the run that hold
+        no lane yet (PostgreSQL: `idle_peers`): of n free lanes with k such workers, this one
+        takes ceil(n / (k + 1)). Alone, it takes them all in one go; workers present together
+        split them. A worker counted that never claims (it hangs) only slows the others down:
+        each claim round takes its share of what is still free.
+
         PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent workers never wait on
         each other or take the same lane; the conditional UPDATE makes it safe on SQLite too.
         """
@@ -86,15 +95,6 @@ class Leases:
         if not wanted or limit <= 0:
             return {}
         timeouts = request_timeout or {}
-        with self._db.read() as conn:
-            owners = set(
-                conn.execute(
-                    sa.select(_lanes.c.owner).where(
-                        _lanes.c.run_id == run_id, _lanes.c.owner.is_not(None)
-                    )
-                ).scalars()
-            )
-        dead = [owner for owner in owners if owner_is_dead(owner)]  # no need to await leases
         taken: dict[str, float] = {}
         try:
             with self._db.write() as conn:
@@ -108,6 +108,23 @@ class Leases:
                     conn.execute(_lanes.insert(), [{"run_id": run_id, "venue": v} for v in missing])
             started = time.monotonic()
             with self._db.write() as conn:
+                peers = 0
+                if self._db.dialect != "sqlite":  # SQLite: one process per run (its lock)
+                    # Claims of a run take turns, so each one's share sees the lanes the
+                    # claims before it took (the lock ends with the transaction).
+                    conn.exec_driver_sql(_CLAIM_TURN, {"run": run_id})
+                held: list[tuple[str, datetime | None]] = [
+                    (row.owner, row.lease_until)
+                    for row in conn.execute(
+                        sa.select(_lanes.c.owner, _lanes.c.lease_until).where(
+                            _lanes.c.run_id == run_id, _lanes.c.owner.is_not(None)
+                        )
+                    )
+                ]
+                if self._db.dialect != "sqlite":
+                    peers = self.idle_peers(conn, run_id, held, lease)
+                # Owners surely dead need not be waited out.
+                dead = sorted({owner for owner, _ in held if owner_is_dead(owner)})
                 now = self._db.now(conn)
                 free = sa.or_(
                     _lanes.c.owner.is_(None),
@@ -115,11 +132,17 @@ class Leases:
                     _lanes.c.lease_until < now,
                     _lanes.c.owner.in_(dead),
                 )
+                claimable = _lanes.c.run_id == run_id, _lanes.c.venue.in_(wanted), free
+                if peers:  # this worker's part of what is free: lock only that many rows
+                    n_free = conn.execute(
+                        sa.select(sa.func.count()).select_from(_lanes).where(*claimable)
+                    ).scalar_one()
+                    limit = min(limit, -(-n_free // (peers + 1)))  # ceil
                 candidates = conn.execute(
                     sa.select(
                         _lanes.c.venue, _lanes.c.owner, _lanes.c.epoch, _lanes.c.request_timeout
                     )
-                    .where(_lanes.c.run_id == run_id, _lanes.c.venue.in_(wanted), free)
+                    .where(*claimable)
                     .order_by(_lanes.c.venue)
                     .limit(limit)
                     .with_for_update(skip_locked=True)
@@ -151,6 +174,38 @@ class Leases:
         for venue, fence in claimed.items():
             self._fences[run_id, venue] = fence
         return taken
+
+    def idle_peers(
+        self,
+        conn: sa.Connection,
+        run_id: str,
+        held: Iterable[tuple[str, datetime | None]],
+        lease: float,
+    ) -> int:
+        """How many other workers are at the run now holding none of its lanes: sessions still
+        running, judged live (this host: the process runs and is no newer than its session;
+        another host: the session began within one lease). `held` are the lane rows with an
+        owner (owner, lease_until). A guess, used only to share lanes, never to fence."""
+        now = self._db.now(conn)
+        holding = {
+            ":".join(owner.split(":")[:2])  # host:pid, as the sessions table names it
+            for owner, lease_until in held
+            if lease_until is not None and lease_until >= now
+        }
+        sessions = conn.execute(
+            sa.select(_sessions.c.host, _sessions.c.pid, _sessions.c.started_at).where(
+                _sessions.c.run_id == run_id,
+                _sessions.c.status == "running",
+                _sessions.c.finished_at.is_(None),
+            )
+        ).all()
+        peers = {
+            f"{row.host}:{row.pid}"
+            for row in sessions
+            if f"{row.host}:{row.pid}" not in (self._worker, *holding)
+            and _session_is_live(row.host, row.pid, row.started_at, now, lease)
+        }
+        return len(peers)
 
     def renew_lanes(self, run_id: str, venues: Iterable[str], *, lease: float) -> set[str]:
         """Extend this worker's leases; the venues it still holds (a lane taken over since
@@ -356,6 +411,22 @@ def owner_is_dead(owner: str) -> bool:
         return True
     except psutil.Error:
         return False
+
+
+def _session_is_live(
+    host: str, pid: int, started_at: datetime, now: datetime, lease: float
+) -> bool:
+    """Whether the process of a session still marked running seems to run (see idle_peers)."""
+    if host != socket.gethostname():
+        return now - started_at <= timedelta(seconds=lease)
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+    # A pid reused since: the process now behind it started after the session (1 s of slack).
+    return bool(created <= started_at.replace(tzinfo=UTC).timestamp() + 1.0)
 
 
 def lock_is_stale(owner: str, heartbeat: datetime | None, now: datetime) -> bool:

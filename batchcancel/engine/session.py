@@ -185,7 +185,6 @@ class Session:
 
     async def _take_lanes_until_done(self) -> None:
         confirm = self.options.confirm
-        last_claim = -1e9
         while not self.result.stopped:
             # Read before the look, as in WorkQueue.next_job: a venue whose first orders are
             # recorded while the look runs is then found next time round, not left unsent.
@@ -199,22 +198,16 @@ class Session:
             taken: dict[str, float] = {}
             if remaining:
                 # A confirm pass polls every venue it can: it takes leases like a sender
-                # (SPEC), so it never relabels another worker's in-flight attempts.
-                spread = (
-                    not self.options.claim_all and not confirm and self.store.dialect != "sqlite"
-                )
-                due = not self.running or self.clock.monotonic() - last_claim >= CLAIM_EVERY
-                limit = (1 if due else 0) if spread else len(remaining)
+                # (SPEC), so it never relabels another worker's in-flight attempts. Every
+                # free lane at once, less what the store leaves for other workers present.
                 taken = await self.offload(
                     self.store.claim_lanes,
                     self.run_id,
                     remaining,
-                    limit=limit,
+                    limit=len(remaining),
                     lease=self.options.lease,
                     request_timeout=self._request_timeouts(remaining),
                 )
-                if taken:
-                    last_claim = self.clock.monotonic()
             for venue, wait in taken.items():
                 await self._start_lane(venue, work[venue], wait)
             if confirm and remaining - set(taken):
