@@ -1,11 +1,11 @@
-"""Every row of a run, read from the database in key order, compared with what its facts say
-it must hold now (audit/verify_replay.py); the first that differs is named.
+"""Every row of a run, read from the database, compared with what its facts say it must hold
+now (audit/verify_replay.py); the first that differs is named.
 
-The large tables (orders, attempts, requests) stream in key order beside the expectation and
-each expected row is dropped once compared, so the run is never held twice. The problem
-named is the first in key order, as if both sides sat in memory: a row the facts expect and
-the database lacks is named before a later row that differs. Loaded orders, known to the
-facts by source row number, take their key from the database's row of that number.
+The rows stream beside the expectation and each expected row is dropped once compared, so the
+run is never held twice. The problem named is the one with the lowest key, as if both sides
+sat in memory and were walked in key order: a row the facts expect and the database lacks is
+named before a later row that differs. Loaded orders, known to the facts by source row
+number, take their key from the database's row of that number.
 """
 
 from __future__ import annotations
@@ -32,20 +32,17 @@ Fetch = Callable[[str], Iterable[Sequence[Any]]]
 Key = Any
 _Triple = tuple[Key, list[Any], list[Any] | None]  # key, the row's values, what facts say
 
-# Latest key first, so that the first row of each number (by key) is what dict() keeps.
-_KEYS: Final = (
-    "SELECT seq, pk FROM orders WHERE run_id = :run AND seq IS NOT NULL AND seq <> 0 "
-    "ORDER BY pk DESC"
-)
-_ORDERS: Final = f"SELECT pk, {', '.join(ORDER_FIELDS)} FROM orders WHERE run_id = :run ORDER BY pk"
+# No ORDER BY: sorting a million rows cost SQLite more than reading them; the first problem
+# in key order is found over the whole table instead.
+_KEYS: Final = "SELECT seq, pk FROM orders WHERE run_id = :run AND seq IS NOT NULL AND seq <> 0"
+_ORDERS: Final = f"SELECT pk, {', '.join(ORDER_FIELDS)} FROM orders WHERE run_id = :run"
 _ATTEMPTS: Final = (
     "SELECT a.order_pk, a.attempt, "
     + ", ".join(f"a.{k}" for k in ATTEMPT_FIELDS).replace("latency_us", "latency_ms")
-    + " FROM attempts a JOIN orders o ON o.pk = a.order_pk WHERE o.run_id = :run "
-    "ORDER BY a.order_pk, a.attempt"
+    + " FROM attempts a JOIN orders o ON o.pk = a.order_pk WHERE o.run_id = :run"
 )
 _REQUESTS: Final = (
-    f"SELECT pk, {', '.join(REQUEST_FIELDS)} FROM requests WHERE run_id = :run ORDER BY pk"
+    f"SELECT pk, {', '.join(REQUEST_FIELDS)} FROM requests WHERE run_id = :run"
 ).replace("latency_us", "latency_ms")
 _SESSIONS: Final = f"SELECT id, {', '.join(SESSION_FIELDS)} FROM sessions WHERE run_id = :run"
 _BOOKS: Final = (f"SELECT venue, {', '.join(BOOK_FIELDS)} FROM books WHERE run_id = :run").replace(
@@ -71,8 +68,8 @@ _BOOK_US: Final = BOOK_FIELDS.index("seconds_to_flat_us")
 
 
 def loaded_keys(fetch: Fetch) -> dict[int, int]:
-    """Which key each source row number took, as the database says (the first row of each
-    number, by key): what the facts of a loaded order are matched to."""
+    """Which key each source row number took, as the database says: what the facts of a
+    loaded order are matched to (a number on two rows, which no writer makes, takes one)."""
     return dict(fetch(_KEYS))  # type: ignore[arg-type]
 
 
@@ -115,8 +112,9 @@ def _first_problem(
     fields: Sequence[str],
     stamps: Sequence[int],
 ) -> str:
-    """The first problem in key order. `rows` come in key order, each with the expectation
-    it took out of `expected`; what is left there once a row is reached was never found."""
+    """The problem with the lowest key. `rows` come in any order, each with the expectation it
+    took out of `expected`; what is left there at the end the database never had."""
+    first: tuple[Key, str] | None = None
     for key, values, wanted in rows:
         if wanted is None:
             problem = f"{table} {_key(key)}: the row is in no recorded fact (inserted)"
@@ -129,9 +127,13 @@ def _first_problem(
             problem = _field_problem(table, key, values, wanted, fields)
             if not problem:
                 continue
-        earlier = min((k for k in expected if k < key), default=None)
-        return _missing(table, earlier) if earlier is not None else problem
-    return _missing(table, min(expected)) if expected else ""
+        if first is None or key < first[0]:
+            first = (key, problem)
+    if expected:
+        gone = min(expected)
+        if first is None or gone < first[0]:
+            return _missing(table, gone)
+    return "" if first is None else first[1]
 
 
 def _field_problem(
@@ -170,12 +172,12 @@ def _requests(fetch: Fetch, expected: dict[Key, list[Any]]) -> Iterator[_Triple]
 
 
 def _sessions(fetch: Fetch, expected: dict[Key, dict[str, Any]]) -> Iterator[_Triple]:
-    for row in sorted(fetch(_SESSIONS), key=lambda r: r[0]):  # a few: sorted here
+    for row in fetch(_SESSIONS):
         yield row[0], list(row[1:]), _listed(expected.pop(row[0], None), SESSION_FIELDS)
 
 
 def _books(fetch: Fetch, expected: dict[Key, dict[str, Any]]) -> Iterator[_Triple]:
-    for row in sorted(fetch(_BOOKS), key=lambda r: r[0]):  # one a venue: sorted here
+    for row in fetch(_BOOKS):
         values = list(row[1:])
         values[_BOOK_US] = _micros(values[_BOOK_US], 1_000_000)
         yield row[0], values, _listed(expected.pop(row[0], None), BOOK_FIELDS)
