@@ -54,6 +54,7 @@ REQUEST_FIELDS: Final = (
 )  # fmt: skip
 _LOADED: Final = 8  # an "orders" fact gives the first eight fields of each loaded order
 LOADED_TAIL: Final = (0, None, None, None, None)  # and the rest start as this
+_TAIL: Final = list(LOADED_TAIL)
 
 
 class _Missing:
@@ -147,7 +148,7 @@ class Expected:
                         attempt = attempts[pk, number] = [None] * len(ATTEMPT_FIELDS)
                     answered_at, status = fact["answered_at"], fact["http_status"]
                     attempt[4:] = (
-                        answered_at, status, share(fact["verdict"]), fact["latency_us"],
+                        answered_at, status, share(fact["verdict"]), share(fact["latency_us"]),
                         share(fact["detail"]),
                     )  # fmt: skip
                     if kind == "answer":
@@ -186,7 +187,7 @@ class Expected:
                                      f"of {len(values)} values, not {_LOADED}")  # fmt: skip
                 for n in (1, 3, 4, 5, 6, 7):  # all but the row number and the order id
                     values[n] = share(values[n])
-                values.extend(LOADED_TAIL)
+                values = values + _TAIL  # a new list of exactly 13 (extending over-allocates)
                 number = values[0]
                 pk = self.keys.get(number) if number else None
                 if pk is None:
