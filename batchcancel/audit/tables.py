@@ -88,7 +88,11 @@ class Order(Base):
     """One order of a run, with its current state and, once it has one, its outcome."""
 
     __tablename__ = "orders"
-    __table_args__ = (Index("ix_orders_run_venue_pk", "run_id", "venue", "pk"),)
+    __table_args__ = (
+        Index("ix_orders_run_venue_pk", "run_id", "venue", "pk"),
+        Index("ix_orders_run_outcome", "run_id", "outcome", "venue", "pk"),  # migration 0007
+        Index("ix_orders_run_state", "run_id", "state", "venue", "pk"),
+    )
 
     pk: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
@@ -113,7 +117,7 @@ class Attempt(Base):
     """One request sent for an order. Written before it leaves; its answer filled in after."""
 
     __tablename__ = "attempts"
-    __table_args__ = (Index("ix_attempts_run", "run_id"),)
+    __table_args__ = (Index("ix_attempts_run_verdict", "run_id", "verdict"),)  # 0007
 
     order_pk: Mapped[int] = mapped_column(ForeignKey("orders.pk"), primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
