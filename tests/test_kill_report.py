@@ -127,7 +127,9 @@ async def test_a_kill_from_every_book_reports_who_why_scope_and_each_flat_verdic
     for name in VENUE_NAMES:
         line = report["venues"][name]
         assert line["verdict"] == "flat", (name, line)
-        assert line["listed"] == PER_VENUE
+        # The input's sFOX order may be cancelled before the first list shows it (the
+        # input is sent while the books are listed): then no list sees it working.
+        assert PER_VENUE - (name == "sfox") <= line["listed"] <= PER_VENUE
         assert line["working_at_end"] == 0
         assert line["lists"] >= 2
         first, last, flat = (
@@ -138,7 +140,8 @@ async def test_a_kill_from_every_book_reports_who_why_scope_and_each_flat_verdic
         assert 0 <= first <= last, (name, line)
         assert flat is not None and first <= flat, (name, line)
     sfox = report["venues"]["sfox"]
-    assert (sfox["from_input"], sfox["listed_and_in_input"], sfox["orders"]) == (2, 1, 13)
+    assert (sfox["from_input"], sfox["orders"]) == (2, 13)
+    assert sfox["listed_and_in_input"] == sfox["listed"] - (PER_VENUE - 1)
     assert sfox["cancelled"] == PER_VENUE and sfox["needs_human"] == 1
     assert_counts_match(report, url)
     assert [(o["venue"], o["order_id"], o["outcome"]) for o in report["needs_human"]] == [
