@@ -35,7 +35,7 @@ def quick(*args: str) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=900,  # bounded; a loaded 2-CPU machine has taken 6 minutes
         check=False,
     )
 
