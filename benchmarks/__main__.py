@@ -14,7 +14,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import common, kill, pacing, peers, postgres, report, scale, startup, throughput
+from benchmarks import (
+    books,
+    common,
+    kill,
+    pacing,
+    peers,
+    postgres,
+    report,
+    scale,
+    startup,
+    throughput,
+)
 
 GROUPS = {
     "throughput": throughput,  # figures 1-3c
@@ -24,6 +35,7 @@ GROUPS = {
     "peers": peers,  # 7
     "kill": kill,  # 8, 8b
     "postgres": postgres,  # 9-9c
+    "books": books,  # 10
 }
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
