@@ -17,7 +17,7 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
 
 from batchcancel.audit.ports import BookStore
 from batchcancel.audit.records import DONE, LIST, BookRecord, KnownOrder
@@ -53,6 +53,15 @@ FIRST_PAUSE: Final = 0.25  # seconds before such a book is listed again (doublin
 MAX_PAUSE: Final = 2.0
 RECHECK_EVERY: Final = 0.25  # seconds between lists of a flat book while others are worked
 _CANCELLED: Final = frozenset({Outcome.CANCELED.value, Outcome.CANCEL_PENDING.value})
+
+
+class _Sent(NamedTuple):
+    """A list request that left: its reply (None: no answer came), what was heard, and the
+    key of its write-ahead row (the `listed_by` of the orders it shows)."""
+
+    reply: Reply | None
+    heard: Heard
+    request_pk: int
 
 
 @dataclass
@@ -249,8 +258,8 @@ class BookWalk:
             sent = await self._send(request, "markets")
             if sent is None:
                 return []
-            if sent[0] is not None:
-                verdict, symbols = read(sent[0])
+            if sent.reply is not None:
+                verdict, symbols = read(sent.reply)
                 if verdict is None:
                     return list(symbols)
             await self.core.queue.wait(FIRST_PAUSE)
@@ -265,8 +274,9 @@ class BookWalk:
         page: ListPage | None = ListPage(target)
         number = 0
         while page is not None and number < PAGES_PER_ROUND and not self.core.pacer.halted:
-            answer = await self._list(page, number)
-            if answer is None or not answer.usable:
+            listed = await self._list(page, number)
+            answer = listed[0] if listed is not None else None
+            if listed is None or answer is None or not answer.usable:
                 if number == 0:
                     walked.failure = (
                         answer.verdict.reason
@@ -274,7 +284,7 @@ class BookWalk:
                         else self.core.view.halted or "not listed"
                     )
                 return walked
-            found = await self._record_listed(answer)
+            found = await self._record_listed(answer, listed[1])
             if found is None:
                 return walked
             if number == 0:
@@ -298,9 +308,10 @@ class BookWalk:
             page, number = answer.next, number + 1
         return walked
 
-    async def _list(self, page: ListPage, number: int) -> ListAnswer | None:
-        """One list request, retried as the policy says; its answer, or None when the lane
-        halted or gave up (then the venue cannot be proven flat)."""
+    async def _list(self, page: ListPage, number: int) -> tuple[ListAnswer, int] | None:
+        """One list request, retried as the policy says: its answer and the key of the
+        request that brought it; None when the lane halted or nothing came back (then the
+        venue cannot be proven flat)."""
         core = self.core
         tries = SweepTries()
         while True:
@@ -309,15 +320,15 @@ class BookWalk:
             sent = await self._send(request, label)
             if sent is None:
                 return None
-            reply, heard = sent
+            reply, heard = sent.reply, sent.heard
             answer = self.venue.classify_list(page, reply) if reply is not None else None
             verdict = answer.verdict if answer is not None else Verdict.transient(heard.detail)
             if verdict is None:
                 assert answer is not None
-                return answer
+                return answer, sent.request_pk
             if verdict.kind is VerdictKind.AUTH_REFUSED:
                 core.halt(verdict.reason)  # SPEC: an auth refusal stops the venue at once
-                return answer
+                return (answer or ListAnswer.failed(verdict)), sent.request_pk
             if verdict.rate_limited and self.route is not None:
                 # sFOX: a 429 on the list route pauses that route only (VENUES.md).
                 limit = self.venue.list_limit
@@ -326,16 +337,16 @@ class BookWalk:
                 core.view.rate_limited += 1
                 tries = SweepTries(tries.tries + 1, tries.warned)
                 if tries.tries >= core.options.max_attempts:
-                    return answer
+                    return (answer or ListAnswer.failed(verdict)), sent.request_pk
                 continue
             tries, verdict, decision = decide_sweep(tries, verdict, core.rules, core.rng)
             core.control(None, decision, count_retry=True)
             if decision.retry_in is None:
-                return answer or ListAnswer.failed(verdict)
+                return (answer or ListAnswer.failed(verdict)), sent.request_pk
 
-    async def _send(self, request: CancelRequest, label: str) -> tuple[Reply | None, Heard] | None:
+    async def _send(self, request: CancelRequest, label: str) -> _Sent | None:
         """Write the request ahead, send it in a slot of the route (if any) and of the venue,
-        record its answer. (reply or None, what was heard); None when nothing was sent."""
+        record its answer; None when nothing was sent."""
         core = self.core
         route = await self.route.grant() if self.route is not None else None
         if self.route is not None and route is None:
@@ -379,10 +390,9 @@ class BookWalk:
         except AuditError as exc:
             core.on_audit_failure(exc)
             return None
-        self._last_request = record
-        return reply, heard
+        return _Sent(reply, heard, record)
 
-    async def _record_listed(self, answer: ListAnswer) -> list[KnownOrder] | None:
+    async def _record_listed(self, answer: ListAnswer, request_pk: int) -> list[KnownOrder] | None:
         """The run's orders for the working orders a page showed (new ones recorded now)."""
         core = self.core
         if not answer.orders:
@@ -390,7 +400,7 @@ class BookWalk:
         listed = [(o.order_id, o.account_id, o.symbol) for o in answer.orders]
         try:
             known = await core.options.offload(
-                self.store.add_listed, core.run_id, core.name, self._last_request, listed
+                self.store.add_listed, core.run_id, core.name, request_pk, listed
             )
         except LaneLostError:
             core.on_lost(core.name)
@@ -467,8 +477,6 @@ class BookWalk:
             core.on_lost(core.name)
         except AuditError as exc:
             core.on_audit_failure(exc)
-
-    _last_request: int = 0
 
 
 def _label(page: ListPage, number: int) -> str:
