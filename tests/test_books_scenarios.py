@@ -158,8 +158,19 @@ async def test_input_and_books_are_one_set_of_orders(
     assert summary["outcomes"]["already_closed"] == 2 * 4
     url = sqlite(db)
     for name, sim in sims.items():
+        # The input is sent while the books are listed: an input order of the book that was
+        # cancelled before the first list reached the venue is never shown working by one.
+        listed_inputs = db_rows(
+            sqlite(db),
+            f"SELECT count(*) FROM orders WHERE venue = '{name}' AND seq > 0 "
+            "AND listed_by IS NOT NULL",
+        )[0][0]
         entry = summary["books"][name]
-        assert (entry["verdict"], entry["listed"], entry["working_at_end"]) == ("flat", 12, 0)
+        assert (entry["verdict"], entry["listed"], entry["working_at_end"]) == (
+            "flat",
+            7 + listed_inputs,
+            0,
+        )
         assert entry["cancelled"] == 12
         assert working(sim) == [], name
         # Each order of the book and of the input was sent exactly one cancel.
@@ -169,19 +180,28 @@ async def test_input_and_books_are_one_set_of_orders(
         assert sum(sim.requests.values()) == 16
         rows_ = db_rows(
             url,
-            "SELECT order_id, seq, listed_by, outcome FROM orders "
+            "SELECT order_id, seq, listed_by, outcome, pk FROM orders "
             f"WHERE venue = '{name}' ORDER BY order_id",
         )
         assert len(rows_) == 16 == len({r[0] for r in rows_})  # one row an order
         by_id = {r[0]: r for r in rows_}
-        for key in both[name]:  # in the input and listed: the input's row, listed too
-            assert by_id[key][1] > 0 and by_id[key][2] is not None, by_id[key]
+        first_list = db_rows(
+            url, f"SELECT min(sent_at) FROM requests WHERE kind = 'list' AND venue = '{name}'"
+        )[0][0]
+        for key in both[name]:  # in the input and the book: the input's row, listed too...
+            pk, seq, listed_by = by_id[key][4], by_id[key][1], by_id[key][2]
+            assert seq > 0, by_id[key]
+            if listed_by is None:  # ...unless its cancel left before the first list
+                sent = db_rows(url, f"SELECT min(sent_at) FROM attempts WHERE order_pk = {pk}")
+                assert sent[0][0] < first_list, (by_id[key], first_list)
         for key in book[name][5:]:  # listed only: a venue order of the run
             assert by_id[key][1] == 0 and by_id[key][2] is not None, by_id[key]
         for key in closed[name]:  # in the input only: never listed, already closed
             assert by_id[key][1] > 0 and by_id[key][2] is None, by_id[key]
             assert by_id[key][3] == "already_closed"
-        assert db_rows(url, f"SELECT from_input FROM books WHERE venue = '{name}'") == [(5,)]
+        assert db_rows(url, f"SELECT from_input FROM books WHERE venue = '{name}'") == [
+            (listed_inputs,)
+        ]
     assert_audit_intact(url, summary["run_id"])
 
 

@@ -164,7 +164,7 @@ async def test_a_kill_from_every_book_reports_who_why_scope_and_each_flat_verdic
     assert rows["venue"][:3] == ["venue", "verdict", "listed"]
     for name in VENUE_NAMES:
         assert rows[name][1] == "flat"
-        assert rows[name][2] == str(PER_VENUE)  # listed
+        assert rows[name][2] == str(report["venues"][name]["listed"])  # as in the JSON
     assert rows["sfox"][3:7] == ["2", str(PER_VENUE), "0", "0"]  # in input, cancelled, ...
 
 
